@@ -1,0 +1,263 @@
+//! Blob fills: one upstream transfer per missing digest, streamed into a temp
+//! file and hashed as it arrives, committed only when the digest matches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::Method;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use super::reader::{BlobReader, Progress};
+use super::FillError;
+use crate::digest::{Digest, Hasher};
+use crate::store::files::TempFile;
+use crate::store::{BlobContent, Store};
+use crate::upstream::Upstream;
+
+/// Upstream chunks are gathered up to this size before one write to disk.
+const WRITE_BATCH: usize = 1024 * 1024;
+
+/// A blob fill in progress.
+pub struct BlobFill {
+    /// The repository the fill was started for (and confirmed in).
+    repo: String,
+    file: Arc<std::fs::File>,
+    progress: watch::Receiver<Progress>,
+}
+
+impl BlobFill {
+    /// Waits for the upstream's answer: the announced size (if any), or why
+    /// the fill failed before any byte arrived.
+    pub async fn started(&self) -> Result<Option<u64>, Arc<FillError>> {
+        let mut rx = self.progress.clone();
+        loop {
+            match &*rx.borrow_and_update() {
+                Progress::Connecting => {}
+                Progress::Streaming { total, .. } => return Ok(*total),
+                Progress::Done { size } => return Ok(Some(*size)),
+                Progress::Failed(e) => return Err(e.clone()),
+            }
+            if rx.changed().await.is_err() && matches!(*rx.borrow(), Progress::Connecting) {
+                return Err(Arc::new(FillError::Io(std::io::Error::other(
+                    "the fill ended without starting",
+                ))));
+            }
+        }
+    }
+
+    /// A reader from `start` to `end` (exclusive), following the transfer.
+    pub fn reader(&self, start: u64, end: Option<u64>) -> BlobReader {
+        BlobReader::following(self.file.clone(), self.progress.clone(), start, end)
+    }
+}
+
+/// What a request for a blob found.
+pub enum BlobSource {
+    /// Already committed to the store.
+    Cached(BlobContent),
+    /// Being fetched; read it as it arrives.
+    Filling(Arc<BlobFill>),
+}
+
+/// The table of running blob fills, keyed by digest.
+#[derive(Clone)]
+pub struct BlobFills {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    table: Mutex<HashMap<Digest, Arc<BlobFill>>>,
+    store: Store,
+    upstream: Arc<Upstream>,
+    tasks: TaskTracker,
+}
+
+impl BlobFills {
+    pub fn new(store: Store, upstream: Arc<Upstream>, tasks: TaskTracker) -> Self {
+        BlobFills {
+            inner: Arc::new(Inner {
+                table: Mutex::new(HashMap::new()),
+                store,
+                upstream,
+                tasks,
+            }),
+        }
+    }
+
+    /// Joins the running fill for `digest` or starts one for `repo`. The
+    /// caller has already found no usable cached copy; if a fill committed
+    /// the blob in the meantime, that copy is returned instead. `confirmed`
+    /// says the upstream has already shown the blob in `repo`.
+    pub async fn fetch(&self, repo: &str, digest: &Digest) -> Result<BlobSource, Arc<FillError>> {
+        let fill = {
+            let mut table = self.inner.table.lock().unwrap_or_else(|e| e.into_inner());
+            match table.get(digest) {
+                Some(fill) => fill.clone(),
+                None => {
+                    // Checked under the lock: a fill that just finished has
+                    // committed before leaving the table.
+                    if let Some(content) = self
+                        .inner
+                        .store
+                        .blob(digest)
+                        .map_err(|e| Arc::new(e.into()))?
+                    {
+                        return Ok(BlobSource::Cached(content));
+                    }
+                    let fill = self.start(repo, digest).map_err(Arc::new)?;
+                    table.insert(digest.clone(), fill.clone());
+                    return Ok(BlobSource::Filling(fill));
+                }
+            }
+        };
+        if fill.repo != repo {
+            // The running fill was confirmed for another repository; this one
+            // must be confirmed on its own before it may see the bytes.
+            self.inner
+                .upstream
+                .blob(Method::HEAD, repo, digest)
+                .await
+                .map_err(|e| Arc::new(e.into()))?;
+            self.inner
+                .store
+                .add_link(self.inner.upstream.name(), repo, digest)
+                .map_err(|e| Arc::new(e.into()))?;
+        }
+        Ok(BlobSource::Filling(fill))
+    }
+
+    fn start(&self, repo: &str, digest: &Digest) -> Result<Arc<BlobFill>, FillError> {
+        let temp = self.inner.store.temp_file()?;
+        let (tx, progress) = watch::channel(Progress::Connecting);
+        let fill = Arc::new(BlobFill {
+            repo: repo.to_owned(),
+            file: temp.file().clone(),
+            progress,
+        });
+        let this = self.clone();
+        let (repo, digest) = (repo.to_owned(), digest.clone());
+        self.inner
+            .tasks
+            .spawn(async move { this.run(repo, digest, temp, tx).await });
+        Ok(fill)
+    }
+
+    async fn run(self, repo: String, digest: Digest, temp: TempFile, tx: watch::Sender<Progress>) {
+        let outcome = match self.transfer(&repo, &digest, &temp, &tx).await {
+            Ok(size) => self.commit(&repo, &digest, temp, size).await.map(|()| size),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(size) => {
+                tracing::debug!(%digest, repo, size, "blob cached");
+                tx.send_replace(Progress::Done { size });
+            }
+            Err(e) => {
+                tracing::warn!(%digest, repo, error = %e, "blob fill failed; nothing cached");
+                tx.send_replace(Progress::Failed(Arc::new(e)));
+            }
+        }
+        self.inner
+            .table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&digest);
+    }
+
+    /// Streams the upstream body into the temp file, hashing as it goes;
+    /// returns the verified size.
+    async fn transfer(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        temp: &TempFile,
+        tx: &watch::Sender<Progress>,
+    ) -> Result<u64, FillError> {
+        let upstream = &self.inner.upstream;
+        let mut resp = upstream.blob(Method::GET, repo, digest).await?;
+        let total = resp.content_length();
+        tx.send_replace(Progress::Streaming { written: 0, total });
+        let mut hasher = Hasher::new(digest.algorithm());
+        let mut written = 0u64;
+        while let Some(first) = upstream.next_chunk(&mut resp).await? {
+            let batch = gather(first, &mut resp);
+            if total.is_some_and(|t| written + batch.len() as u64 > t) {
+                return Err(FillError::Overlong {
+                    upstream: upstream.name().to_owned(),
+                    expected: total.unwrap_or(0),
+                });
+            }
+            let len = batch.len() as u64;
+            hasher = write_and_hash(temp.file().clone(), hasher, batch, written).await?;
+            written += len;
+            tx.send_replace(Progress::Streaming { written, total });
+        }
+        if let Some(expected) = total.filter(|t| written < *t) {
+            return Err(FillError::Truncated {
+                upstream: upstream.name().to_owned(),
+                expected,
+                received: written,
+            });
+        }
+        let actual = hasher.finish();
+        if actual != *digest {
+            return Err(FillError::DigestMismatch {
+                upstream: upstream.name().to_owned(),
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        Ok(written)
+    }
+
+    async fn commit(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        temp: TempFile,
+        size: u64,
+    ) -> Result<(), FillError> {
+        let store = self.inner.store.clone();
+        let d = digest.clone();
+        tokio::task::spawn_blocking(move || store.commit_blob(&d, temp, size))
+            .await
+            .map_err(std::io::Error::other)??;
+        self.inner
+            .store
+            .add_link(self.inner.upstream.name(), repo, digest)?;
+        Ok(())
+    }
+}
+
+/// Adds whatever further chunks have already arrived, without waiting, so
+/// that a fast upstream gets large writes and a slow one prompt ones.
+fn gather(first: Bytes, resp: &mut reqwest::Response) -> Bytes {
+    let mut batch = BytesMut::from(&first[..]);
+    while batch.len() < WRITE_BATCH {
+        match resp.chunk().now_or_never() {
+            Some(Ok(Some(more))) => batch.extend_from_slice(&more),
+            // Pending, the end, or an error: the next `next_chunk` sees it.
+            _ => break,
+        }
+    }
+    batch.freeze()
+}
+
+/// Hashing and writing are blocking work; both happen off the runtime.
+async fn write_and_hash(
+    file: Arc<std::fs::File>,
+    mut hasher: Hasher,
+    batch: Bytes,
+    offset: u64,
+) -> Result<Hasher, FillError> {
+    tokio::task::spawn_blocking(move || {
+        hasher.update(&batch);
+        std::os::unix::fs::FileExt::write_all_at(&*file, &batch, offset).map(|()| hasher)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+    .map_err(FillError::Io)
+}

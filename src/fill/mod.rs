@@ -1,0 +1,49 @@
+//! In-flight fills: the single-flight tables that make concurrent misses for
+//! the same content share one upstream transfer.
+//!
+//! A fill runs as a task owned by the server, not by the request that started
+//! it, so a client that goes away cancels nothing; every request for the
+//! content, the first one included, is only a reader of the fill. Blobs are
+//! streamed through a temp file that readers follow as it grows
+//! (`blob`, `reader`); manifests are small and are buffered, verified and
+//! handed to every waiter at once (`manifest`).
+
+pub mod blob;
+pub mod manifest;
+pub mod reader;
+
+use crate::digest::Digest;
+use crate::store::StoreError;
+use crate::upstream::UpstreamError;
+
+/// Why a fill did not produce verified content. Nothing is committed when a
+/// fill fails.
+#[derive(Debug, thiserror::Error)]
+pub enum FillError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("upstream {upstream} sent content with digest {actual}, not the expected {expected}")]
+    DigestMismatch {
+        upstream: String,
+        expected: String,
+        actual: Digest,
+    },
+    #[error("upstream {upstream} ended the body after {received} of {expected} bytes")]
+    Truncated {
+        upstream: String,
+        expected: u64,
+        received: u64,
+    },
+    #[error("upstream {upstream} sent more than the {expected} bytes it announced")]
+    Overlong { upstream: String, expected: u64 },
+    #[error("upstream {upstream} sent a manifest of {size} bytes; berth accepts at most {limit}")]
+    TooLarge {
+        upstream: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cache write failed: {0}")]
+    Io(#[from] std::io::Error),
+}

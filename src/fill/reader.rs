@@ -1,0 +1,195 @@
+//! Reading a blob while it may still be arriving.
+//!
+//! A reader owns a shared handle on the blob's file and a view of the fill's
+//! progress. It reads by offset (so it never disturbs other readers and keeps
+//! reading the same inode after the file is renamed or deleted), sends what is
+//! already on disk at disk speed, then follows the live transfer. The last
+//! byte of a response is held back until the fill has verified the digest, so
+//! a client can never receive a complete body of wrong bytes: on failure the
+//! stream ends in an error and the connection is cut short.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::FillError;
+
+/// How much a reader reads from disk at a time.
+const READ_CHUNK: u64 = 512 * 1024;
+
+/// A fill's progress, published to its readers.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Waiting for the upstream's response headers.
+    Connecting,
+    /// `written` bytes are durably in the file; `total` is what the upstream announced.
+    Streaming {
+        written: u64,
+        total: Option<u64>,
+    },
+    /// Verified and committed.
+    Done {
+        size: u64,
+    },
+    Failed(Arc<FillError>),
+}
+
+/// A byte stream over a blob file, complete or still being filled.
+pub struct BlobReader {
+    file: Arc<File>,
+    progress: watch::Receiver<Progress>,
+    pos: u64,
+    /// Exclusive end of the requested range; `None` reads to the blob's end.
+    end: Option<u64>,
+}
+
+impl BlobReader {
+    /// A reader of a fill in progress, from `start` to `end` (exclusive).
+    pub fn following(
+        file: Arc<File>,
+        progress: watch::Receiver<Progress>,
+        start: u64,
+        end: Option<u64>,
+    ) -> Self {
+        BlobReader {
+            file,
+            progress,
+            pos: start,
+            end,
+        }
+    }
+
+    /// A reader of a complete, committed file.
+    pub fn complete(file: Arc<File>, size: u64, start: u64, end: u64) -> Self {
+        let (_tx, progress) = watch::channel(Progress::Done { size });
+        BlobReader {
+            file,
+            progress,
+            pos: start,
+            end: Some(end),
+        }
+    }
+
+    /// The next chunk of the body; `None` at a verified end.
+    pub async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            let progress = self.progress.borrow_and_update().clone();
+            let (available, finished) = match progress {
+                Progress::Connecting => (0, false),
+                Progress::Streaming { written, .. } => (written, false),
+                Progress::Done { size } => (size, true),
+                Progress::Failed(e) => return Some(Err(io::Error::other(e.to_string()))),
+            };
+            let mut limit = self.end.map_or(available, |end| end.min(available));
+            if !finished && Some(limit) == self.end {
+                // Hold the final byte back until the digest is verified.
+                limit = limit.saturating_sub(1);
+            }
+            if self.pos < limit {
+                return Some(self.read(limit).await);
+            }
+            if self.end.is_some_and(|end| self.pos >= end) || (finished && self.pos >= available) {
+                return None;
+            }
+            if self.progress.changed().await.is_err() {
+                // The fill task is gone without a verdict (it panicked).
+                if !matches!(*self.progress.borrow(), Progress::Done { .. }) {
+                    return Some(Err(io::Error::other("the fill ended without finishing")));
+                }
+            }
+        }
+    }
+
+    async fn read(&mut self, limit: u64) -> io::Result<Bytes> {
+        let len = (limit - self.pos).min(READ_CHUNK) as usize;
+        let file = self.file.clone();
+        let pos = self.pos;
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.pos += bytes.len() as u64;
+        Ok(bytes)
+    }
+
+    /// Turns the reader into a stream of body chunks.
+    pub fn into_stream(
+        self,
+    ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static {
+        futures_util::stream::unfold(self, |mut reader| async move {
+            let item = reader.next_chunk().await?;
+            Some((item, reader))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_with(bytes: &[u8]) -> Arc<File> {
+        let mut f = tempfile::tempfile().expect("tempfile");
+        f.write_all(bytes).expect("write");
+        Arc::new(f)
+    }
+
+    async fn drain(mut r: BlobReader) -> Result<Vec<u8>, io::Error> {
+        let mut out = Vec::new();
+        while let Some(chunk) = r.next_chunk().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn reads_a_range_of_a_complete_file() {
+        let r = BlobReader::complete(file_with(b"0123456789"), 10, 2, 5);
+        assert_eq!(drain(r).await.expect("ok"), b"234");
+    }
+
+    #[tokio::test]
+    async fn follows_a_fill_and_holds_the_last_byte_until_verified() {
+        let file = file_with(b"");
+        let (tx, rx) = watch::channel(Progress::Connecting);
+        let mut r = BlobReader::following(file.clone(), rx, 0, Some(4));
+        file.write_all_at(b"abcd", 0).expect("write");
+        tx.send_replace(Progress::Streaming {
+            written: 4,
+            total: Some(4),
+        });
+        assert_eq!(
+            &r.next_chunk().await.expect("chunk").expect("ok")[..],
+            b"abc"
+        );
+        let waiter =
+            tokio::spawn(
+                async move { (r.next_chunk().await.map(|c| c.map(|b| b.to_vec()).ok()), r) },
+            );
+        tokio::task::yield_now().await;
+        tx.send_replace(Progress::Done { size: 4 });
+        let (last, mut r) = waiter.await.expect("join");
+        assert_eq!(last, Some(Some(b"d".to_vec())));
+        assert!(r.next_chunk().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_fill_ends_the_stream_in_an_error() {
+        let file = file_with(b"abcd");
+        let (tx, rx) = watch::channel(Progress::Streaming {
+            written: 4,
+            total: Some(4),
+        });
+        let r = BlobReader::following(file, rx, 0, Some(4));
+        tx.send_replace(Progress::Failed(Arc::new(FillError::Io(io::Error::other(
+            "boom",
+        )))));
+        assert!(drain(r).await.is_err());
+    }
+}

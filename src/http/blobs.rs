@@ -1,0 +1,146 @@
+//! `GET`/`HEAD /v2/<name>/blobs/<digest>`: cached blobs from memory, sled or
+//! their file (with `Range`), missing ones by joining or starting a fill and
+//! streaming it as it arrives.
+
+use http::{header, Method, Response, StatusCode};
+
+use super::body::{self, Body};
+use super::content_headers;
+use super::range::{self, ByteRange};
+use crate::digest::Digest;
+use crate::error::{ApiError, ContentKind};
+use crate::fill::blob::BlobSource;
+use crate::fill::reader::BlobReader;
+use crate::store::BlobContent;
+use crate::App;
+
+pub async fn get(
+    app: &App,
+    head: bool,
+    name: &str,
+    digest: &Digest,
+    range: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let store = app.store();
+    let upstream = app.upstream().name();
+    let linked = store.has_link(upstream, name, digest)?;
+    if linked {
+        if let Some(content) = store.blob(digest)? {
+            return cached(digest, content, range, head);
+        }
+    }
+    if head {
+        return head_uncached(app, name, digest).await;
+    }
+    let source = app
+        .blobs()
+        .fetch(name, digest)
+        .await
+        .map_err(|e| ApiError::from_fill(&e, ContentKind::Blob))?;
+    match source {
+        BlobSource::Cached(content) => {
+            if !linked {
+                confirm(app, name, digest).await?;
+            }
+            cached(digest, content, range, head)
+        }
+        BlobSource::Filling(fill) => {
+            let total = fill
+                .started()
+                .await
+                .map_err(|e| ApiError::from_fill(&e, ContentKind::Blob))?;
+            let Some(total) = total else {
+                // No announced size: the whole blob, chunked, ending only
+                // once verified.
+                let resp = content_headers(Response::builder().status(StatusCode::OK), digest)
+                    .header(header::CONTENT_TYPE, "application/octet-stream");
+                return finish(resp, body::stream(fill.reader(0, None).into_stream()));
+            };
+            let (resp, start, end) = ranged(digest, total, range)?;
+            finish(
+                resp,
+                body::stream(fill.reader(start, Some(end)).into_stream()),
+            )
+        }
+    }
+}
+
+/// Asks the upstream whether `name` holds `digest`, and records that it does.
+async fn confirm(app: &App, name: &str, digest: &Digest) -> Result<Option<u64>, ApiError> {
+    let resp = app
+        .upstream()
+        .blob(Method::HEAD, name, digest)
+        .await
+        .map_err(|e| ApiError::from_upstream(&e, ContentKind::Blob))?;
+    app.store().add_link(app.upstream().name(), name, digest)?;
+    Ok(resp.content_length())
+}
+
+/// A `HEAD` for a blob this repository has not been seen with: the upstream
+/// answers; no fill is started for a request that wants no bytes.
+async fn head_uncached(app: &App, name: &str, digest: &Digest) -> Result<Response<Body>, ApiError> {
+    let announced = confirm(app, name, digest).await?;
+    let size = match app.store().blob(digest)? {
+        Some(content) => Some(content.size()),
+        None => announced,
+    };
+    let mut resp = content_headers(Response::builder().status(StatusCode::OK), digest)
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if let Some(size) = size {
+        resp = resp.header(header::CONTENT_LENGTH, size);
+    }
+    finish(resp, body::empty())
+}
+
+fn cached(
+    digest: &Digest,
+    content: BlobContent,
+    range: Option<&str>,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
+    let (resp, start, end) = ranged(digest, content.size(), range)?;
+    if head {
+        return finish(resp, body::empty());
+    }
+    let body = match content {
+        BlobContent::Inline(bytes) => body::full(bytes.slice(start as usize..end as usize)),
+        BlobContent::File { file, size } => {
+            body::stream(BlobReader::complete(file, size, start, end).into_stream())
+        }
+    };
+    finish(resp, body)
+}
+
+/// Response headers for a blob of `size` bytes and the byte span to send.
+fn ranged(
+    digest: &Digest,
+    size: u64,
+    range: Option<&str>,
+) -> Result<(http::response::Builder, u64, u64), ApiError> {
+    let resp = content_headers(Response::builder(), digest)
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    match range::parse(range, size) {
+        ByteRange::Full => Ok((
+            resp.status(StatusCode::OK)
+                .header(header::CONTENT_LENGTH, size),
+            0,
+            size,
+        )),
+        ByteRange::Partial { start, end } => {
+            let resp = resp
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_LENGTH, end - start)
+                .header(
+                    header::CONTENT_RANGE,
+                    format!("bytes {start}-{}/{size}", end - 1),
+                );
+            Ok((resp, start, end))
+        }
+        ByteRange::Unsatisfiable => Err(ApiError::range_not_satisfiable(size)),
+    }
+}
+
+fn finish(resp: http::response::Builder, body: Body) -> Result<Response<Body>, ApiError> {
+    resp.body(body)
+        .map_err(|e| ApiError::internal(format!("cannot build a response: {e}")))
+}

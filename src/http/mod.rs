@@ -1,0 +1,86 @@
+//! The front: accepting connections (`server`), mapping requests to routes
+//! (`route`), the handlers for each kind of content, and turning whatever
+//! happens into a response, logged once.
+
+pub mod blobs;
+pub mod body;
+pub mod manifests;
+pub mod range;
+pub mod route;
+pub mod server;
+pub mod tags;
+
+use std::time::Instant;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+
+use self::body::Body;
+use self::route::Route;
+use crate::digest::Digest;
+use crate::error::ApiError;
+use crate::App;
+
+const API_VERSION: &str = "registry/2.0";
+
+/// Handles one request; never fails, since every error becomes an OCI error
+/// response here.
+pub async fn handle<B>(app: App, req: Request<B>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let head = method == Method::HEAD;
+    let mut resp = match dispatch(&app, &req, head).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            if err.is_client_error() {
+                tracing::debug!(%method, path = req.uri().path(), code = err.code.as_str(), message = %err.message, "request refused");
+            } else {
+                tracing::warn!(%method, path = req.uri().path(), code = err.code.as_str(), message = %err.message, "request failed");
+            }
+            err.into_response(head)
+        }
+    };
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static(API_VERSION),
+    );
+    tracing::info!(
+        %method,
+        path = req.uri().path(),
+        status = resp.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn dispatch<B>(app: &App, req: &Request<B>, head: bool) -> Result<Response<Body>, ApiError> {
+    match route::route(req.method(), req.uri().path())? {
+        Route::Base => Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, 2)
+            .body(if head {
+                body::empty()
+            } else {
+                body::full(&b"{}"[..])
+            })
+            .unwrap_or_else(|_| Response::new(body::empty()))),
+        Route::Manifest { name, reference } => manifests::get(app, head, &name, &reference).await,
+        Route::Blob { name, digest } => {
+            let range = req
+                .headers()
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok());
+            blobs::get(app, head, &name, &digest, range).await
+        }
+        Route::Tags { name } => tags::list(app, head, &name, req.uri().query()).await,
+    }
+}
+
+/// The headers every manifest and blob response carries.
+fn content_headers(builder: http::response::Builder, digest: &Digest) -> http::response::Builder {
+    builder
+        .header("docker-content-digest", digest.to_string())
+        .header(header::ETAG, format!("\"{digest}\""))
+        .header(header::ACCEPT_RANGES, "bytes")
+}

@@ -1,0 +1,145 @@
+//! berth: a pull-through caching registry for OCI and Docker images.
+//!
+//! A client pulls through berth's registry API (`http`); berth answers from
+//! its cache (`store`: moka in memory, sled for metadata, manifests and small
+//! blobs, content-addressed files for large blobs) and fetches what it lacks
+//! from the upstream registry (`upstream`) through single-flight fills
+//! (`fill`) that stream to every waiting client while they write, hash and
+//! finally commit verified content. Nothing is cached until its digest is
+//! verified, and a repository is only served content the upstream showed in
+//! it.
+//!
+//! `run` serves until a shutdown future resolves; the binary in `main.rs` is
+//! a thin shell around it, and tests start the same server in-process.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod fill;
+pub mod http;
+pub mod reference;
+pub mod store;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+pub use crate::config::Config;
+pub use crate::error::Error;
+use crate::fill::blob::BlobFills;
+use crate::fill::manifest::ManifestFills;
+use crate::store::Store;
+use crate::upstream::Upstream;
+
+/// The shared state of a running berth: a cheap, clonable handle.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<AppInner>,
+}
+
+struct AppInner {
+    config: Config,
+    store: Store,
+    upstream: Arc<Upstream>,
+    blobs: BlobFills,
+    manifests: ManifestFills,
+    /// Fills belong to the server, not to a connection; shutdown waits here.
+    fills: TaskTracker,
+}
+
+impl App {
+    /// Opens the store (repairing what an interrupted run left) and builds
+    /// the upstream client.
+    pub fn new(config: Config) -> Result<App, Error> {
+        let (store, recovery) = Store::open(&config.data_dir, &config.cache)?;
+        if recovery != Default::default() {
+            tracing::info!(?recovery, "repaired the store after an interrupted run");
+        }
+        let upstream = Arc::new(Upstream::new(&config.upstream)?);
+        let fills = TaskTracker::new();
+        let blobs = BlobFills::new(store.clone(), upstream.clone(), fills.clone());
+        let manifests = ManifestFills::new(store.clone(), upstream.clone(), fills.clone());
+        Ok(App {
+            inner: Arc::new(AppInner {
+                config,
+                store,
+                upstream,
+                blobs,
+                manifests,
+                fills,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.inner.upstream
+    }
+
+    pub fn blobs(&self) -> &BlobFills {
+        &self.inner.blobs
+    }
+
+    pub fn manifests(&self) -> &ManifestFills {
+        &self.inner.manifests
+    }
+}
+
+/// Serves the registry API on `listener` until `shutdown` resolves; then
+/// stops accepting, lets running transfers and fills finish (up to the
+/// configured shutdown timeout) and flushes the store.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let app = App::new(config)?;
+    serve(app, listener, shutdown).await
+}
+
+/// `run` for an `App` that is already open.
+pub async fn serve(
+    app: App,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let deadline = app.config().shutdown_timeout;
+    let started = Instant::now();
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        upstream = app.upstream().name(),
+        data_dir = %app.config().data_dir.display(),
+        "berth is serving"
+    );
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(Instant::now());
+    };
+    http::server::serve(app.clone(), listener, shutdown, deadline).await;
+    let stop_began = stopping_rx.await.unwrap_or(started);
+    let remaining = deadline.saturating_sub(stop_began.elapsed());
+    app.inner.fills.close();
+    if tokio::time::timeout(remaining, app.inner.fills.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("fills still running at the shutdown deadline; they are abandoned and nothing partial is kept");
+    }
+    app.store().flush().await?;
+    tracing::info!("store flushed; stopped");
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! The `berth` binary: command line, logging, configuration (refused with
+//! exit code 64 when invalid), and signals; everything else is the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for a configuration error (EX_USAGE / EX_CONFIG family, as sysexits.h).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "A pull-through caching registry for OCI and Docker images"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without one, berth runs on its embedded defaults.
+    #[arg(long, short, global = true, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the registry API (the default).
+    Serve,
+    /// Check the configuration and print it; exit 64 if it is invalid.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match berth::Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("berth: {errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            println!("{config:#?}");
+            ExitCode::SUCCESS
+        }
+        Command::Serve => serve(config),
+    }
+}
+
+fn serve(config: berth::Config) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| {
+                berth::Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {}: {e}", config.listen),
+                ))
+            })?;
+        berth::run(config, listener, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            // Without signal handlers, fall back to Ctrl-C only.
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

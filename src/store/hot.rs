@@ -1,0 +1,66 @@
+//! The hot tier: manifests, tag resolutions and small blobs in memory,
+//! bounded in bytes, in front of sled. It is a read-through copy only; sled
+//! stays the truth, so losing the hot tier loses nothing.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use moka::sync::Cache;
+
+use super::{Manifest, TagMapping};
+use crate::digest::Digest;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HotKey {
+    Manifest(Digest),
+    Blob(Digest),
+    Tag(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+pub enum HotValue {
+    Manifest(Arc<Manifest>),
+    Blob(Bytes),
+    Tag(TagMapping),
+}
+
+/// Rough per-entry bookkeeping cost, so that many tiny entries still count.
+const ENTRY_OVERHEAD: usize = 128;
+
+impl HotValue {
+    fn weight(&self) -> u32 {
+        let payload = match self {
+            HotValue::Manifest(m) => m.bytes.len() + m.media_type.len(),
+            HotValue::Blob(b) => b.len(),
+            HotValue::Tag(_) => 0,
+        };
+        u32::try_from(payload + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+    }
+}
+
+#[derive(Clone)]
+pub struct Hot {
+    cache: Cache<HotKey, HotValue>,
+}
+
+impl Hot {
+    pub fn new(max_bytes: u64) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_k: &HotKey, v: &HotValue| v.weight())
+            .build();
+        Hot { cache }
+    }
+
+    pub fn get(&self, key: &HotKey) -> Option<HotValue> {
+        self.cache.get(key)
+    }
+
+    pub fn insert(&self, key: HotKey, value: HotValue) {
+        self.cache.insert(key, value);
+    }
+
+    pub fn remove(&self, key: &HotKey) {
+        self.cache.invalidate(key);
+    }
+}

@@ -1,0 +1,366 @@
+//! The client for the registry berth mirrors: requests for manifests, blobs
+//! and tag lists, with the upstream's authentication answered, redirects
+//! followed without leaking credentials to other hosts, and every failure
+//! turned into an `UpstreamError` that names the upstream.
+
+pub mod auth;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use serde::Deserialize;
+
+use self::auth::{Auth, Credential};
+use crate::config::UpstreamConfig;
+use crate::digest::Digest;
+
+/// Docker's manifest media types, which oci-spec does not name.
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// Redirect hops followed before giving up.
+const MAX_REDIRECTS: usize = 5;
+/// Upstream error bodies are read up to this size, for their message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Why talking to the upstream failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {upstream} is unreachable: {reason}")]
+    Unreachable { upstream: String, reason: String },
+    #[error("upstream {upstream} timed out waiting for the {what}")]
+    Timeout {
+        upstream: String,
+        what: &'static str,
+    },
+    #[error("upstream {upstream} answered {status}{}: {message}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Status {
+        upstream: String,
+        status: StatusCode,
+        code: Option<String>,
+        message: String,
+        retry_after: Option<HeaderValue>,
+    },
+    #[error("upstream {upstream} failed while sending a body: {reason}")]
+    Body { upstream: String, reason: String },
+    #[error("upstream {upstream} sent an unusable response: {reason}")]
+    BadResponse { upstream: String, reason: String },
+}
+
+#[derive(Deserialize)]
+struct OciErrors {
+    errors: Vec<OciError>,
+}
+
+#[derive(Deserialize)]
+struct OciError {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+impl UpstreamError {
+    pub fn unreachable(upstream: &str, err: &reqwest::Error) -> Self {
+        // The source chain says why (refused, DNS, TLS); the top level rarely does.
+        let mut reason = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(s) = source {
+            reason = format!("{reason}: {s}");
+            source = s.source();
+        }
+        UpstreamError::Unreachable {
+            upstream: upstream.to_owned(),
+            reason,
+        }
+    }
+
+    /// Builds the error for a non-success response, keeping the upstream's
+    /// own OCI error code and message when it sent one.
+    pub async fn from_response(upstream: &str, resp: reqwest::Response) -> Self {
+        let status = resp.status();
+        let retry_after = resp.headers().get(http::header::RETRY_AFTER).cloned();
+        let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+        let parsed = serde_json::from_slice::<OciErrors>(&body)
+            .ok()
+            .and_then(|e| e.errors.into_iter().next());
+        let (code, message) = match parsed {
+            Some(e) => (e.code, e.message.unwrap_or_default()),
+            None => (
+                None,
+                String::from_utf8_lossy(&body)
+                    .trim()
+                    .chars()
+                    .take(200)
+                    .collect(),
+            ),
+        };
+        UpstreamError::Status {
+            upstream: upstream.to_owned(),
+            status,
+            code,
+            message,
+            retry_after,
+        }
+    }
+
+    /// Whether the upstream said the thing does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, UpstreamError::Status { status, .. } if *status == StatusCode::NOT_FOUND)
+    }
+}
+
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = limit.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Some(out)
+}
+
+/// The `Accept` header berth sends for manifests: every image type it serves.
+pub fn manifest_accept() -> String {
+    use oci_spec::image::MediaType;
+    [
+        MediaType::ImageIndex.to_string(),
+        MediaType::ImageManifest.to_string(),
+        DOCKER_MANIFEST_LIST.to_owned(),
+        DOCKER_MANIFEST_V2.to_owned(),
+    ]
+    .join(", ")
+}
+
+/// One configured upstream registry.
+pub struct Upstream {
+    name: String,
+    base: reqwest::Url,
+    http: reqwest::Client,
+    auth: Auth,
+    response_timeout: Duration,
+    idle_timeout: Duration,
+    manifest_accept: HeaderValue,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            // Redirects are followed by hand, to decide per hop whether
+            // credentials may go along.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.connect_timeout)
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| UpstreamError::BadResponse {
+                upstream: config.name.clone(),
+                reason: format!("cannot build an HTTP client: {e}"),
+            })?;
+        let basic = match (&config.username, &config.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            _ => None,
+        };
+        let manifest_accept =
+            HeaderValue::from_str(&manifest_accept()).map_err(|e| UpstreamError::BadResponse {
+                upstream: config.name.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Upstream {
+            name: config.name.clone(),
+            base: config.url.clone(),
+            http,
+            auth: Auth::new(config.name.clone(), basic),
+            response_timeout: config.response_timeout,
+            idle_timeout: config.idle_timeout,
+            manifest_accept,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The longest pause allowed between two chunks of a body.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// `GET` (or `HEAD`) of a manifest by tag or digest.
+    pub async fn manifest(
+        &self,
+        method: Method,
+        repo: &str,
+        reference: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let accept = self.manifest_accept.clone();
+        self.send(
+            method,
+            repo,
+            &format!("manifests/{reference}"),
+            Some(accept),
+        )
+        .await
+    }
+
+    /// `GET` (or `HEAD`) of a blob; the body is left for the caller to stream.
+    pub async fn blob(
+        &self,
+        method: Method,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        self.send(method, repo, &format!("blobs/{digest}"), None)
+            .await
+    }
+
+    /// `GET` of the tag list, with the client's `n` and `last`.
+    pub async fn tags(
+        &self,
+        repo: &str,
+        query: Option<&str>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let path = match query {
+            Some(q) => format!("tags/list?{q}"),
+            None => "tags/list".to_owned(),
+        };
+        self.send(Method::GET, repo, &path, None).await
+    }
+
+    /// Reads a whole body, with the idle timeout between chunks and a size cap.
+    pub async fn read_body(
+        &self,
+        mut resp: reqwest::Response,
+        limit: usize,
+    ) -> Result<Result<Bytes, usize>, UpstreamError> {
+        let mut out = bytes::BytesMut::new();
+        while let Some(chunk) = self.next_chunk(&mut resp).await? {
+            if out.len() + chunk.len() > limit {
+                return Ok(Err(out.len() + chunk.len()));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Ok(out.freeze()))
+    }
+
+    /// The next chunk of a body, or an error if the upstream fails or stalls.
+    pub async fn next_chunk(
+        &self,
+        resp: &mut reqwest::Response,
+    ) -> Result<Option<Bytes>, UpstreamError> {
+        match tokio::time::timeout(self.idle_timeout, resp.chunk()).await {
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.name.clone(),
+                what: "next part of a body",
+            }),
+            Ok(Err(e)) => Err(UpstreamError::Body {
+                upstream: self.name.clone(),
+                reason: e.to_string(),
+            }),
+            Ok(Ok(chunk)) => Ok(chunk),
+        }
+    }
+
+    /// Sends a request for `/v2/<repo>/<path>`, answering one auth challenge
+    /// and following redirects. Only 2xx responses come back as `Ok`.
+    async fn send(
+        &self,
+        method: Method,
+        repo: &str,
+        path: &str,
+        accept: Option<HeaderValue>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let scope = format!("repository:{repo}:pull");
+        let mut url = self.base.join(&format!("/v2/{repo}/{path}")).map_err(|e| {
+            UpstreamError::BadResponse {
+                upstream: self.name.clone(),
+                reason: format!("cannot build a URL for {repo}/{path}: {e}"),
+            }
+        })?;
+        let mut credential = self.auth.credential_for(&scope);
+        let mut answered_challenge = false;
+        let mut hops = 0;
+        loop {
+            let same_origin = url.origin() == self.base.origin();
+            let mut req = self.http.request(method.clone(), url.clone());
+            if let Some(accept) = &accept {
+                req = req.header(http::header::ACCEPT, accept.clone());
+            }
+            if same_origin {
+                if let Some(c) = &credential {
+                    req = c.apply(req);
+                }
+            }
+            let resp = self.execute(req).await?;
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && same_origin && !answered_challenge {
+                answered_challenge = true;
+                if matches!(credential, Some(Credential::Bearer(_))) {
+                    self.auth.forget(&scope);
+                }
+                let challenge = resp
+                    .headers()
+                    .get(http::header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok());
+                if let Some(answer) = self
+                    .auth
+                    .answer(&self.http, challenge, &scope, self.response_timeout)
+                    .await?
+                {
+                    credential = Some(answer);
+                    continue;
+                }
+            }
+            if status.is_redirection() {
+                hops += 1;
+                url = self.redirect_target(&url, &resp, hops)?;
+                continue;
+            }
+            if status.is_success() {
+                return Ok(resp);
+            }
+            return Err(UpstreamError::from_response(&self.name, resp).await);
+        }
+    }
+
+    async fn execute(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        match tokio::time::timeout(self.response_timeout, req.send()).await {
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.name.clone(),
+                what: "response headers",
+            }),
+            Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout {
+                upstream: self.name.clone(),
+                what: "connection",
+            }),
+            Ok(Err(e)) => Err(UpstreamError::unreachable(&self.name, &e)),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    fn redirect_target(
+        &self,
+        from: &reqwest::Url,
+        resp: &reqwest::Response,
+        hops: usize,
+    ) -> Result<reqwest::Url, UpstreamError> {
+        let bad = |reason: String| UpstreamError::BadResponse {
+            upstream: self.name.clone(),
+            reason,
+        };
+        if hops > MAX_REDIRECTS {
+            return Err(bad(format!("more than {MAX_REDIRECTS} redirects")));
+        }
+        let location = resp
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| bad(format!("{} without a Location", resp.status())))?;
+        from.join(location)
+            .map_err(|e| bad(format!("redirect to {location:?}: {e}")))
+    }
+}
