@@ -530,6 +530,13 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid_and_matches_the_defaults() {
+        let example = Config::from_toml(include_str!("../config/berth.toml")).expect("config/berth.toml is valid");
+        let defaults = Config::default();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug_output() {
         assert_eq!(
             format!("{:?}", Secret::new("hunter2")),
