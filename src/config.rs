@@ -531,7 +531,8 @@ mod tests {
 
     #[test]
     fn the_documented_example_is_valid_and_matches_the_defaults() {
-        let example = Config::from_toml(include_str!("../config/berth.toml")).expect("config/berth.toml is valid");
+        let example = Config::from_toml(include_str!("../config/berth.toml"))
+            .expect("config/berth.toml is valid");
         let defaults = Config::default();
         assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
     }

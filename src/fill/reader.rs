@@ -92,8 +92,13 @@ impl BlobReader {
             if self.pos < limit {
                 return Some(self.read(limit).await);
             }
-            if self.end.is_some_and(|end| self.pos >= end) || (finished && self.pos >= available) {
-                return None;
+            if finished {
+                // A clean end only once verified, and only at the requested end.
+                return (self.pos < self.end.unwrap_or(available)).then(|| {
+                    Err(io::Error::other(
+                        "the blob is shorter than the requested range",
+                    ))
+                });
             }
             if self.progress.changed().await.is_err() {
                 // The fill task is gone without a verdict (it panicked).
@@ -177,6 +182,22 @@ mod tests {
         let (last, mut r) = waiter.await.expect("join");
         assert_eq!(last, Some(Some(b"d".to_vec())));
         assert!(r.next_chunk().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_ends_only_once_verified() {
+        let (tx, rx) = watch::channel(Progress::Streaming {
+            written: 0,
+            total: Some(0),
+        });
+        let mut r = BlobReader::following(file_with(b""), rx, 0, Some(0));
+        let waiter = tokio::spawn(async move { r.next_chunk().await.map(|c| c.is_ok()) });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        tx.send_replace(Progress::Failed(Arc::new(FillError::Io(io::Error::other(
+            "digest mismatch",
+        )))));
+        assert_eq!(waiter.await.expect("join"), Some(false));
     }
 
     #[tokio::test]
