@@ -15,7 +15,7 @@ use super::FillError;
 use crate::digest::{Digest, Hasher};
 use crate::store::files::TempFile;
 use crate::store::{BlobContent, Store};
-use crate::upstream::Upstream;
+use crate::upstream::{announced_length, Upstream};
 
 /// Upstream chunks are gathered up to this size before one write to disk.
 const WRITE_BATCH: usize = 1024 * 1024;
@@ -178,7 +178,7 @@ impl BlobFills {
     ) -> Result<u64, FillError> {
         let upstream = &self.inner.upstream;
         let mut resp = upstream.blob(Method::GET, repo, digest).await?;
-        let total = resp.content_length();
+        let total = announced_length(&resp);
         tx.send_replace(Progress::Streaming { written: 0, total });
         let mut hasher = Hasher::new(digest.algorithm());
         let mut written = 0u64;

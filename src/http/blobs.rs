@@ -12,6 +12,7 @@ use crate::error::{ApiError, ContentKind};
 use crate::fill::blob::BlobSource;
 use crate::fill::reader::BlobReader;
 use crate::store::BlobContent;
+use crate::upstream::announced_length;
 use crate::App;
 
 pub async fn get(
@@ -73,7 +74,7 @@ async fn confirm(app: &App, name: &str, digest: &Digest) -> Result<Option<u64>, 
         .await
         .map_err(|e| ApiError::from_upstream(&e, ContentKind::Blob))?;
     app.store().add_link(app.upstream().name(), name, digest)?;
-    Ok(resp.content_length())
+    Ok(announced_length(&resp))
 }
 
 /// A `HEAD` for a blob this repository has not been seen with: the upstream

@@ -1,12 +1,40 @@
-//! `GET /v2/<name>/tags/list`: passed through to the upstream with the
-//! client's pagination (`n`, `last`); tag lists are not cached.
+//! `GET /v2/<name>/tags/list?n=&last=`: the upstream's tag list (not cached),
+//! answered the way the spec requires whatever the upstream does: sorted in
+//! lexical order, starting after `last`, at most `n` tags, and a `Link` to the
+//! next page when there are more. distribution 2.x, for one, ignores `n` and
+//! lists tags in storage order, so berth gathers the upstream's pages and
+//! paginates itself.
 
-use futures_util::TryStreamExt;
 use http::{header, Response, StatusCode};
+use serde::{Deserialize, Serialize};
 
 use super::body::{self, Body};
 use crate::error::{ApiError, ContentKind};
+use crate::upstream::UpstreamError;
 use crate::App;
+
+/// Upstream pages followed before giving up on a tag list.
+const MAX_UPSTREAM_PAGES: usize = 100;
+/// Largest upstream page read.
+const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Deserialize)]
+struct UpstreamTags {
+    tags: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+struct TagList<'a> {
+    name: &'a str,
+    tags: &'a [String],
+}
+
+/// The client's pagination parameters.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Page {
+    n: Option<usize>,
+    last: Option<String>,
+}
 
 pub async fn list(
     app: &App,
@@ -14,57 +42,138 @@ pub async fn list(
     name: &str,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let forwarded = pagination(query);
-    let resp = app
-        .upstream()
-        .tags(name, forwarded.as_deref())
+    let page = Page::parse(query);
+    let mut tags = upstream_tags(app, name)
         .await
         .map_err(|e| ApiError::from_upstream(&e, ContentKind::Tags))?;
-    let mut builder = Response::builder()
+    tags.sort();
+    tags.dedup();
+    let (shown, more) = page.apply(&tags);
+    let json = serde_json::to_vec(&TagList { name, tags: shown })
+        .map_err(|e| ApiError::internal(format!("cannot encode the tag list: {e}")))?;
+    let mut resp = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json");
-    for name in [header::LINK, header::CONTENT_LENGTH] {
-        if let Some(v) = resp.headers().get(&name) {
-            builder = builder.header(name, v.clone());
-        }
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, json.len());
+    if let (true, Some(n), Some(last)) = (more, page.n, shown.last()) {
+        let next = form_urlencoded::Serializer::new(String::new())
+            .append_pair("n", &n.to_string())
+            .append_pair("last", last)
+            .finish();
+        resp = resp.header(
+            header::LINK,
+            format!("</v2/{name}/tags/list?{next}>; rel=\"next\""),
+        );
     }
     let body = if head {
         body::empty()
     } else {
-        body::stream(resp.bytes_stream().map_err(std::io::Error::other))
+        body::full(json)
     };
-    builder
-        .body(body)
+    resp.body(body)
         .map_err(|e| ApiError::internal(format!("cannot build a response: {e}")))
 }
 
-/// Keeps only the parameters the tags API defines.
-fn pagination(query: Option<&str>) -> Option<String> {
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(query?.as_bytes())
-        .filter(|(k, _)| k == "n" || k == "last")
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    if pairs.is_empty() {
+/// Every tag of `name` upstream, following the upstream's own pagination.
+async fn upstream_tags(app: &App, name: &str) -> Result<Vec<String>, UpstreamError> {
+    let upstream = app.upstream();
+    let mut tags = Vec::new();
+    let mut query: Option<String> = None;
+    for _ in 0..MAX_UPSTREAM_PAGES {
+        let resp = upstream.tags(name, query.as_deref()).await?;
+        let next = resp
+            .headers()
+            .get(header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_page_query);
+        let bad = |reason: String| UpstreamError::BadResponse {
+            upstream: upstream.name().to_owned(),
+            reason,
+        };
+        let bytes = upstream
+            .read_body(resp, MAX_PAGE_BYTES)
+            .await?
+            .map_err(|size| bad(format!("a tag list page of {size} bytes is too large")))?;
+        let page: UpstreamTags = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("tag list is not valid JSON: {e}")))?;
+        tags.extend(page.tags.unwrap_or_default());
+        match next {
+            Some(q) if Some(&q) != query.as_ref() => query = Some(q),
+            _ => return Ok(tags),
+        }
+    }
+    Ok(tags)
+}
+
+/// The query of a `Link: <...?n=..&last=..>; rel="next"` header.
+fn next_page_query(link: &str) -> Option<String> {
+    let (target, params) = link.split_once(';')?;
+    if !params.contains("next") {
         return None;
     }
-    Some(
-        form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(pairs)
-            .finish(),
-    )
+    let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+    Some(target.split_once('?')?.1.to_owned())
+}
+
+impl Page {
+    /// Reads `n` and `last`; a non-numeric `n` is ignored.
+    fn parse(query: Option<&str>) -> Page {
+        let mut page = Page::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "n" => page.n = v.parse().ok(),
+                "last" => page.last = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        page
+    }
+
+    /// The slice of sorted `tags` this page shows, and whether more follow.
+    fn apply<'a>(&self, tags: &'a [String]) -> (&'a [String], bool) {
+        let start = match &self.last {
+            Some(last) => tags.partition_point(|t| t <= last),
+            None => 0,
+        };
+        let rest = &tags[start..];
+        match self.n {
+            Some(n) if n < rest.len() => (&rest[..n], true),
+            _ => (rest, false),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tags(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
-    fn only_pagination_is_forwarded() {
+    fn pages_follow_last_and_n() {
+        let all = tags(&["a", "b", "c", "v1"]);
+        let page = Page::parse(Some("n=2"));
+        assert_eq!(page.apply(&all), (&all[..2], true));
+        let page = Page::parse(Some("n=2&last=b"));
+        assert_eq!(page.apply(&all), (&all[2..], false));
+        let page = Page::parse(Some("last=bb&ns=docker.io"));
+        assert_eq!(page.apply(&all), (&all[2..], false));
+        assert_eq!(Page::parse(Some("n=0")).apply(&all), (&all[..0], true));
+        assert_eq!(Page::parse(None).apply(&all), (&all[..], false));
+    }
+
+    #[test]
+    fn upstream_link_headers_give_the_next_query() {
         assert_eq!(
-            pagination(Some("n=10&last=v1&ns=docker.io")).as_deref(),
-            Some("n=10&last=v1")
+            next_page_query("</v2/a/tags/list?last=b&n=2>; rel=\"next\"").as_deref(),
+            Some("last=b&n=2")
         );
-        assert_eq!(pagination(Some("ns=docker.io")), None);
-        assert_eq!(pagination(None), None);
+        assert_eq!(
+            next_page_query("</v2/a/tags/list?last=b>; rel=\"prev\""),
+            None
+        );
+        assert_eq!(next_page_query("garbage"), None);
     }
 }

@@ -121,6 +121,16 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Option<Vec<u
     Some(out)
 }
 
+/// The size the upstream announced in `Content-Length`. Read from the header
+/// itself: for a `HEAD`, reqwest's `content_length()` is the size of the empty
+/// body, not the size of the resource.
+pub fn announced_length(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The `Accept` header berth sends for manifests: every image type it serves.
 pub fn manifest_accept() -> String {
     use oci_spec::image::MediaType;

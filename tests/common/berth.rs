@@ -1,0 +1,142 @@
+//! berth itself, started in-process the way `main` starts it: a config parsed
+//! from TOML, `berth::run` on a listener bound to 127.0.0.1:0, and a shutdown
+//! future the test controls.
+//!
+//! The data directory outlives a stop, so a test can restart berth on it and
+//! see what survived.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Long enough for any drain in these tests; only a guard against a hang.
+const STOP_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct Berth {
+    data_dir: TempDir,
+    config: String,
+    addr: SocketAddr,
+    running: Option<Running>,
+}
+
+struct Running {
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ::berth::Error>>,
+}
+
+impl Berth {
+    /// Start berth with one upstream at `upstream_url`. `toml_extra` is
+    /// merged over the generated config (tables merge, values replace), e.g.
+    /// `"[upstream]\nusername = \"u\"\n"` or `"[cache]\ninline_max = \"1KiB\"\n"`.
+    pub async fn start(toml_extra: &str, upstream_url: &str) -> Berth {
+        let data_dir = tempfile::Builder::new()
+            .prefix("berth-data-")
+            .tempdir()
+            .expect("create berth's temp data dir");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind berth's listener on 127.0.0.1:0");
+        let addr = listener.local_addr().expect("berth's listener address");
+        let config = config_text(toml_extra, upstream_url, addr, data_dir.path());
+        let mut berth = Berth {
+            data_dir,
+            config,
+            addr,
+            running: None,
+        };
+        berth.launch(listener);
+        berth
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:PORT`, as a registry client names it.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// The TOML berth was started with.
+    pub fn config(&self) -> &str {
+        &self.config
+    }
+
+    /// Trigger shutdown and wait for `run` to return; panics if it returned
+    /// an error or never returned. Idempotent.
+    pub async fn stop(&mut self) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        let _ = running.shutdown.send(());
+        match tokio::time::timeout(STOP_DEADLINE, running.task).await {
+            Err(_) => panic!("berth::run did not return within {STOP_DEADLINE:?} of shutdown"),
+            Ok(Err(join)) => panic!("berth::run panicked: {join}"),
+            Ok(Ok(Err(e))) => panic!("berth::run returned an error: {e}"),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
+
+    /// Stop, then start again on the same address and data directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .unwrap_or_else(|e| panic!("rebind berth's address {}: {e}", self.addr));
+        self.launch(listener);
+    }
+
+    fn launch(&mut self, listener: TcpListener) {
+        let config = ::berth::Config::from_toml(&self.config)
+            .unwrap_or_else(|e| panic!("berth rejected the test config: {e}\n{}", self.config));
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(::berth::run(config, listener, async move {
+            // A dropped sender (the test ended) is a shutdown too.
+            let _ = signal.await;
+        }));
+        self.running = Some(Running { shutdown, task });
+    }
+}
+
+/// The generated config with `extra` merged over it.
+fn config_text(extra: &str, upstream_url: &str, addr: SocketAddr, data_dir: &Path) -> String {
+    let mut base: toml::Table = toml::toml! {
+        [upstream]
+        name = "registry.test"
+    };
+    base.insert("listen".into(), addr.to_string().into());
+    base.insert("data_dir".into(), data_dir.display().to_string().into());
+    if let Some(toml::Value::Table(upstream)) = base.get_mut("upstream") {
+        upstream.insert("url".into(), upstream_url.into());
+    }
+    let extra: toml::Table = extra
+        .parse()
+        .unwrap_or_else(|e| panic!("test's extra TOML does not parse: {e}\n{extra}"));
+    merge(&mut base, extra);
+    toml::to_string(&base).expect("serialize berth test config")
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}

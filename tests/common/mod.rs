@@ -1,0 +1,47 @@
+//! The harness shared by berth's integration tests.
+//!
+//! Each test binary starts its own upstreams and its own berth on free
+//! loopback ports, so test files (and tests inside them) run in parallel and
+//! never touch the internet:
+//!
+//! - [`registry`]: a real upstream (Debian's `docker-registry`) as a child process;
+//! - [`hostile`]: an in-process upstream that misbehaves on request;
+//! - [`content`]: image fixtures and pushing them over the registry API;
+//! - [`berth`]: berth itself, in-process, on a temporary data directory;
+//! - [`skopeo`]: a real client pulling through berth;
+//! - [`http`]: small helpers for raw HTTP checks.
+
+// Every test binary uses a different part of the harness.
+#![allow(dead_code)]
+
+pub mod berth;
+pub mod content;
+pub mod hostile;
+pub mod http;
+pub mod registry;
+pub mod skopeo;
+
+use sha2::{Digest as _, Sha256};
+
+/// A port that was free on 127.0.0.1 a moment ago: bind port 0, read it, let
+/// go. For child processes that must be told their port up front.
+pub fn free_port() -> u16 {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+    listener
+        .local_addr()
+        .expect("read the bound address")
+        .port()
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The hex part of a `sha256:<hex>` digest.
+pub fn digest_hex(digest: &str) -> &str {
+    digest
+        .strip_prefix("sha256:")
+        .unwrap_or_else(|| panic!("not a sha256 digest: {digest}"))
+}
