@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::fill::FillError;
 use crate::http::body::{self, Body};
 use crate::store::StoreError;
+use crate::upstream::routing::RoutingError;
 use crate::upstream::UpstreamError;
 
 /// The error codes of the distribution spec, plus the two that registries
@@ -238,6 +239,16 @@ impl ApiError {
         builder
             .body(body)
             .unwrap_or_else(|_| Response::new(body::empty()))
+    }
+}
+
+impl From<RoutingError> for ApiError {
+    fn from(err: RoutingError) -> Self {
+        let status = match err {
+            RoutingError::Denied { .. } => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+            _ => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+        };
+        ApiError::new(status.0, status.1, err.to_string())
     }
 }
 

@@ -35,7 +35,7 @@ pub use crate::error::Error;
 use crate::fill::blob::BlobFills;
 use crate::fill::manifest::ManifestFills;
 use crate::store::Store;
-use crate::upstream::Upstream;
+use crate::upstream::routing::Upstreams;
 
 /// The shared state of a running berth: a cheap, clonable handle.
 #[derive(Clone)]
@@ -46,7 +46,7 @@ pub struct App {
 struct AppInner {
     config: Config,
     store: Store,
-    upstream: Arc<Upstream>,
+    upstreams: Upstreams,
     blobs: BlobFills,
     manifests: ManifestFills,
     /// Fills belong to the server, not to a connection; shutdown waits here.
@@ -61,15 +61,15 @@ impl App {
         if recovery != Default::default() {
             tracing::info!(?recovery, "repaired the store after an interrupted run");
         }
-        let upstream = Arc::new(Upstream::new(&config.upstream)?);
+        let upstreams = Upstreams::new(&config.upstreams)?;
         let fills = TaskTracker::new();
-        let blobs = BlobFills::new(store.clone(), upstream.clone(), fills.clone());
-        let manifests = ManifestFills::new(store.clone(), upstream.clone(), fills.clone());
+        let blobs = BlobFills::new(store.clone(), fills.clone());
+        let manifests = ManifestFills::new(store.clone(), fills.clone());
         Ok(App {
             inner: Arc::new(AppInner {
                 config,
                 store,
-                upstream,
+                upstreams,
                 blobs,
                 manifests,
                 fills,
@@ -85,8 +85,8 @@ impl App {
         &self.inner.store
     }
 
-    pub fn upstream(&self) -> &Upstream {
-        &self.inner.upstream
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.inner.upstreams
     }
 
     pub fn blobs(&self) -> &BlobFills {
@@ -120,7 +120,7 @@ pub async fn serve(
     let started = Instant::now();
     tracing::info!(
         addr = %listener.local_addr()?,
-        upstream = app.upstream().name(),
+        upstreams = app.upstreams().all().len(),
         data_dir = %app.config().data_dir.display(),
         "berth is serving"
     );

@@ -21,7 +21,7 @@ fn a_bad_config_file_is_refused_with_exit_64_and_every_field_named() {
     let path = dir.path().join("berth.toml");
     std::fs::write(
         &path,
-        "listen = \"not an address\"\nfavourite = 1\n[upstream]\nurl = \"gopher://x\"\ntag_ttl = \"often\"\n[cache]\nhot_size = \"huge\"\n",
+        "listen = \"not an address\"\nfavourite = 1\n[[upstream]]\nname = \"x.example\"\nurl = \"gopher://x\"\ntag_ttl = \"often\"\n[cache]\nhot_size = \"huge\"\n",
     )
     .expect("write config");
     let out = berth()
@@ -34,8 +34,8 @@ fn a_bad_config_file_is_refused_with_exit_64_and_every_field_named() {
     for field in [
         "listen",
         "favourite",
-        "upstream.url",
-        "upstream.tag_ttl",
+        "upstream[x.example].url",
+        "upstream[x.example].tag_ttl",
         "cache.hot_size",
     ] {
         assert!(
@@ -53,7 +53,7 @@ fn a_bad_environment_override_is_refused_too() {
         .output()
         .expect("run berth");
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("upstream.url"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upstream[docker.io].url"));
 }
 
 #[test]

@@ -15,15 +15,16 @@ use super::FillError;
 use crate::digest::{Digest, Hasher};
 use crate::store::files::TempFile;
 use crate::store::{BlobContent, Store};
-use crate::upstream::{announced_length, Upstream};
+use crate::upstream::announced_length;
+use crate::upstream::routing::Target;
 
 /// Upstream chunks are gathered up to this size before one write to disk.
 const WRITE_BATCH: usize = 1024 * 1024;
 
 /// A blob fill in progress.
 pub struct BlobFill {
-    /// The repository the fill was started for (and confirmed in).
-    repo: String,
+    /// The upstream repository the fill was started for (and confirmed in).
+    target: Target,
     file: Arc<std::fs::File>,
     progress: watch::Receiver<Progress>,
 }
@@ -71,27 +72,29 @@ pub struct BlobFills {
 struct Inner {
     table: Mutex<HashMap<Digest, Arc<BlobFill>>>,
     store: Store,
-    upstream: Arc<Upstream>,
     tasks: TaskTracker,
 }
 
 impl BlobFills {
-    pub fn new(store: Store, upstream: Arc<Upstream>, tasks: TaskTracker) -> Self {
+    pub fn new(store: Store, tasks: TaskTracker) -> Self {
         BlobFills {
             inner: Arc::new(Inner {
                 table: Mutex::new(HashMap::new()),
                 store,
-                upstream,
                 tasks,
             }),
         }
     }
 
-    /// Joins the running fill for `digest` or starts one for `repo`. The
+    /// Joins the running fill for `digest` or starts one from `target`. The
     /// caller has already found no usable cached copy; if a fill committed
-    /// the blob in the meantime, that copy is returned instead. `confirmed`
-    /// says the upstream has already shown the blob in `repo`.
-    pub async fn fetch(&self, repo: &str, digest: &Digest) -> Result<BlobSource, Arc<FillError>> {
+    /// the blob in the meantime, that copy is returned instead (and the
+    /// caller still has to confirm it for `target`).
+    pub async fn fetch(
+        &self,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<BlobSource, Arc<FillError>> {
         let fill = {
             let mut table = self.inner.table.lock().unwrap_or_else(|e| e.into_inner());
             match table.get(digest) {
@@ -107,56 +110,67 @@ impl BlobFills {
                     {
                         return Ok(BlobSource::Cached(content));
                     }
-                    let fill = self.start(repo, digest).map_err(Arc::new)?;
+                    let fill = self.start(target, digest).map_err(Arc::new)?;
                     table.insert(digest.clone(), fill.clone());
                     return Ok(BlobSource::Filling(fill));
                 }
             }
         };
-        if fill.repo != repo {
+        let same_repo = fill.target.upstream.name() == target.upstream.name()
+            && fill.target.repo == target.repo;
+        if !same_repo {
             // The running fill was confirmed for another repository; this one
             // must be confirmed on its own before it may see the bytes.
-            self.inner
+            target
                 .upstream
-                .blob(Method::HEAD, repo, digest)
+                .blob(Method::HEAD, &target.repo, digest)
                 .await
                 .map_err(|e| Arc::new(e.into()))?;
             self.inner
                 .store
-                .add_link(self.inner.upstream.name(), repo, digest)
+                .add_link(target.upstream.name(), &target.repo, digest)
                 .map_err(|e| Arc::new(e.into()))?;
         }
         Ok(BlobSource::Filling(fill))
     }
 
-    fn start(&self, repo: &str, digest: &Digest) -> Result<Arc<BlobFill>, FillError> {
+    fn start(&self, target: &Target, digest: &Digest) -> Result<Arc<BlobFill>, FillError> {
         let temp = self.inner.store.temp_file()?;
         let (tx, progress) = watch::channel(Progress::Connecting);
         let fill = Arc::new(BlobFill {
-            repo: repo.to_owned(),
+            target: target.clone(),
             file: temp.file().clone(),
             progress,
         });
         let this = self.clone();
-        let (repo, digest) = (repo.to_owned(), digest.clone());
+        let (target, digest) = (target.clone(), digest.clone());
         self.inner
             .tasks
-            .spawn(async move { this.run(repo, digest, temp, tx).await });
+            .spawn(async move { this.run(target, digest, temp, tx).await });
         Ok(fill)
     }
 
-    async fn run(self, repo: String, digest: Digest, temp: TempFile, tx: watch::Sender<Progress>) {
-        let outcome = match self.transfer(&repo, &digest, &temp, &tx).await {
-            Ok(size) => self.commit(&repo, &digest, temp, size).await.map(|()| size),
+    async fn run(
+        self,
+        target: Target,
+        digest: Digest,
+        temp: TempFile,
+        tx: watch::Sender<Progress>,
+    ) {
+        let outcome = match self.transfer(&target, &digest, &temp, &tx).await {
+            Ok(size) => self
+                .commit(&target, &digest, temp, size)
+                .await
+                .map(|()| size),
             Err(e) => Err(e),
         };
         match outcome {
             Ok(size) => {
-                tracing::debug!(%digest, repo, size, "blob cached");
+                tracing::debug!(%digest, ?target, size, "blob cached");
                 tx.send_replace(Progress::Done { size });
             }
             Err(e) => {
-                tracing::warn!(%digest, repo, error = %e, "blob fill failed; nothing cached");
+                tracing::warn!(%digest, ?target, error = %e, "blob fill failed; nothing cached");
                 tx.send_replace(Progress::Failed(Arc::new(e)));
             }
         }
@@ -171,13 +185,13 @@ impl BlobFills {
     /// returns the verified size.
     async fn transfer(
         &self,
-        repo: &str,
+        target: &Target,
         digest: &Digest,
         temp: &TempFile,
         tx: &watch::Sender<Progress>,
     ) -> Result<u64, FillError> {
-        let upstream = &self.inner.upstream;
-        let mut resp = upstream.blob(Method::GET, repo, digest).await?;
+        let upstream = &target.upstream;
+        let mut resp = upstream.blob(Method::GET, &target.repo, digest).await?;
         let total = announced_length(&resp);
         tx.send_replace(Progress::Streaming { written: 0, total });
         let mut hasher = Hasher::new(digest.algorithm());
@@ -215,7 +229,7 @@ impl BlobFills {
 
     async fn commit(
         &self,
-        repo: &str,
+        target: &Target,
         digest: &Digest,
         temp: TempFile,
         size: u64,
@@ -227,7 +241,7 @@ impl BlobFills {
             .map_err(std::io::Error::other)??;
         self.inner
             .store
-            .add_link(self.inner.upstream.name(), repo, digest)?;
+            .add_link(target.upstream.name(), &target.repo, digest)?;
         Ok(())
     }
 }

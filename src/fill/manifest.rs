@@ -15,7 +15,8 @@ use super::FillError;
 use crate::digest::{Algorithm, Digest};
 use crate::reference::Reference;
 use crate::store::{Manifest, Store, TagMapping};
-use crate::upstream::{Upstream, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2};
+use crate::upstream::routing::Target;
+use crate::upstream::{DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2};
 
 /// Manifests larger than this are refused, as the distribution spec allows
 /// and as registries themselves do.
@@ -23,6 +24,7 @@ pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 
 type FillResult = Result<Arc<Manifest>, Arc<FillError>>;
 type SharedFill = Shared<BoxFuture<'static, FillResult>>;
+type FillKey = (String, String, String);
 
 #[derive(Clone)]
 pub struct ManifestFills {
@@ -30,45 +32,48 @@ pub struct ManifestFills {
 }
 
 struct Inner {
-    table: Mutex<HashMap<(String, String), SharedFill>>,
+    /// Keyed by (upstream, repository, reference).
+    table: Mutex<HashMap<FillKey, SharedFill>>,
     store: Store,
-    upstream: Arc<Upstream>,
     tasks: TaskTracker,
 }
 
 impl ManifestFills {
-    pub fn new(store: Store, upstream: Arc<Upstream>, tasks: TaskTracker) -> Self {
+    pub fn new(store: Store, tasks: TaskTracker) -> Self {
         ManifestFills {
             inner: Arc::new(Inner {
                 table: Mutex::new(HashMap::new()),
                 store,
-                upstream,
                 tasks,
             }),
         }
     }
 
-    /// Fetches `reference` in `repo` from upstream, joining a fetch already
+    /// Fetches `reference` from `target`'s upstream, joining a fetch already
     /// running for it; the result is stored (manifest, link, tag mapping)
     /// before it is returned.
-    pub async fn fetch(&self, repo: &str, reference: &Reference) -> FillResult {
-        let key = (repo.to_owned(), reference.to_string());
+    pub async fn fetch(&self, target: &Target, reference: &Reference) -> FillResult {
+        let key = (
+            target.upstream.name().to_owned(),
+            target.repo.clone(),
+            reference.to_string(),
+        );
         let fill = {
             let mut table = self.inner.table.lock().unwrap_or_else(|e| e.into_inner());
             table
                 .entry(key.clone())
-                .or_insert_with(|| self.start(key.clone(), reference.clone()))
+                .or_insert_with(|| self.start(key, target.clone(), reference.clone()))
                 .clone()
         };
         fill.await
     }
 
-    fn start(&self, key: (String, String), reference: Reference) -> SharedFill {
+    fn start(&self, key: FillKey, target: Target, reference: Reference) -> SharedFill {
         let this = self.clone();
         let task = self.inner.tasks.spawn(async move {
-            let result = this.transfer(&key.0, &reference).await.map_err(Arc::new);
+            let result = this.transfer(&target, &reference).await.map_err(Arc::new);
             if let Err(e) = &result {
-                tracing::warn!(repo = key.0, reference = key.1, error = %e, "manifest fill failed");
+                tracing::warn!(?target, %reference, error = %e, "manifest fill failed");
             }
             this.inner
                 .table
@@ -90,10 +95,10 @@ impl ManifestFills {
 
     async fn transfer(
         &self,
-        repo: &str,
+        target: &Target,
         reference: &Reference,
     ) -> Result<Arc<Manifest>, FillError> {
-        let upstream = &self.inner.upstream;
+        let (upstream, repo) = (&target.upstream, target.repo.as_str());
         let resp = upstream
             .manifest(Method::GET, repo, &reference.to_string())
             .await?;

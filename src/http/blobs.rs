@@ -13,35 +13,35 @@ use crate::fill::blob::BlobSource;
 use crate::fill::reader::BlobReader;
 use crate::store::BlobContent;
 use crate::upstream::announced_length;
+use crate::upstream::routing::Target;
 use crate::App;
 
 pub async fn get(
     app: &App,
     head: bool,
-    name: &str,
+    target: &Target,
     digest: &Digest,
     range: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let store = app.store();
-    let upstream = app.upstream().name();
-    let linked = store.has_link(upstream, name, digest)?;
+    let linked = store.has_link(target.upstream.name(), &target.repo, digest)?;
     if linked {
         if let Some(content) = store.blob(digest)? {
             return cached(digest, content, range, head);
         }
     }
     if head {
-        return head_uncached(app, name, digest).await;
+        return head_uncached(app, target, digest).await;
     }
     let source = app
         .blobs()
-        .fetch(name, digest)
+        .fetch(target, digest)
         .await
         .map_err(|e| ApiError::from_fill(&e, ContentKind::Blob))?;
     match source {
         BlobSource::Cached(content) => {
             if !linked {
-                confirm(app, name, digest).await?;
+                confirm(app, target, digest).await?;
             }
             cached(digest, content, range, head)
         }
@@ -66,21 +66,27 @@ pub async fn get(
     }
 }
 
-/// Asks the upstream whether `name` holds `digest`, and records that it does.
-async fn confirm(app: &App, name: &str, digest: &Digest) -> Result<Option<u64>, ApiError> {
-    let resp = app
-        .upstream()
-        .blob(Method::HEAD, name, digest)
+/// Asks the upstream whether the repository holds `digest`, and records
+/// that it does.
+async fn confirm(app: &App, target: &Target, digest: &Digest) -> Result<Option<u64>, ApiError> {
+    let resp = target
+        .upstream
+        .blob(Method::HEAD, &target.repo, digest)
         .await
         .map_err(|e| ApiError::from_upstream(&e, ContentKind::Blob))?;
-    app.store().add_link(app.upstream().name(), name, digest)?;
+    app.store()
+        .add_link(target.upstream.name(), &target.repo, digest)?;
     Ok(announced_length(&resp))
 }
 
 /// A `HEAD` for a blob this repository has not been seen with: the upstream
 /// answers; no fill is started for a request that wants no bytes.
-async fn head_uncached(app: &App, name: &str, digest: &Digest) -> Result<Response<Body>, ApiError> {
-    let announced = confirm(app, name, digest).await?;
+async fn head_uncached(
+    app: &App,
+    target: &Target,
+    digest: &Digest,
+) -> Result<Response<Body>, ApiError> {
+    let announced = confirm(app, target, digest).await?;
     let size = match app.store().blob(digest)? {
         Some(content) => Some(content.size()),
         None => announced,

@@ -12,16 +12,17 @@ use crate::error::{ApiError, ContentKind};
 use crate::fill::FillError;
 use crate::reference::Reference;
 use crate::store::Manifest;
+use crate::upstream::routing::Target;
 use crate::upstream::UpstreamError;
 use crate::App;
 
 pub async fn get(
     app: &App,
     head: bool,
-    name: &str,
+    target: &Target,
     reference: &Reference,
 ) -> Result<Response<Body>, ApiError> {
-    let manifest = resolve(app, name, reference).await?;
+    let manifest = resolve(app, target, reference).await?;
     Ok(response(&manifest, head))
 }
 
@@ -39,9 +40,13 @@ fn response(manifest: &Manifest, head: bool) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(body::empty()))
 }
 
-async fn resolve(app: &App, name: &str, reference: &Reference) -> Result<Arc<Manifest>, ApiError> {
+async fn resolve(
+    app: &App,
+    target: &Target,
+    reference: &Reference,
+) -> Result<Arc<Manifest>, ApiError> {
     let store = app.store();
-    let upstream = app.upstream().name();
+    let (upstream, name) = (target.upstream.name(), target.repo.as_str());
     let stale = match reference {
         Reference::Digest(digest) => {
             if store.has_link(upstream, name, digest)? {
@@ -61,18 +66,18 @@ async fn resolve(app: &App, name: &str, reference: &Reference) -> Result<Arc<Man
                     .transpose()?
                     .flatten();
                 match cached {
-                    Some(m) if mapping.age() < app.config().upstream.tag_ttl => return Ok(m),
+                    Some(m) if mapping.age() < target.upstream.config().tag_ttl => return Ok(m),
                     other => other,
                 }
             }
             None => None,
         },
     };
-    match app.manifests().fetch(name, reference).await {
+    match app.manifests().fetch(target, reference).await {
         Ok(m) => Ok(m),
         Err(e) => match stale {
             Some(m) if upstream_is_failing(&e) => {
-                tracing::warn!(repo = name, %reference, error = %e, "upstream failing; serving the last known tag mapping");
+                tracing::warn!(?target, %reference, error = %e, "upstream failing; serving the last known tag mapping");
                 Ok(m)
             }
             _ => Err(ApiError::from_fill(&e, ContentKind::Manifest)),

@@ -43,6 +43,10 @@ pub async fn handle<B>(app: App, req: Request<B>) -> Response<Body> {
         "docker-distribution-api-version",
         HeaderValue::from_static(API_VERSION),
     );
+    // The spec asks a registry that scopes by `ns` to say so.
+    if let Some(ns) = namespace(&req).and_then(|ns| HeaderValue::from_str(&ns).ok()) {
+        resp.headers_mut().insert("oci-namespace", ns);
+    }
     tracing::info!(
         %method,
         path = req.uri().path(),
@@ -54,6 +58,8 @@ pub async fn handle<B>(app: App, req: Request<B>) -> Response<Body> {
 }
 
 async fn dispatch<B>(app: &App, req: &Request<B>, head: bool) -> Result<Response<Body>, ApiError> {
+    let ns = namespace(req);
+    let target = |name: &str| app.upstreams().resolve(ns.as_deref(), name);
     match route::route(req.method(), req.uri().path())? {
         Route::Base => Ok(Response::builder()
             .status(StatusCode::OK)
@@ -65,16 +71,26 @@ async fn dispatch<B>(app: &App, req: &Request<B>, head: bool) -> Result<Response
                 body::full(&b"{}"[..])
             })
             .unwrap_or_else(|_| Response::new(body::empty()))),
-        Route::Manifest { name, reference } => manifests::get(app, head, &name, &reference).await,
+        Route::Manifest { name, reference } => {
+            manifests::get(app, head, &target(&name)?, &reference).await
+        }
         Route::Blob { name, digest } => {
             let range = req
                 .headers()
                 .get(header::RANGE)
                 .and_then(|v| v.to_str().ok());
-            blobs::get(app, head, &name, &digest, range).await
+            blobs::get(app, head, &target(&name)?, &digest, range).await
         }
-        Route::Tags { name } => tags::list(app, head, &name, req.uri().query()).await,
+        Route::Tags { name } => tags::list(head, &name, &target(&name)?, req.uri().query()).await,
     }
+}
+
+/// containerd's `?ns=<host>`: the registry the client meant.
+fn namespace<B>(req: &Request<B>) -> Option<String> {
+    form_urlencoded::parse(req.uri().query()?.as_bytes())
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
 }
 
 /// The headers every manifest and blob response carries.

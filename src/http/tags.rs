@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::body::{self, Body};
 use crate::error::{ApiError, ContentKind};
+use crate::upstream::routing::Target;
 use crate::upstream::UpstreamError;
-use crate::App;
 
 /// Upstream pages followed before giving up on a tag list.
 const MAX_UPSTREAM_PAGES: usize = 100;
@@ -34,35 +34,45 @@ struct TagList<'a> {
 struct Page {
     n: Option<usize>,
     last: Option<String>,
+    /// containerd's upstream selector, kept for the next page's link.
+    ns: Option<String>,
 }
 
+/// `client_name` is the repository as the client wrote it (path form
+/// included), for the answer and its `Link`; `target` is where it resolved.
 pub async fn list(
-    app: &App,
     head: bool,
-    name: &str,
+    client_name: &str,
+    target: &Target,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let page = Page::parse(query);
-    let mut tags = upstream_tags(app, name)
+    let mut tags = upstream_tags(target)
         .await
         .map_err(|e| ApiError::from_upstream(&e, ContentKind::Tags))?;
     tags.sort();
     tags.dedup();
     let (shown, more) = page.apply(&tags);
-    let json = serde_json::to_vec(&TagList { name, tags: shown })
-        .map_err(|e| ApiError::internal(format!("cannot encode the tag list: {e}")))?;
+    let json = serde_json::to_vec(&TagList {
+        name: client_name,
+        tags: shown,
+    })
+    .map_err(|e| ApiError::internal(format!("cannot encode the tag list: {e}")))?;
     let mut resp = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CONTENT_LENGTH, json.len());
     if let (true, Some(n), Some(last)) = (more, page.n, shown.last()) {
-        let next = form_urlencoded::Serializer::new(String::new())
-            .append_pair("n", &n.to_string())
-            .append_pair("last", last)
-            .finish();
+        let mut next = form_urlencoded::Serializer::new(String::new());
+        next.append_pair("n", &n.to_string())
+            .append_pair("last", last);
+        if let Some(ns) = &page.ns {
+            next.append_pair("ns", ns);
+        }
+        let next = next.finish();
         resp = resp.header(
             header::LINK,
-            format!("</v2/{name}/tags/list?{next}>; rel=\"next\""),
+            format!("</v2/{client_name}/tags/list?{next}>; rel=\"next\""),
         );
     }
     let body = if head {
@@ -75,8 +85,8 @@ pub async fn list(
 }
 
 /// Every tag of `name` upstream, following the upstream's own pagination.
-async fn upstream_tags(app: &App, name: &str) -> Result<Vec<String>, UpstreamError> {
-    let upstream = app.upstream();
+async fn upstream_tags(target: &Target) -> Result<Vec<String>, UpstreamError> {
+    let (upstream, name) = (&target.upstream, target.repo.as_str());
     let mut tags = Vec::new();
     let mut query: Option<String> = None;
     for _ in 0..MAX_UPSTREAM_PAGES {
@@ -123,6 +133,7 @@ impl Page {
             match &*k {
                 "n" => page.n = v.parse().ok(),
                 "last" => page.last = Some(v.into_owned()),
+                "ns" => page.ns = Some(v.into_owned()),
                 _ => {}
             }
         }

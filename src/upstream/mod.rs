@@ -4,8 +4,7 @@
 //! turned into an `UpstreamError` that names the upstream.
 
 pub mod auth;
-
-use std::time::Duration;
+pub mod routing;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
@@ -145,56 +144,64 @@ pub fn manifest_accept() -> String {
 
 /// One configured upstream registry.
 pub struct Upstream {
-    name: String,
-    base: reqwest::Url,
+    config: UpstreamConfig,
     http: reqwest::Client,
     auth: Auth,
-    response_timeout: Duration,
-    idle_timeout: Duration,
     manifest_accept: HeaderValue,
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
-        let http = reqwest::Client::builder()
+        let bad = |reason: String| UpstreamError::BadResponse {
+            upstream: config.name.clone(),
+            reason,
+        };
+        // Proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, which
+        // reqwest reads by default.
+        let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             // Redirects are followed by hand, to decide per hop whether
             // credentials may go along.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &config.ca_certificates {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| bad(format!("extra CA certificates: {e}")))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if config.insecure_skip_verify {
+            tracing::warn!(
+                upstream = config.name,
+                "insecure_skip_verify is set: the upstream's TLS certificate is not checked"
+            );
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder
             .build()
-            .map_err(|e| UpstreamError::BadResponse {
-                upstream: config.name.clone(),
-                reason: format!("cannot build an HTTP client: {e}"),
-            })?;
+            .map_err(|e| bad(format!("cannot build an HTTP client: {e}")))?;
         let basic = match (&config.username, &config.password) {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             _ => None,
         };
         let manifest_accept =
-            HeaderValue::from_str(&manifest_accept()).map_err(|e| UpstreamError::BadResponse {
-                upstream: config.name.clone(),
-                reason: e.to_string(),
-            })?;
+            HeaderValue::from_str(&manifest_accept()).map_err(|e| bad(e.to_string()))?;
         Ok(Upstream {
-            name: config.name.clone(),
-            base: config.url.clone(),
+            config: config.clone(),
             http,
             auth: Auth::new(config.name.clone(), basic),
-            response_timeout: config.response_timeout,
-            idle_timeout: config.idle_timeout,
             manifest_accept,
         })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.config.name
     }
 
-    /// The longest pause allowed between two chunks of a body.
-    pub fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
     }
 
     /// `GET` (or `HEAD`) of a manifest by tag or digest.
@@ -259,13 +266,13 @@ impl Upstream {
         &self,
         resp: &mut reqwest::Response,
     ) -> Result<Option<Bytes>, UpstreamError> {
-        match tokio::time::timeout(self.idle_timeout, resp.chunk()).await {
+        match tokio::time::timeout(self.config.idle_timeout, resp.chunk()).await {
             Err(_) => Err(UpstreamError::Timeout {
-                upstream: self.name.clone(),
+                upstream: self.name().to_owned(),
                 what: "next part of a body",
             }),
             Ok(Err(e)) => Err(UpstreamError::Body {
-                upstream: self.name.clone(),
+                upstream: self.name().to_owned(),
                 reason: e.to_string(),
             }),
             Ok(Ok(chunk)) => Ok(chunk),
@@ -282,17 +289,19 @@ impl Upstream {
         accept: Option<HeaderValue>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let scope = format!("repository:{repo}:pull");
-        let mut url = self.base.join(&format!("/v2/{repo}/{path}")).map_err(|e| {
-            UpstreamError::BadResponse {
-                upstream: self.name.clone(),
+        let mut url = self
+            .config
+            .url
+            .join(&format!("/v2/{repo}/{path}"))
+            .map_err(|e| UpstreamError::BadResponse {
+                upstream: self.name().to_owned(),
                 reason: format!("cannot build a URL for {repo}/{path}: {e}"),
-            }
-        })?;
+            })?;
         let mut credential = self.auth.credential_for(&scope);
         let mut answered_challenge = false;
         let mut hops = 0;
         loop {
-            let same_origin = url.origin() == self.base.origin();
+            let same_origin = url.origin() == self.config.url.origin();
             let mut req = self.http.request(method.clone(), url.clone());
             if let Some(accept) = &accept {
                 req = req.header(http::header::ACCEPT, accept.clone());
@@ -315,7 +324,7 @@ impl Upstream {
                     .and_then(|v| v.to_str().ok());
                 if let Some(answer) = self
                     .auth
-                    .answer(&self.http, challenge, &scope, self.response_timeout)
+                    .answer(&self.http, challenge, &scope, self.config.response_timeout)
                     .await?
                 {
                     credential = Some(answer);
@@ -330,7 +339,7 @@ impl Upstream {
             if status.is_success() {
                 return Ok(resp);
             }
-            return Err(UpstreamError::from_response(&self.name, resp).await);
+            return Err(UpstreamError::from_response(self.name(), resp).await);
         }
     }
 
@@ -338,16 +347,16 @@ impl Upstream {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, UpstreamError> {
-        match tokio::time::timeout(self.response_timeout, req.send()).await {
+        match tokio::time::timeout(self.config.response_timeout, req.send()).await {
             Err(_) => Err(UpstreamError::Timeout {
-                upstream: self.name.clone(),
+                upstream: self.name().to_owned(),
                 what: "response headers",
             }),
             Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout {
-                upstream: self.name.clone(),
+                upstream: self.name().to_owned(),
                 what: "connection",
             }),
-            Ok(Err(e)) => Err(UpstreamError::unreachable(&self.name, &e)),
+            Ok(Err(e)) => Err(UpstreamError::unreachable(self.name(), &e)),
             Ok(Ok(resp)) => Ok(resp),
         }
     }
@@ -359,7 +368,7 @@ impl Upstream {
         hops: usize,
     ) -> Result<reqwest::Url, UpstreamError> {
         let bad = |reason: String| UpstreamError::BadResponse {
-            upstream: self.name.clone(),
+            upstream: self.name().to_owned(),
             reason,
         };
         if hops > MAX_REDIRECTS {

@@ -114,18 +114,29 @@ impl Berth {
 
 /// The generated config with `extra` merged over it.
 fn config_text(extra: &str, upstream_url: &str, addr: SocketAddr, data_dir: &Path) -> String {
-    let mut base: toml::Table = toml::toml! {
-        [upstream]
-        name = "registry.test"
-    };
+    let mut upstream = toml::Table::new();
+    upstream.insert("name".into(), "registry.test".into());
+    upstream.insert("url".into(), upstream_url.into());
+    let mut base = toml::Table::new();
     base.insert("listen".into(), addr.to_string().into());
     base.insert("data_dir".into(), data_dir.display().to_string().into());
-    if let Some(toml::Value::Table(upstream)) = base.get_mut("upstream") {
-        upstream.insert("url".into(), upstream_url.into());
-    }
-    let extra: toml::Table = extra
+    let mut extra: toml::Table = extra
         .parse()
         .unwrap_or_else(|e| panic!("test's extra TOML does not parse: {e}\n{extra}"));
+    // A plain `[upstream]` table in a test's extra TOML adjusts the one
+    // upstream; a `[[upstream]]` list replaces it.
+    match extra.remove("upstream") {
+        Some(toml::Value::Table(fields)) => {
+            merge(&mut upstream, fields);
+            base.insert("upstream".into(), toml::Value::Array(vec![upstream.into()]));
+        }
+        Some(list) => {
+            base.insert("upstream".into(), list);
+        }
+        None => {
+            base.insert("upstream".into(), toml::Value::Array(vec![upstream.into()]));
+        }
+    }
     merge(&mut base, extra);
     toml::to_string(&base).expect("serialize berth test config")
 }

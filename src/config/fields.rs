@@ -1,0 +1,161 @@
+//! A field-by-field reader over a TOML table. Fields are removed as they are
+//! read and every problem is collected, so that one pass reports every bad or
+//! unknown field of a configuration, not just the first.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::FieldError;
+
+/// One table of the document being read. Fields are removed as they are
+/// read; what is left at the end is unknown and reported as such.
+pub struct Fields {
+    path: String,
+    table: toml::Table,
+    errors: Vec<FieldError>,
+}
+
+impl Fields {
+    pub fn new(path: &str, table: toml::Table) -> Self {
+        Fields {
+            path: path.to_owned(),
+            table,
+            errors: Vec::new(),
+        }
+    }
+
+    fn field_name(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    pub fn error(&mut self, key: &str, reason: impl Into<String>) {
+        let field = self.field_name(key);
+        self.errors.push(FieldError {
+            field,
+            reason: reason.into(),
+        });
+    }
+
+    /// Whether `key` already has an error recorded.
+    pub fn has_error(&self, key: &str) -> bool {
+        let field = self.field_name(key);
+        self.errors.iter().any(|e| e.field == field)
+    }
+
+    pub fn take_raw(&mut self, key: &str) -> Option<toml::Value> {
+        self.table.remove(key)
+    }
+
+    pub fn get<T: DeserializeOwned>(&mut self, key: &str) -> Option<T> {
+        let value = self.take_raw(key)?;
+        match value.try_into::<T>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error(key, e.message().trim().to_owned());
+                None
+            }
+        }
+    }
+
+    pub fn parsed<T>(
+        &mut self,
+        key: &str,
+        what: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let text: String = self.get(key)?;
+        match parse(&text) {
+            Ok(v) => Some(v),
+            Err(reason) => {
+                self.error(key, format!("{text:?} is not {what}: {reason}"));
+                None
+            }
+        }
+    }
+
+    pub fn duration(&mut self, key: &str) -> Option<Duration> {
+        self.parsed(key, "a duration (e.g. \"30s\", \"5m\")", |s| {
+            humantime::parse_duration(s).map_err(|e| e.to_string())
+        })
+    }
+
+    pub fn positive_duration(&mut self, key: &str) -> Option<Duration> {
+        let d = self.duration(key)?;
+        if d.is_zero() {
+            self.error(key, "must be greater than zero");
+            return None;
+        }
+        Some(d)
+    }
+
+    pub fn size(&mut self, key: &str) -> Option<u64> {
+        self.parsed(key, "a size (e.g. \"64KiB\", \"256MiB\")", |s| {
+            s.parse::<bytesize::ByteSize>().map(|b| b.as_u64())
+        })
+    }
+
+    pub fn url(&mut self, key: &str) -> Option<reqwest::Url> {
+        self.parsed(key, "an http(s) URL", |s| {
+            let url = reqwest::Url::parse(s).map_err(|e| e.to_string())?;
+            match url.scheme() {
+                "http" | "https" if url.host().is_some() => Ok(url),
+                _ => Err("scheme must be http or https, with a host".to_owned()),
+            }
+        })
+    }
+
+    /// A nested table; a missing one is an empty one.
+    pub fn section(&mut self, key: &str) -> Fields {
+        let path = self.field_name(key);
+        match self.take_raw(key) {
+            Some(toml::Value::Table(table)) => Fields::new(&path, table),
+            Some(_) => {
+                self.error(key, "must be a table");
+                Fields::new(&path, toml::Table::new())
+            }
+            None => Fields::new(&path, toml::Table::new()),
+        }
+    }
+
+    /// An array of tables (`[[key]]`), each entry named by its `name` field
+    /// when it has one (`upstream[ghcr.io]`), else by its position.
+    pub fn tables(&mut self, key: &str) -> Option<Vec<Fields>> {
+        let path = self.field_name(key);
+        let value = self.take_raw(key)?;
+        let toml::Value::Array(entries) = value else {
+            self.error(key, format!("must be a list of tables, written [[{key}]]"));
+            return Some(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (i, entry) in entries.into_iter().enumerate() {
+            match entry {
+                toml::Value::Table(table) => {
+                    let label = match table.get("name") {
+                        Some(toml::Value::String(name)) => name.clone(),
+                        _ => i.to_string(),
+                    };
+                    out.push(Fields::new(&format!("{path}[{label}]"), table));
+                }
+                _ => self.error(&format!("{key}[{i}]"), "must be a table"),
+            }
+        }
+        Some(out)
+    }
+
+    pub fn absorb(&mut self, child: Fields) {
+        self.errors.extend(child.finish());
+    }
+
+    pub fn finish(mut self) -> Vec<FieldError> {
+        let unknown: Vec<String> = self.table.keys().cloned().collect();
+        for key in unknown {
+            self.error(&key, "unknown field");
+        }
+        self.errors
+    }
+}

@@ -1,0 +1,293 @@
+//! One `[[upstream]]` entry: a registry berth mirrors, how to reach it, how
+//! to authenticate, and which of its repositories may be pulled through.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+use super::fields::Fields;
+use super::Secret;
+
+/// The registries berth mirrors when the configuration names none.
+pub const BUILTIN_UPSTREAMS: &str = r#"
+[[upstream]]
+name = "docker.io"
+url = "https://registry-1.docker.io"
+default = true
+
+[[upstream]]
+name = "ghcr.io"
+url = "https://ghcr.io"
+
+[[upstream]]
+name = "quay.io"
+url = "https://quay.io"
+
+[[upstream]]
+name = "registry.k8s.io"
+url = "https://registry.k8s.io"
+
+[[upstream]]
+name = "public.ecr.aws"
+url = "https://public.ecr.aws"
+
+[[upstream]]
+name = "mcr.microsoft.com"
+url = "https://mcr.microsoft.com"
+"#;
+
+/// A registry berth mirrors.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The registry's host as users write it (`docker.io`, `registry.internal:5000`).
+    pub name: String,
+    /// The endpoint berth talks to (`https://registry-1.docker.io`).
+    pub url: reqwest::Url,
+    /// Requests that name no upstream (Docker's `registry-mirrors`) go here.
+    pub default: bool,
+    /// Other first path components that select this upstream in the path form.
+    pub aliases: Vec<String>,
+    pub username: Option<String>,
+    /// Resolved from `password_env` or `password_file`; never written inline.
+    pub password: Option<Secret>,
+    /// Extra trusted certificates (PEM), read from `ca_file` at start-up.
+    pub ca_certificates: Option<Vec<u8>>,
+    /// Accept any certificate: an explicit, logged opt-in.
+    pub insecure_skip_verify: bool,
+    /// How long a tag → digest mapping is trusted before asking upstream again.
+    pub tag_ttl: Duration,
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response headers arrive.
+    pub response_timeout: Duration,
+    /// Longest pause allowed between two chunks of an upstream body.
+    pub idle_timeout: Duration,
+    /// Repositories that may be pulled; empty allows all.
+    pub allow: RepoPatterns,
+    /// Repositories that may never be pulled, whatever `allow` says.
+    pub deny: RepoPatterns,
+}
+
+impl UpstreamConfig {
+    /// An upstream with every optional field at its default.
+    pub fn new(name: &str, url: reqwest::Url) -> Self {
+        UpstreamConfig {
+            name: name.to_owned(),
+            url,
+            default: false,
+            aliases: Vec::new(),
+            username: None,
+            password: None,
+            ca_certificates: None,
+            insecure_skip_verify: false,
+            tag_ttl: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            allow: RepoPatterns::default(),
+            deny: RepoPatterns::default(),
+        }
+    }
+
+    /// Docker Hub, whose one-component names live under `library/`.
+    pub fn is_docker_hub(&self) -> bool {
+        self.name == "docker.io"
+            || self.aliases.iter().any(|a| a == "docker.io")
+            || self.url.host_str() == Some("registry-1.docker.io")
+    }
+}
+
+/// Repository globs: `*` stays within one path component, `**` spans several.
+#[derive(Clone, Default)]
+pub struct RepoPatterns {
+    patterns: Vec<String>,
+    set: GlobSet,
+}
+
+impl std::fmt::Debug for RepoPatterns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.patterns.fmt(f)
+    }
+}
+
+impl RepoPatterns {
+    pub fn new(patterns: &[String]) -> Result<Self, String> {
+        let mut builder = GlobSetBuilder::new();
+        for p in patterns {
+            let glob = GlobBuilder::new(p)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("{p:?} is not a valid pattern: {e}"))?;
+            builder.add(glob);
+        }
+        let set = builder.build().map_err(|e| e.to_string())?;
+        Ok(RepoPatterns {
+            patterns: patterns.to_vec(),
+            set,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn matches(&self, repo: &str) -> bool {
+        self.set.is_match(repo)
+    }
+}
+
+/// Reads one `[[upstream]]` entry; `None` when it is too broken to use.
+pub(super) fn parse(f: &mut Fields) -> Option<UpstreamConfig> {
+    let name: Option<String> = f.get("name");
+    let url = f.url("url");
+    for (key, missing) in [("name", name.is_none()), ("url", url.is_none())] {
+        if missing && !f.has_error(key) {
+            f.error(key, "every upstream needs one");
+        }
+    }
+    if let Some(name) = &name {
+        if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
+            f.error("name", format!("{name:?} is not a registry host name"));
+        }
+    }
+    // The other fields are read even when these two are missing, so that
+    // all of an entry's problems are reported at once.
+    let placeholder = || reqwest::Url::parse("http://invalid.invalid").expect("a constant URL");
+    let mut up = UpstreamConfig::new(
+        &name.clone().unwrap_or_default().to_ascii_lowercase(),
+        url.clone().unwrap_or_else(placeholder),
+    );
+    up.default = f.get("default").unwrap_or(false);
+    up.aliases = f.get::<Vec<String>>("aliases").unwrap_or_default();
+    up.aliases
+        .iter_mut()
+        .for_each(|a| *a = a.to_ascii_lowercase());
+    up.username = f.get("username");
+    up.password = parse_password(f);
+    if up.password.is_some() && up.username.is_none() {
+        f.error(
+            "username",
+            "password_env or password_file is set, so a username is required",
+        );
+    }
+    if up.username.is_some() && up.password.is_none() && !f_has_password_error(f) {
+        f.error(
+            "password_env",
+            "a username is set, so password_env or password_file is required",
+        );
+    }
+    up.ca_certificates = parse_ca_file(f);
+    up.insecure_skip_verify = f.get("insecure_skip_verify").unwrap_or(false);
+    up.tag_ttl = f.duration("tag_ttl").unwrap_or(up.tag_ttl);
+    up.connect_timeout = f
+        .positive_duration("connect_timeout")
+        .unwrap_or(up.connect_timeout);
+    up.response_timeout = f
+        .positive_duration("response_timeout")
+        .unwrap_or(up.response_timeout);
+    up.idle_timeout = f
+        .positive_duration("idle_timeout")
+        .unwrap_or(up.idle_timeout);
+    up.allow = patterns(f, "allow");
+    up.deny = patterns(f, "deny");
+    (name.is_some() && url.is_some()).then_some(up)
+}
+
+fn f_has_password_error(f: &Fields) -> bool {
+    f.has_error("password_env") || f.has_error("password_file")
+}
+
+fn patterns(f: &mut Fields, key: &str) -> RepoPatterns {
+    let list: Vec<String> = f.get(key).unwrap_or_default();
+    RepoPatterns::new(&list).unwrap_or_else(|reason| {
+        f.error(key, reason);
+        RepoPatterns::default()
+    })
+}
+
+/// The password comes from an environment variable or a file, never inline.
+fn parse_password(f: &mut Fields) -> Option<Secret> {
+    if f.take_raw("password").is_some() {
+        f.error(
+            "password",
+            "passwords are not written in the config file; use password_env or password_file",
+        );
+    }
+    let from_env: Option<String> = f.get("password_env");
+    let from_file: Option<PathBuf> = f.get("password_file");
+    match (from_env, from_file) {
+        (Some(_), Some(_)) => {
+            f.error(
+                "password_file",
+                "set either password_env or password_file, not both",
+            );
+            None
+        }
+        (Some(var), None) => match std::env::var(&var) {
+            Ok(value) => Some(Secret::new(value)),
+            Err(_) => {
+                f.error(
+                    "password_env",
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(value) => Some(Secret::new(value.trim_end_matches(['\r', '\n']))),
+            Err(e) => {
+                f.error(
+                    "password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+/// Reads and checks the extra CA certificates now, so that a bad file stops
+/// start-up instead of failing the first pull.
+fn parse_ca_file(f: &mut Fields) -> Option<Vec<u8>> {
+    let path: PathBuf = f.get("ca_file")?;
+    let pem = match std::fs::read(&path) {
+        Ok(pem) => pem,
+        Err(e) => {
+            f.error("ca_file", format!("cannot read {}: {e}", path.display()));
+            return None;
+        }
+    };
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Some(pem),
+        Ok(_) => {
+            f.error(
+                "ca_file",
+                format!("{} holds no PEM certificate", path.display()),
+            );
+            None
+        }
+        Err(e) => {
+            f.error(
+                "ca_file",
+                format!("{} is not a PEM certificate bundle: {e}", path.display()),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_stars_stay_within_a_component() {
+        let p = RepoPatterns::new(&["library/*".into(), "org/**".into()]).expect("valid");
+        assert!(p.matches("library/alpine"));
+        assert!(!p.matches("library/a/b"));
+        assert!(p.matches("org/team/app"));
+        assert!(!p.matches("other/app"));
+        assert!(RepoPatterns::new(&["[".into()]).is_err());
+    }
+}
