@@ -83,12 +83,17 @@ impl Upstreams {
                     .ok_or_else(|| RoutingError::UnknownUpstream(ns.to_owned()))?;
                 (up, name)
             }
-            None => match name
-                .split_once('/')
-                .and_then(|(first, rest)| Some((self.by_host.get(first)?, rest)))
-            {
-                Some((up, rest)) => (up, rest),
-                None => {
+            None => match name.split_once('/') {
+                Some((first, rest)) if self.by_host.contains_key(first) => {
+                    (&self.by_host[first], rest)
+                }
+                // A first component that can only be a registry host
+                // (`quay.io/...`, `localhost/...`) but names no configured
+                // upstream is refused, not sent to the default upstream.
+                Some((first, _)) if looks_like_host(first) => {
+                    return Err(RoutingError::UnknownUpstream(first.to_owned()))
+                }
+                _ => {
                     let up = self
                         .default
                         .as_ref()
@@ -104,6 +109,11 @@ impl Upstreams {
             repo,
         })
     }
+}
+
+/// Docker's rule for telling a registry host from a repository namespace.
+fn looks_like_host(component: &str) -> bool {
+    component.contains(['.', ':']) || component == "localhost"
 }
 
 /// Docker Hub keeps official images under `library/`; clients may leave it out.
@@ -223,6 +233,10 @@ mod tests {
             route(&u, None, "evil/app"),
             Err(RoutingError::Denied { .. })
         ));
+        // Host-like first components never fall through to the default.
+        let unknown = |h: &str| Err(RoutingError::UnknownUpstream(h.into()));
+        assert_eq!(route(&u, None, "quay.io/a/b"), unknown("quay.io"));
+        assert_eq!(route(&u, None, "localhost/a"), unknown("localhost"));
     }
 
     #[test]
