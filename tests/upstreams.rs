@@ -81,7 +81,7 @@ async fn every_routing_form_reaches_its_upstream_and_shared_digests_are_stored_o
         .push_all(&[busybox.clone(), shared_hub.clone()])
         .await;
     Pusher::to(&site.private)
-        .push_all(&[shared_private.clone()])
+        .push_all(std::slice::from_ref(&shared_private))
         .await;
     let out = tempfile::tempdir().expect("temp dir for skopeo output");
     let host = site.berth.host();
@@ -145,7 +145,9 @@ async fn every_routing_form_reaches_its_upstream_and_shared_digests_are_stored_o
 async fn docker_hub_names_get_library_in_every_form() {
     let mut site = site().await;
     let busybox = Fixture::docker_image("library/busybox", "1");
-    Pusher::to(&site.hub).push_all(&[busybox.clone()]).await;
+    Pusher::to(&site.hub)
+        .push_all(std::slice::from_ref(&busybox))
+        .await;
     let http = client();
     let base = site.berth.url();
     for path in [
