@@ -145,6 +145,7 @@ impl ApiError {
         let message = err.to_string();
         match err {
             UpstreamError::Unreachable { .. }
+            | UpstreamError::Certificate { .. }
             | UpstreamError::BadResponse { .. }
             | UpstreamError::Body { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, message)

@@ -73,7 +73,8 @@ fn serve(config: berth::Config) -> ExitCode {
                     format!("cannot listen on {}: {e}", config.listen),
                 ))
             })?;
-        berth::run(config, listener, shutdown_signal()).await
+        let shutdown = shutdown_signal()?;
+        berth::run(config, listener, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,22 +85,17 @@ fn serve(config: berth::Config) -> ExitCode {
     }
 }
 
-/// Resolves at the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now, before berth reports that
+/// it serves (a signal in between would otherwise kill it outright), and
+/// returns a future that resolves at the first of them.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            // Without signal handlers, fall back to Ctrl-C only.
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    })
 }

@@ -270,7 +270,11 @@ fn parse_ca_file(f: &mut Fields) -> Option<Vec<u8>> {
         Err(e) => {
             f.error(
                 "ca_file",
-                format!("{} is not a PEM certificate bundle: {e}", path.display()),
+                format!(
+                    "{} is not a PEM certificate bundle: {}",
+                    path.display(),
+                    crate::upstream::error_chain(&e)
+                ),
             );
             None
         }

@@ -164,6 +164,14 @@ impl BlobFills {
                 .map(|()| size),
             Err(e) => Err(e),
         };
+        // Leave the table before announcing the end: a client that retries
+        // as soon as its transfer failed must start a new fill, not join
+        // this dead one. (On success the store already has the blob.)
+        self.inner
+            .table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&digest);
         match outcome {
             Ok(size) => {
                 tracing::debug!(%digest, ?target, size, "blob cached");
@@ -174,11 +182,6 @@ impl BlobFills {
                 tx.send_replace(Progress::Failed(Arc::new(e)));
             }
         }
-        self.inner
-            .table
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&digest);
     }
 
     /// Streams the upstream body into the temp file, hashing as it goes;

@@ -94,6 +94,7 @@ fn upstream_is_failing(err: &FillError) -> bool {
         }
         FillError::Upstream(
             UpstreamError::Unreachable { .. }
+            | UpstreamError::Certificate { .. }
             | UpstreamError::Timeout { .. }
             | UpstreamError::Body { .. },
         ) => true,

@@ -28,6 +28,8 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 pub enum UpstreamError {
     #[error("upstream {upstream} is unreachable: {reason}")]
     Unreachable { upstream: String, reason: String },
+    #[error("upstream {upstream}'s TLS certificate is not trusted (see ca_file): {reason}")]
+    Certificate { upstream: String, reason: String },
     #[error("upstream {upstream} timed out waiting for the {what}")]
     Timeout {
         upstream: String,
@@ -60,16 +62,12 @@ struct OciError {
 
 impl UpstreamError {
     pub fn unreachable(upstream: &str, err: &reqwest::Error) -> Self {
-        // The source chain says why (refused, DNS, TLS); the top level rarely does.
-        let mut reason = err.to_string();
-        let mut source = std::error::Error::source(err);
-        while let Some(s) = source {
-            reason = format!("{reason}: {s}");
-            source = s.source();
-        }
-        UpstreamError::Unreachable {
-            upstream: upstream.to_owned(),
-            reason,
+        let reason = error_chain(err);
+        let upstream = upstream.to_owned();
+        if reason.contains("certificate") {
+            UpstreamError::Certificate { upstream, reason }
+        } else {
+            UpstreamError::Unreachable { upstream, reason }
         }
     }
 
@@ -106,6 +104,18 @@ impl UpstreamError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, UpstreamError::Status { status, .. } if *status == StatusCode::NOT_FOUND)
     }
+}
+
+/// An error with its sources: the top level rarely says why (refused, DNS,
+/// TLS, a malformed certificate), its sources do.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut reason = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        reason = format!("{reason}: {s}");
+        source = s.source();
+    }
+    reason
 }
 
 async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Option<Vec<u8>> {

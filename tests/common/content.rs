@@ -255,16 +255,23 @@ pub struct Pusher {
 impl Pusher {
     /// A pusher for the registry at `base` (`http://127.0.0.1:PORT`).
     pub fn new(base: &str, credentials: Option<(&str, &str)>) -> Pusher {
+        Pusher::with_client(super::http::client(), base, credentials)
+    }
+
+    /// A pusher that sends its requests with `client` (one that trusts a
+    /// test CA, say).
+    pub fn with_client(client: Client, base: &str, credentials: Option<(&str, &str)>) -> Pusher {
         Pusher {
-            client: super::http::client(),
+            client,
             base: base.trim_end_matches('/').to_owned(),
             credentials: credentials.map(|(u, p)| (u.to_owned(), p.to_owned())),
         }
     }
 
-    /// A pusher for a [`super::registry::Registry`], with its credentials.
+    /// A pusher for a [`super::registry::Registry`], with its credentials
+    /// and, for an HTTPS registry, its CA.
     pub fn to(registry: &super::registry::Registry) -> Pusher {
-        Pusher::new(&registry.url(), registry.credentials())
+        Pusher::with_client(registry.client(), &registry.url(), registry.credentials())
     }
 
     /// Push blobs, then child manifests by digest, then the root by tag.

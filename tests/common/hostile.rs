@@ -4,68 +4,90 @@
 //! never lets us count its token requests, so berth's failure handling, its
 //! single-flight fills and its token cache are tested against this instead:
 //! a plain hyper server on 127.0.0.1:0 answering `/v2/`, manifests, blobs
-//! and `/token` from in-memory maps, with a behaviour per blob.
+//! and `/token` from in-memory maps, with a behaviour per blob and per
+//! manifest (cut, stalled, redirected, refused with a canned status, or
+//! never answered), and a log of every request it saw with the credentials
+//! it carried.
+//!
+//! `/storage/<digest>` serves any known blob whole: the target of redirects,
+//! standing in for a CDN or object store. A second `Hostile` is another
+//! origin (another port) for redirects that leave the registry's host.
+
+mod reply;
+mod send;
+mod serve;
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use http::{header, Method, Request};
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
+pub use self::reply::Canned;
+pub use self::send::{Behaviour, SendOutcome};
+use self::serve::serve;
 use super::content::Fixture;
 use super::sha256_digest;
 
-type Body = BoxBody<Bytes, io::Error>;
+/// How long the `wait_*` helpers wait: a hang guard, not a timing check.
+const WAIT_GUARD: Duration = Duration::from_secs(60);
 
-/// Bytes per body frame for every behaviour that sends in pieces.
-const CHUNK: usize = 64 * 1024;
-
-/// How a blob is served on GET.
+/// How a manifest is served on GET (HEAD is always answered directly).
 #[derive(Clone, Debug)]
-pub enum Behaviour {
-    /// All of it, at once.
+pub enum ManifestBehaviour {
+    /// As stored.
     Normal,
-    /// Full Content-Length advertised, half the bytes sent, connection cut.
-    Truncated,
-    /// Right length, wrong bytes (one byte in the middle flipped).
-    Corrupt,
-    /// In `CHUNK`-sized pieces with `pause` between them.
-    Slow { pause: Duration },
-    /// The first `at` bytes, then nothing until [`Hostile::release`]: a fill
-    /// that is provably in progress for as long as a test needs.
-    Gated { at: usize },
+    /// As stored, but with a `Docker-Content-Digest` of other bytes.
+    WrongDigestHeader,
+    /// As stored, once [`Hostile::release_manifest`] opens its gate.
+    Gated,
+    /// Headers never come: the request is held until the server stops.
+    Hang,
+    /// This status, headers and body instead of the manifest.
+    Answer(Canned),
 }
 
-/// How one GET of a blob ended on the upstream side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SendOutcome {
-    /// Every byte was handed to the connection.
-    Completed,
-    /// The downstream (berth) went away before the last byte.
-    Aborted,
-    /// Cut on purpose (behaviour `Truncated`).
-    Cut,
+/// One request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
 }
+
+/// What the upstream asks of a request before it answers.
+#[derive(Default)]
+enum Guard {
+    #[default]
+    Open,
+    /// A Bearer token from `/token`.
+    Token,
+    /// This exact `Authorization: Basic …` value.
+    Basic(String),
+}
+
+type ManifestKey = (String, String);
 
 #[derive(Default)]
 struct State {
-    manifests: HashMap<(String, String), (String, Bytes)>,
+    manifests: HashMap<ManifestKey, (String, Bytes)>,
+    manifest_behaviours: HashMap<ManifestKey, ManifestBehaviour>,
+    manifest_gates: HashMap<ManifestKey, watch::Sender<bool>>,
     blobs: HashMap<String, (Bytes, Behaviour)>,
+    /// Blobs that exist in one repository only; others answer 404.
+    blob_homes: HashMap<String, String>,
     gates: HashMap<String, watch::Sender<bool>>,
     blob_gets: HashMap<String, usize>,
     outcomes: HashMap<String, Vec<SendOutcome>>,
-    require_token: bool,
+    requests: Vec<Seen>,
+    guard: Guard,
     tokens: HashSet<String>,
     token_requests: usize,
     challenges: usize,
@@ -73,8 +95,9 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    /// Bumped whenever a blob send ends, so tests can wait for one.
-    sends_ended: watch::Sender<u64>,
+    /// Bumped whenever a request arrives or a blob send ends, so tests can
+    /// wait for either.
+    changes: watch::Sender<u64>,
     addr: SocketAddr,
 }
 
@@ -84,13 +107,26 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn record_request(&self, request: &Request<Incoming>) {
+        let seen = Seen {
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            authorization: request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        };
+        self.state().requests.push(seen);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
     fn record_outcome(&self, digest: &str, outcome: SendOutcome) {
         self.state()
             .outcomes
             .entry(digest.to_owned())
             .or_default()
             .push(outcome);
-        self.sends_ended.send_modify(|n| *n += 1);
+        self.changes.send_modify(|n| *n += 1);
     }
 }
 
@@ -109,7 +145,7 @@ impl Hostile {
         let addr = listener.local_addr().expect("hostile upstream address");
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
-            sends_ended: watch::channel(0).0,
+            changes: watch::channel(0).0,
             addr,
         });
         let server = tokio::spawn(serve(listener, shared.clone()));
@@ -127,15 +163,48 @@ impl Hostile {
     /// Serve `bytes` as a manifest under `reference` and under its digest.
     pub fn add_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: Bytes) {
         let digest = sha256_digest(&bytes);
-        let mut state = self.shared.state();
-        for r in [reference.to_owned(), digest] {
-            state
-                .manifests
-                .insert((repo.to_owned(), r), (media_type.to_owned(), bytes.clone()));
+        for r in [reference, &digest] {
+            self.add_manifest_as(repo, r, media_type, bytes.clone());
         }
     }
 
-    /// Serve a blob with `behaviour`; returns its digest.
+    /// Serve `bytes` as a manifest under `reference` only, even when
+    /// `reference` is a digest of other bytes.
+    pub fn add_manifest_as(&self, repo: &str, reference: &str, media_type: &str, bytes: Bytes) {
+        self.shared.state().manifests.insert(
+            (repo.to_owned(), reference.to_owned()),
+            (media_type.to_owned(), bytes),
+        );
+    }
+
+    /// How GETs of `repo`'s manifest `reference` are answered from now on.
+    pub fn set_manifest_behaviour(
+        &self,
+        repo: &str,
+        reference: &str,
+        behaviour: ManifestBehaviour,
+    ) {
+        let key = (repo.to_owned(), reference.to_owned());
+        let mut state = self.shared.state();
+        if matches!(behaviour, ManifestBehaviour::Gated) {
+            state
+                .manifest_gates
+                .insert(key.clone(), watch::channel(false).0);
+        }
+        state.manifest_behaviours.insert(key, behaviour);
+    }
+
+    /// Let a `Gated` manifest's pending and future GETs be answered.
+    pub fn release_manifest(&self, repo: &str, reference: &str) {
+        let state = self.shared.state();
+        let gate = state
+            .manifest_gates
+            .get(&(repo.to_owned(), reference.to_owned()))
+            .unwrap_or_else(|| panic!("no gated manifest {repo}:{reference}"));
+        gate.send_replace(true);
+    }
+
+    /// Serve a blob with `behaviour` in every repository; returns its digest.
     pub fn add_blob(&self, bytes: Bytes, behaviour: Behaviour) -> String {
         let digest = sha256_digest(&bytes);
         let mut state = self.shared.state();
@@ -143,6 +212,17 @@ impl Hostile {
             state.gates.insert(digest.clone(), watch::channel(false).0);
         }
         state.blobs.insert(digest.clone(), (bytes, behaviour));
+        digest
+    }
+
+    /// Serve a blob in `repo` only: every other repository answers 404
+    /// `BLOB_UNKNOWN` for it, as a registry does for private content.
+    pub fn add_blob_in(&self, repo: &str, bytes: Bytes, behaviour: Behaviour) -> String {
+        let digest = self.add_blob(bytes, behaviour);
+        self.shared
+            .state()
+            .blob_homes
+            .insert(digest.clone(), repo.to_owned());
         digest
     }
 
@@ -168,9 +248,26 @@ impl Hostile {
         );
     }
 
-    /// From now on, every `/v2/` request needs a Bearer token from `/token`.
+    /// From now on, every `/v2/` and `/storage/` request needs a Bearer
+    /// token from `/token`.
     pub fn require_token(&self) {
-        self.shared.state().require_token = true;
+        self.shared.state().guard = Guard::Token;
+    }
+
+    /// From now on, every `/v2/` and `/storage/` request needs HTTP basic
+    /// credentials `username`:`password`; anything else gets a Basic challenge.
+    pub fn require_basic(&self, username: &str, password: &str) {
+        // Let reqwest encode the header, so the harness needs no base64 of its own.
+        let request = super::http::client()
+            .get(self.url())
+            .basic_auth(username, Some(password))
+            .build()
+            .expect("build a request to encode basic credentials");
+        let expected = request.headers()[header::AUTHORIZATION]
+            .to_str()
+            .expect("basic credentials are ASCII")
+            .to_owned();
+        self.shared.state().guard = Guard::Basic(expected);
     }
 
     /// Let a `Gated` blob's pending and future sends run to the end.
@@ -183,7 +280,8 @@ impl Hostile {
         gate.send_replace(true);
     }
 
-    /// GET requests for blob `digest` so far (HEADs not counted).
+    /// GET requests for blob `digest` answered with its bytes so far (HEADs,
+    /// 404s and redirects not counted).
     pub fn blob_gets(&self, digest: &str) -> usize {
         self.shared
             .state()
@@ -191,6 +289,38 @@ impl Hostile {
             .get(digest)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Every request seen so far, in order of arrival.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.shared.state().requests.clone()
+    }
+
+    /// Requests seen so far with this method and path.
+    pub fn requests_to(&self, method: &Method, path: &str) -> Vec<Seen> {
+        let state = self.shared.state();
+        matching(&state, method, path).cloned().collect()
+    }
+
+    /// GET requests for `repo`'s manifest `reference` so far, whatever the
+    /// answer.
+    pub fn manifest_gets(&self, repo: &str, reference: &str) -> usize {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        self.requests_to(&Method::GET, &path).len()
+    }
+
+    /// Wait until `count` GETs of `repo`'s manifest `reference` have arrived.
+    /// Panics after a generous minute: a hang guard, not a timing check.
+    pub async fn wait_manifest_gets(&self, repo: &str, reference: &str, count: usize) {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let arrived = self
+            .wait_until(|state| matching(state, &Method::GET, &path).count() >= count)
+            .await;
+        assert!(
+            arrived,
+            "{count} GETs of {path} never arrived (have {})",
+            self.manifest_gets(repo, reference)
+        );
     }
 
     /// How every finished GET of `digest` ended, in order.
@@ -206,26 +336,15 @@ impl Hostile {
     /// Wait until `count` GETs of `digest` have ended, then return how they
     /// ended. Panics after a generous minute: a hang guard, not a timing check.
     pub async fn wait_outcomes(&self, digest: &str, count: usize) -> Vec<SendOutcome> {
-        let mut ended = self.shared.sends_ended.subscribe();
-        let wait = async {
-            loop {
-                let outcomes = self.outcomes(digest);
-                if outcomes.len() >= count {
-                    return outcomes;
-                }
-                if ended.changed().await.is_err() {
-                    return outcomes;
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(60), wait)
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "upstream sends of {digest} never ended (have {:?})",
-                    self.outcomes(digest)
-                )
-            })
+        let ended = self
+            .wait_until(|state| state.outcomes.get(digest).map_or(0, Vec::len) >= count)
+            .await;
+        let outcomes = self.outcomes(digest);
+        assert!(
+            ended,
+            "upstream sends of {digest} never ended (have {outcomes:?})"
+        );
+        outcomes
     }
 
     /// Requests to `/token`.
@@ -233,7 +352,7 @@ impl Hostile {
         self.shared.state().token_requests
     }
 
-    /// 401 challenges sent for a missing or unknown token.
+    /// 401 challenges sent for missing or wrong credentials.
     pub fn challenges(&self) -> usize {
         self.shared.state().challenges
     }
@@ -244,6 +363,24 @@ impl Hostile {
             server.abort();
         }
     }
+
+    /// Whether `done` became true within [`WAIT_GUARD`].
+    async fn wait_until(&self, done: impl Fn(&State) -> bool) -> bool {
+        let mut changes = self.shared.changes.subscribe();
+        let wait = async {
+            loop {
+                if done(&self.shared.state()) {
+                    return true;
+                }
+                if changes.changed().await.is_err() {
+                    return done(&self.shared.state());
+                }
+            }
+        };
+        tokio::time::timeout(WAIT_GUARD, wait)
+            .await
+            .unwrap_or(false)
+    }
 }
 
 impl Drop for Hostile {
@@ -252,248 +389,13 @@ impl Drop for Hostile {
     }
 }
 
-/// Accept loop. Connections live in a JoinSet owned by this task, so
-/// aborting the task closes them all.
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let mut connections = JoinSet::new();
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(_) => continue,
-        };
-        let shared = shared.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, request)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-        // Reap finished connections so the set does not grow without bound.
-        while connections.try_join_next().is_some() {}
-    }
-}
-
-fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
-    let path = request.uri().path().to_owned();
-    if path == "/token" {
-        return token(shared, request.uri().query().unwrap_or(""));
-    }
-    let Some(rest) = path.strip_prefix("/v2/") else {
-        return error(StatusCode::NOT_FOUND, "NOT_FOUND");
-    };
-    let (name, kind, reference) = split_route(rest);
-    if let Some(challenge) = check_token(shared, &request, name) {
-        return challenge;
-    }
-    let head = request.method() == Method::HEAD;
-    if request.method() != Method::GET && !head {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED");
-    }
-    match kind {
-        "" => json_response(Bytes::from_static(b"{}")),
-        "manifests" => manifest(shared, name, reference, head),
-        "blobs" => blob(shared, reference, head),
-        _ => error(StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-    }
-}
-
-/// `library/alpine/manifests/latest` → ("library/alpine", "manifests", "latest").
-fn split_route(rest: &str) -> (&str, &str, &str) {
-    for kind in ["manifests", "blobs"] {
-        let marker = format!("/{kind}/");
-        if let Some(at) = rest.rfind(&marker) {
-            return (&rest[..at], kind, &rest[at + marker.len()..]);
-        }
-    }
-    ("", if rest.is_empty() { "" } else { "other" }, "")
-}
-
-/// `None` when the request may proceed, else the 401 challenge to send.
-fn check_token(shared: &Shared, request: &Request<Incoming>, name: &str) -> Option<Response<Body>> {
-    let mut state = shared.state();
-    if !state.require_token {
-        return None;
-    }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented.is_some_and(|t| state.tokens.contains(t)) {
-        return None;
-    }
-    state.challenges += 1;
-    let mut challenge = format!(
-        "Bearer realm=\"http://{}/token\",service=\"hostile\"",
-        shared.addr
-    );
-    if !name.is_empty() {
-        challenge.push_str(&format!(",scope=\"repository:{name}:pull\""));
-    }
-    let mut response = error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        challenge
-            .parse()
-            .expect("challenge is a valid header value"),
-    );
-    Some(response)
-}
-
-fn token(shared: &Shared, _query: &str) -> Response<Body> {
-    let mut state = shared.state();
-    state.token_requests += 1;
-    let token = format!("hostile-token-{}", state.token_requests);
-    state.tokens.insert(token.clone());
-    let body = serde_json::json!({ "token": token, "expires_in": 300 });
-    json_response(Bytes::from(body.to_string()))
-}
-
-fn manifest(shared: &Shared, name: &str, reference: &str, head: bool) -> Response<Body> {
-    let found = shared
-        .state()
-        .manifests
-        .get(&(name.to_owned(), reference.to_owned()))
-        .cloned();
-    let Some((media_type, bytes)) = found else {
-        return error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN");
-    };
-    let digest = sha256_digest(&bytes);
-    let len = bytes.len();
-    let body = if head { empty() } else { full(bytes) };
-    Response::builder()
-        .header(header::CONTENT_TYPE, media_type)
-        .header(header::CONTENT_LENGTH, len)
-        .header("docker-content-digest", digest)
-        .body(body)
-        .expect("valid manifest response")
-}
-
-fn blob(shared: &Arc<Shared>, digest: &str, head: bool) -> Response<Body> {
-    let (bytes, behaviour, gate) = {
-        let mut state = shared.state();
-        let Some((bytes, behaviour)) = state.blobs.get(digest).cloned() else {
-            return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN");
-        };
-        if !head {
-            *state.blob_gets.entry(digest.to_owned()).or_default() += 1;
-        }
-        let gate = state.gates.get(digest).map(|g| g.subscribe());
-        (bytes, behaviour, gate)
-    };
-    let builder = Response::builder()
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, bytes.len())
-        .header("docker-content-digest", digest);
-    if head {
-        return builder.body(empty()).expect("valid blob HEAD response");
-    }
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(1);
-    tokio::spawn(send_blob(
-        shared.clone(),
-        digest.to_owned(),
-        bytes,
-        behaviour,
-        gate,
-        tx,
-    ));
-    let frames = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
-    builder
-        .body(BodyExt::boxed(StreamBody::new(frames)))
-        .expect("valid blob response")
-}
-
-/// Feed the body channel according to `behaviour`, then record how it ended.
-async fn send_blob(
-    shared: Arc<Shared>,
-    digest: String,
-    bytes: Bytes,
-    behaviour: Behaviour,
-    gate: Option<watch::Receiver<bool>>,
-    tx: mpsc::Sender<Result<Frame<Bytes>, io::Error>>,
-) {
-    let send = |chunk: Bytes| {
-        let tx = tx.clone();
-        async move { tx.send(Ok(Frame::data(chunk))).await.is_ok() }
-    };
-    let outcome = match behaviour {
-        Behaviour::Normal => send_pieces(&send, bytes, None).await,
-        Behaviour::Corrupt => {
-            let mut wrong = bytes.to_vec();
-            let middle = wrong.len() / 2;
-            if let Some(b) = wrong.get_mut(middle) {
-                *b ^= 0xff;
-            }
-            send_pieces(&send, Bytes::from(wrong), None).await
-        }
-        Behaviour::Slow { pause } => send_pieces(&send, bytes, Some(pause)).await,
-        Behaviour::Truncated => {
-            let half = bytes.slice(..bytes.len() / 2);
-            if send_pieces(&send, half, None).await == SendOutcome::Completed {
-                let cut = io::Error::new(io::ErrorKind::ConnectionAborted, "truncated on purpose");
-                let _ = tx.send(Err(cut)).await;
-                SendOutcome::Cut
-            } else {
-                SendOutcome::Aborted
-            }
-        }
-        Behaviour::Gated { at } => {
-            let at = at.min(bytes.len());
-            let mut outcome = send_pieces(&send, bytes.slice(..at), None).await;
-            if outcome == SendOutcome::Completed {
-                if let Some(mut gate) = gate {
-                    let _ = gate.wait_for(|open| *open).await;
-                }
-                outcome = send_pieces(&send, bytes.slice(at..), None).await;
-            }
-            outcome
-        }
-    };
-    drop(tx);
-    shared.record_outcome(&digest, outcome);
-}
-
-async fn send_pieces<F, Fut>(send: &F, bytes: Bytes, pause: Option<Duration>) -> SendOutcome
-where
-    F: Fn(Bytes) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let mut offset = 0;
-    while offset < bytes.len() {
-        let end = (offset + CHUNK).min(bytes.len());
-        if !send(bytes.slice(offset..end)).await {
-            return SendOutcome::Aborted;
-        }
-        offset = end;
-        if let (Some(pause), true) = (pause, offset < bytes.len()) {
-            tokio::time::sleep(pause).await;
-        }
-    }
-    SendOutcome::Completed
-}
-
-fn error(status: StatusCode, code: &str) -> Response<Body> {
-    let body = serde_json::json!({ "errors": [{ "code": code, "message": code.to_lowercase() }] });
-    let mut response = json_response(Bytes::from(body.to_string()));
-    *response.status_mut() = status;
-    response
-}
-
-fn json_response(body: Bytes) -> Response<Body> {
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("docker-distribution-api-version", "registry/2.0")
-        .body(full(body))
-        .expect("valid JSON response")
-}
-
-fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
-}
-
-fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
+fn matching<'a>(
+    state: &'a State,
+    method: &'a Method,
+    path: &'a str,
+) -> impl Iterator<Item = &'a Seen> {
+    state
+        .requests
+        .iter()
+        .filter(move |s| s.method == *method && s.path == path)
 }

@@ -4,7 +4,8 @@
 //! loopback ports, so test files (and tests inside them) run in parallel and
 //! never touch the internet:
 //!
-//! - [`registry`]: a real upstream (Debian's `docker-registry`) as a child process;
+//! - [`registry`]: a real upstream (Debian's `docker-registry`) as a child process,
+//!   over HTTP or, with a CA and certificate from [`tls`], HTTPS;
 //! - [`hostile`]: an in-process upstream that misbehaves on request;
 //! - [`content`]: image fixtures and pushing them over the registry API;
 //! - [`berth`]: berth itself, in-process, on a temporary data directory;
@@ -20,6 +21,7 @@ pub mod hostile;
 pub mod http;
 pub mod registry;
 pub mod skopeo;
+pub mod tls;
 
 use sha2::{Digest as _, Sha256};
 

@@ -5,6 +5,9 @@
 //! It exists so berth is tested against the registry implementation most
 //! private registries run, not only against our own idea of the protocol. The
 //! access log is how tests count upstream blob fetches.
+//!
+//! It can serve HTTPS with a certificate from a test CA ([`super::tls`]);
+//! then its URL is `https://`, and [`Registry::client`] trusts that CA.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -14,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use reqwest::Client;
 use tempfile::TempDir;
 
 const BINARY: &str = "docker-registry";
@@ -23,36 +27,70 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 const STOP_DEADLINE: Duration = Duration::from_secs(15);
 /// Free ports tried before giving up on starting a registry.
 const PORT_ATTEMPTS: usize = 3;
+/// A hang guard for [`Registry::client`], as in [`super::http::client`].
+const HTTP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What an HTTPS registry is started with: its certificate and key, and the
+/// CA certificate that issued them (all PEM).
+struct Tls {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Vec<u8>,
+}
 
 /// A running (or stopped) docker-registry.
 pub struct Registry {
     dir: TempDir,
     port: u16,
     credentials: Option<(String, String)>,
+    /// The CA certificate (PEM) that signed its server certificate, when it
+    /// serves HTTPS.
+    tls_ca: Option<Vec<u8>>,
     child: Option<Child>,
 }
 
 impl Registry {
     /// Start an open registry: anyone may push and pull.
     pub fn start() -> Registry {
-        Registry::launch(None)
+        Registry::launch(None, None)
     }
 
     /// Start a registry that requires HTTP basic auth (htpasswd) for
     /// everything, pushes and pulls alike.
     pub fn start_with_htpasswd(user: &str, pass: &str) -> Registry {
-        Registry::launch(Some((user.to_owned(), pass.to_owned())))
+        Registry::launch(Some((user.to_owned(), pass.to_owned())), None)
     }
 
-    fn launch(credentials: Option<(String, String)>) -> Registry {
+    /// Start an open registry that serves HTTPS only, with the certificate
+    /// and key at `cert_pem` and `key_pem` (copied, so the files may go), issued
+    /// by the CA certificate at `ca_pem`.
+    pub fn start_with_tls(cert_pem: &Path, key_pem: &Path, ca_pem: &Path) -> Registry {
+        let read = |path: &Path| {
+            fs::read(path).unwrap_or_else(|e| panic!("read TLS file {}: {e}", path.display()))
+        };
+        let tls = Tls {
+            cert: read(cert_pem),
+            key: read(key_pem),
+            ca: read(ca_pem),
+        };
+        Registry::launch(None, Some(tls))
+    }
+
+    fn launch(credentials: Option<(String, String)>, tls: Option<Tls>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("berth-registry-")
             .tempdir()
             .expect("create the registry's temp dir");
+        let tls_ca = tls.map(|tls| {
+            fs::write(dir.path().join("server.pem"), &tls.cert).expect("write server.pem");
+            fs::write(dir.path().join("server.key"), &tls.key).expect("write server.key");
+            tls.ca
+        });
         let mut registry = Registry {
             dir,
             port: 0,
             credentials,
+            tls_ca,
             child: None,
         };
         // The free port may be taken again before the registry binds it;
@@ -70,9 +108,24 @@ impl Registry {
         panic!("{last_error}");
     }
 
-    /// `http://127.0.0.1:PORT`, no trailing slash.
+    /// `http://127.0.0.1:PORT`, or `https://` when it serves HTTPS; no
+    /// trailing slash.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// An HTTP client for talking to it directly: [`super::http::client`],
+    /// trusting the test CA as well when it serves HTTPS.
+    pub fn client(&self) -> Client {
+        match &self.tls_ca {
+            None => super::http::client(),
+            Some(ca) => tls_client(ca, HTTP_TIMEOUT),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -144,6 +197,13 @@ impl Registry {
             storage = root.join("storage").display(),
             port = self.port,
         );
+        if self.tls_ca.is_some() {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                root.join("server.pem").display(),
+                root.join("server.key").display(),
+            ));
+        }
         if let Some((user, pass)) = &self.credentials {
             let htpasswd = root.join("htpasswd");
             fs::write(&htpasswd, htpasswd_line(user, pass)).expect("write htpasswd file");
@@ -183,6 +243,8 @@ impl Registry {
 
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_DEADLINE;
+        // Why the last HTTPS probe failed, for the message if none succeeds.
+        let mut probe_error = String::new();
         loop {
             if let Some(status) = self
                 .child
@@ -195,13 +257,25 @@ impl Registry {
                     self.log()
                 ));
             }
+            let status = match &self.tls_ca {
+                None => v2_status(self.port),
+                Some(ca) => v2_status_tls(self.port, ca)
+                    .map_err(|e| probe_error = e)
+                    .ok(),
+            };
             // 401 is an answer too: the htpasswd registry challenges /v2/.
-            if let Some(200 | 401) = v2_status(self.port) {
+            if let Some(200 | 401) = status {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                let why = if probe_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (last HTTPS probe: {probe_error})")
+                };
                 panic!(
-                    "docker-registry did not answer /v2/ on port {} within {READY_DEADLINE:?}; log:\n{}",
+                    "docker-registry did not answer /v2/ on port {} within {READY_DEADLINE:?}{why}; \
+                     log:\n{}",
                     self.port,
                     self.log()
                 );
@@ -253,4 +327,54 @@ fn v2_status(port: u16) -> Option<u16> {
     stream.read_exact(&mut head).ok()?;
     // "HTTP/1.1 200"
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Status code of `GET https://127.0.0.1:PORT/v2/` with the test CA trusted.
+/// The certificate is checked as berth checks it, so a broken test PKI
+/// fails here, with rustls's reason. The request runs on a thread of its own
+/// with its own runtime: this is called from synchronous code that may be
+/// inside a test's runtime.
+fn v2_status_tls(port: u16, ca_pem: &[u8]) -> Result<u16, String> {
+    let client = tls_client(ca_pem, Duration::from_secs(2));
+    let url = format!("https://127.0.0.1:{port}/v2/");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("build a runtime for the readiness probe: {e}"))?;
+        runtime.block_on(async {
+            match client.get(&url).send().await {
+                Ok(response) => Ok(response.status().as_u16()),
+                Err(e) => Err(error_chain(&e)),
+            }
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the probe's thread panicked".to_owned()))
+}
+
+/// A client like [`super::http::client`] (no proxy, a hang guard) that
+/// trusts the CA certificates in `ca_pem` and no others.
+fn tls_client(ca_pem: &[u8], timeout: Duration) -> Client {
+    let mut builder = Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false);
+    let certs = reqwest::Certificate::from_pem_bundle(ca_pem).expect("the test CA is PEM");
+    for cert in certs {
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().expect("build an HTTPS client")
+}
+
+/// An error with its sources, which say what actually went wrong.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
