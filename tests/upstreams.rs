@@ -212,3 +212,56 @@ async fn unmirrored_hosts_and_denied_repositories_cause_no_upstream_traffic() {
     );
     site.berth.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_of_one_upstream_never_reach_another() {
+    let private = Registry::start_with_htpasswd(USER, PASS);
+    let open = common::hostile::Hostile::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let password = dir.path().join("b-password");
+    std::fs::write(&password, PASS).expect("write password file");
+    let config = format!(
+        r#"
+        [[upstream]]
+        name = "open.test"
+        url = "{open}"
+        default = true
+
+        [[upstream]]
+        name = "b.test"
+        url = "{private}"
+        username = "{USER}"
+        password_file = "{password}"
+        "#,
+        open = open.url(),
+        private = private.url(),
+        password = password.display(),
+    );
+    let mut berth = Berth::start(&config, &open.url()).await;
+    let image = Fixture::oci_image("team/app", "1");
+    Pusher::to(&private)
+        .push(&image)
+        .await
+        .expect("push to the private registry");
+    open.add_fixture(&image);
+    let out = tempfile::tempdir().expect("temp dir for skopeo output");
+    let host = berth.host();
+    copy_and_verify(&host, &image, out.path(), "open").await;
+    let dest = out.path().join("private");
+    copy_all(&format!("{host}/b.test/{}", image.reference()), &dest)
+        .await
+        .expect("pull from the private registry");
+    verify_dir(&dest, &image).expect("private image intact");
+
+    let seen = open.requests();
+    assert!(
+        seen.iter().any(|r| r.path.contains("/manifests/")),
+        "the open upstream served the pull"
+    );
+    let leaked: Vec<_> = seen.iter().filter(|r| r.authorization.is_some()).collect();
+    assert!(
+        leaked.is_empty(),
+        "credentials reached the open upstream: {leaked:?}"
+    );
+    berth.stop().await;
+}
