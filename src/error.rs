@@ -150,6 +150,7 @@ impl ApiError {
             | UpstreamError::Body { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, message)
             }
+            UpstreamError::Offline { .. } => Self::not_found(kind, message),
             UpstreamError::Timeout { .. } => {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unknown, message)
             }

@@ -27,6 +27,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How long a shutdown waits for running transfers before giving up.
     pub shutdown_timeout: Duration,
+    /// Never contact any upstream (air-gapped sites): serve only the cache.
+    pub offline: bool,
     /// The registries berth mirrors; at most one is the default.
     pub upstreams: Vec<UpstreamConfig>,
     pub cache: CacheConfig,
@@ -179,6 +181,16 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
             table.insert((*key).to_owned(), toml::Value::String(value.clone()));
         }
     }
+    if let Some(value) = env.get("BERTH_OFFLINE") {
+        // A boolean from the environment; anything else is left as text,
+        // to be refused like a bad value in the file.
+        let value = match value.as_str() {
+            "true" | "1" | "yes" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "" => toml::Value::Boolean(false),
+            other => toml::Value::String(other.to_owned()),
+        };
+        table.insert("offline".to_owned(), value);
+    }
     let overrides: Vec<(&str, &str, &String)> = ENV_DEFAULT_UPSTREAM
         .iter()
         .filter_map(|(var, key)| env.get(*var).map(|v| (*var, *key, v)))
@@ -210,7 +222,12 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
 }
 
 fn parse_config(f: &mut Fields) -> Config {
-    let upstreams = parse_upstreams(f);
+    let offline = f.get("offline").unwrap_or(false);
+    let mut upstreams = parse_upstreams(f);
+    // Offline for the whole site means offline for every upstream.
+    for up in &mut upstreams {
+        up.offline |= offline;
+    }
     let mut cache = f.section("cache");
     let cache_config = parse_cache(&mut cache);
     f.absorb(cache);
@@ -224,6 +241,7 @@ fn parse_config(f: &mut Fields) -> Config {
         shutdown_timeout: f
             .duration("shutdown_timeout")
             .unwrap_or(Duration::from_secs(30)),
+        offline,
         upstreams,
         cache: cache_config,
     }

@@ -57,6 +57,13 @@ pub struct UpstreamConfig {
     pub insecure_skip_verify: bool,
     /// How long a tag → digest mapping is trusted before asking upstream again.
     pub tag_ttl: Duration,
+    /// How long past `tag_ttl` a tag may still be served while the upstream
+    /// fails; `None` is without limit.
+    pub max_stale: Option<Duration>,
+    /// How long an upstream "not found" for a manifest or tag is remembered.
+    pub negative_ttl: Duration,
+    /// Never contact this upstream: serve what is cached, refuse the rest.
+    pub offline: bool,
     pub connect_timeout: Duration,
     /// Time allowed until the upstream's response headers arrive.
     pub response_timeout: Duration,
@@ -81,6 +88,9 @@ impl UpstreamConfig {
             ca_certificates: None,
             insecure_skip_verify: false,
             tag_ttl: Duration::from_secs(300),
+            max_stale: None,
+            negative_ttl: Duration::from_secs(30),
+            offline: false,
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
@@ -179,6 +189,9 @@ pub(super) fn parse(f: &mut Fields) -> Option<UpstreamConfig> {
     up.ca_certificates = parse_ca_file(f);
     up.insecure_skip_verify = f.get("insecure_skip_verify").unwrap_or(false);
     up.tag_ttl = f.duration("tag_ttl").unwrap_or(up.tag_ttl);
+    up.max_stale = f.duration("max_stale");
+    up.negative_ttl = f.duration("negative_ttl").unwrap_or(up.negative_ttl);
+    up.offline = f.get("offline").unwrap_or(false);
     up.connect_timeout = f
         .positive_duration("connect_timeout")
         .unwrap_or(up.connect_timeout);

@@ -2,11 +2,11 @@
 //! their file (with `Range`), missing ones by joining or starting a fill and
 //! streaming it as it arrives.
 
-use http::{header, Method, Response, StatusCode};
+use http::{header, HeaderMap, Method, Response, StatusCode};
 
 use super::body::{self, Body};
-use super::content_headers;
 use super::range::{self, ByteRange};
+use super::{conditional, content_headers, not_modified};
 use crate::digest::Digest;
 use crate::error::{ApiError, ContentKind};
 use crate::fill::blob::BlobSource;
@@ -21,10 +21,19 @@ pub async fn get(
     head: bool,
     target: &Target,
     digest: &Digest,
-    range: Option<&str>,
+    headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
     let store = app.store();
     let linked = store.has_link(target.upstream.name(), &target.repo, digest)?;
+    if conditional::none_match(headers, digest) {
+        // The client holds these bytes; it only needs to hear that the
+        // repository has them too.
+        if !linked {
+            confirm(app, target, digest).await?;
+        }
+        return Ok(not_modified(digest));
+    }
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     if linked {
         if let Some(content) = store.blob(digest)? {
             return cached(digest, content, range, head);

@@ -1,19 +1,21 @@
 //! `GET`/`HEAD /v2/<name>/manifests/<reference>`: from the cache when it
-//! can, from a (shared) upstream fill when it must; a stale tag is served
-//! when the upstream cannot answer.
+//! can, from a (shared) upstream fill when it must. A tag is trusted for its
+//! upstream's `tag_ttl`, then revalidated; while the upstream fails (or is
+//! configured offline) the last known mapping is served, within `max_stale`.
+//! A client whose `Accept` rules out what berth holds for a tag gets what the
+//! upstream gives that client, never a type it said it cannot read.
 
 use std::sync::Arc;
 
-use http::{header, Response, StatusCode};
+use http::{header, HeaderMap, Response, StatusCode};
 
 use super::body::{self, Body};
-use super::content_headers;
+use super::{conditional, content_headers, not_modified};
 use crate::error::{ApiError, ContentKind};
 use crate::fill::FillError;
 use crate::reference::Reference;
-use crate::store::Manifest;
+use crate::store::{Manifest, TagMapping};
 use crate::upstream::routing::Target;
-use crate::upstream::UpstreamError;
 use crate::App;
 
 pub async fn get(
@@ -21,8 +23,17 @@ pub async fn get(
     head: bool,
     target: &Target,
     reference: &Reference,
+    headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
-    let manifest = resolve(app, target, reference).await?;
+    let mut manifest = resolve(app, target, reference).await?;
+    if matches!(reference, Reference::Tag(_))
+        && !conditional::accepts(headers, &manifest.media_type)
+    {
+        manifest = negotiate(app, target, reference, headers).await?;
+    }
+    if conditional::none_match(headers, &manifest.digest) {
+        return Ok(not_modified(&manifest.digest));
+    }
     Ok(response(&manifest, head))
 }
 
@@ -40,6 +51,8 @@ fn response(manifest: &Manifest, head: bool) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(body::empty()))
 }
 
+/// The manifest under berth's own `Accept`: cached, revalidated, fetched,
+/// or served stale.
 async fn resolve(
     app: &App,
     target: &Target,
@@ -47,7 +60,8 @@ async fn resolve(
 ) -> Result<Arc<Manifest>, ApiError> {
     let store = app.store();
     let (upstream, name) = (target.upstream.name(), target.repo.as_str());
-    let stale = match reference {
+    let config = target.upstream.config();
+    let known = match reference {
         Reference::Digest(digest) => {
             if store.has_link(upstream, name, digest)? {
                 if let Some(m) = store.manifest(digest)? {
@@ -56,48 +70,64 @@ async fn resolve(
             }
             None
         }
-        Reference::Tag(tag) => match store.tag(upstream, name, tag)? {
-            Some(mapping) => {
-                let cached = mapping
-                    .digest
-                    .parse()
-                    .ok()
-                    .map(|d| store.manifest(&d))
-                    .transpose()?
-                    .flatten();
-                match cached {
-                    Some(m) if mapping.age() < target.upstream.config().tag_ttl => return Ok(m),
-                    other => other,
-                }
-            }
-            None => None,
-        },
+        Reference::Tag(tag) => cached_tag(app, target, tag)?,
     };
-    match app.manifests().fetch(target, reference).await {
+    if let Some((mapping, manifest)) = &known {
+        // Offline, a mapping is as good as it gets, whatever its age.
+        if mapping.age() < config.tag_ttl || config.offline {
+            return Ok(manifest.clone());
+        }
+    }
+    match app.manifests().fetch(target, reference, None).await {
         Ok(m) => Ok(m),
-        Err(e) => match stale {
-            Some(m) if upstream_is_failing(&e) => {
-                tracing::warn!(?target, %reference, error = %e, "upstream failing; serving the last known tag mapping");
-                Ok(m)
+        Err(e) => match known {
+            Some((mapping, manifest)) if may_serve_stale(&e, &mapping, target) => {
+                tracing::warn!(
+                    ?target, %reference, error = %e, age_s = mapping.age().as_secs(),
+                    "upstream failing; serving the last known tag mapping"
+                );
+                Ok(manifest)
             }
             _ => Err(ApiError::from_fill(&e, ContentKind::Manifest)),
         },
     }
 }
 
-/// Failures that say nothing about the tag itself, only that the upstream
-/// cannot answer now: the last known mapping is better than an error.
-fn upstream_is_failing(err: &FillError) -> bool {
-    match err {
-        FillError::Upstream(UpstreamError::Status { status, .. }) => {
-            status.is_server_error() || status.as_u16() == 429
-        }
-        FillError::Upstream(
-            UpstreamError::Unreachable { .. }
-            | UpstreamError::Certificate { .. }
-            | UpstreamError::Timeout { .. }
-            | UpstreamError::Body { .. },
-        ) => true,
-        _ => false,
-    }
+/// The tag's mapping and its manifest, when berth has both.
+fn cached_tag(
+    app: &App,
+    target: &Target,
+    tag: &str,
+) -> Result<Option<(TagMapping, Arc<Manifest>)>, ApiError> {
+    let store = app.store();
+    let Some(mapping) = store.tag(target.upstream.name(), &target.repo, tag)? else {
+        return Ok(None);
+    };
+    let Ok(digest) = mapping.digest.parse() else {
+        return Ok(None);
+    };
+    Ok(store.manifest(&digest)?.map(|m| (mapping, m)))
+}
+
+fn may_serve_stale(err: &FillError, mapping: &TagMapping, target: &Target) -> bool {
+    let config = target.upstream.config();
+    let within_bound = config
+        .max_stale
+        .is_none_or(|max| mapping.age() <= config.tag_ttl + max);
+    matches!(err, FillError::Upstream(e) if e.is_failing()) && within_bound
+}
+
+/// What the upstream answers a client with this `Accept`, fetched (single
+/// flight) and cached by digest; the tag mapping stays berth's own.
+async fn negotiate(
+    app: &App,
+    target: &Target,
+    reference: &Reference,
+    headers: &HeaderMap,
+) -> Result<Arc<Manifest>, ApiError> {
+    let accept = conditional::accept_value(headers);
+    app.manifests()
+        .fetch(target, reference, accept.as_ref())
+        .await
+        .map_err(|e| ApiError::from_fill(&e, ContentKind::Manifest))
 }

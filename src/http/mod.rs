@@ -4,6 +4,7 @@
 
 pub mod blobs;
 pub mod body;
+pub mod conditional;
 pub mod manifests;
 pub mod range;
 pub mod route;
@@ -72,16 +73,14 @@ async fn dispatch<B>(app: &App, req: &Request<B>, head: bool) -> Result<Response
             })
             .unwrap_or_else(|_| Response::new(body::empty()))),
         Route::Manifest { name, reference } => {
-            manifests::get(app, head, &target(&name)?, &reference).await
+            manifests::get(app, head, &target(&name)?, &reference, req.headers()).await
         }
         Route::Blob { name, digest } => {
-            let range = req
-                .headers()
-                .get(header::RANGE)
-                .and_then(|v| v.to_str().ok());
-            blobs::get(app, head, &target(&name)?, &digest, range).await
+            blobs::get(app, head, &target(&name)?, &digest, req.headers()).await
         }
-        Route::Tags { name } => tags::list(head, &name, &target(&name)?, req.uri().query()).await,
+        Route::Tags { name } => {
+            tags::list(app, head, &name, &target(&name)?, req.uri().query()).await
+        }
     }
 }
 
@@ -99,4 +98,11 @@ fn content_headers(builder: http::response::Builder, digest: &Digest) -> http::r
         .header("docker-content-digest", digest.to_string())
         .header(header::ETAG, format!("\"{digest}\""))
         .header(header::ACCEPT_RANGES, "bytes")
+}
+
+/// `304 Not Modified` for a client that already holds `digest`.
+fn not_modified(digest: &Digest) -> Response<Body> {
+    content_headers(Response::builder().status(StatusCode::NOT_MODIFIED), digest)
+        .body(body::empty())
+        .unwrap_or_else(|_| Response::new(body::empty()))
 }

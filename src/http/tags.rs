@@ -12,6 +12,7 @@ use super::body::{self, Body};
 use crate::error::{ApiError, ContentKind};
 use crate::upstream::routing::Target;
 use crate::upstream::UpstreamError;
+use crate::App;
 
 /// Upstream pages followed before giving up on a tag list.
 const MAX_UPSTREAM_PAGES: usize = 100;
@@ -41,15 +42,26 @@ struct Page {
 /// `client_name` is the repository as the client wrote it (path form
 /// included), for the answer and its `Link`; `target` is where it resolved.
 pub async fn list(
+    app: &App,
     head: bool,
     client_name: &str,
     target: &Target,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let page = Page::parse(query);
-    let mut tags = upstream_tags(target)
-        .await
-        .map_err(|e| ApiError::from_upstream(&e, ContentKind::Tags))?;
+    let mut tags = match upstream_tags(target).await {
+        Ok(tags) => tags,
+        // Offline or failing: the tags berth has seen are the best answer.
+        Err(e) if e.is_failing() => {
+            let known = app.store().tags_of(target.upstream.name(), &target.repo)?;
+            if known.is_empty() {
+                return Err(ApiError::from_upstream(&e, ContentKind::Tags));
+            }
+            tracing::warn!(?target, error = %e, "upstream failing; listing the tags berth knows");
+            known
+        }
+        Err(e) => return Err(ApiError::from_upstream(&e, ContentKind::Tags)),
+    };
     tags.sort();
     tags.dedup();
     let (shown, more) = page.apply(&tags);

@@ -64,13 +64,25 @@ pub struct TagMapping {
     pub digest: String,
     /// Milliseconds since the Unix epoch.
     pub fetched_at_ms: u64,
+    /// The upstream's `ETag` for the tag, for conditional revalidation.
+    #[serde(default)]
+    pub etag: Option<String>,
 }
 
 impl TagMapping {
-    pub fn new(digest: &Digest) -> Self {
+    pub fn new(digest: &Digest, etag: Option<String>) -> Self {
         TagMapping {
             digest: digest.to_string(),
             fetched_at_ms: now_ms(),
+            etag,
+        }
+    }
+
+    /// The same mapping, confirmed by the upstream just now.
+    pub fn renewed(&self) -> Self {
+        TagMapping {
+            fetched_at_ms: now_ms(),
+            ..self.clone()
         }
     }
 
@@ -146,7 +158,7 @@ impl Store {
     /// interrupted run left behind.
     pub fn open(dir: &Path, cache: &CacheConfig) -> Result<(Store, Recovery), StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
-        let db = sled::Config::new().path(dir.join("db")).open()?;
+        let db = open_db(&dir.join("db"))?;
         check_schema(&db)?;
         let inner = Inner {
             manifests: db.open_tree("manifests")?,
@@ -360,6 +372,17 @@ impl Store {
         Ok(())
     }
 
+    /// The tags of a repository that berth has mappings for, sorted.
+    pub fn tags_of(&self, upstream: &str, repo: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = scoped_key(upstream, repo, "");
+        let mut tags = Vec::new();
+        for entry in self.inner.tags.scan_prefix(&prefix) {
+            let (key, _) = entry?;
+            tags.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+        }
+        Ok(tags)
+    }
+
     /// Writes everything sled holds in memory to disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.inner.db.flush_async().await?;
@@ -434,6 +457,34 @@ fn hash_file(path: &Path, expected: &Digest) -> Option<(Digest, u64)> {
         }
         hasher.update(&buf[..n]);
         total += n as u64;
+    }
+}
+
+/// How long start-up waits for another holder of the database to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the sled database, waiting briefly for its lock: a berth that
+/// just stopped in the same process releases it a moment after `run`
+/// returns. A lock still held after that is another berth on the same data
+/// directory, which is refused with a message that says so.
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if started.elapsed() > LOCK_WAIT {
+                    return Err(StoreError::Io {
+                        what: format!(
+                            "{} is in use by another berth (one data directory serves one berth)",
+                            path.display()
+                        ),
+                        source: e,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
     }
 }
 
@@ -537,7 +588,12 @@ mod tests {
             };
             store.put_manifest(m).expect("put");
             store
-                .put_tag("docker.io", "library/a", "1", TagMapping::new(&digest))
+                .put_tag(
+                    "docker.io",
+                    "library/a",
+                    "1",
+                    TagMapping::new(&digest, None),
+                )
                 .expect("tag");
             store
                 .add_link("docker.io", "library/a", &digest)

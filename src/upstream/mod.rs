@@ -28,6 +28,8 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 pub enum UpstreamError {
     #[error("upstream {upstream} is unreachable: {reason}")]
     Unreachable { upstream: String, reason: String },
+    #[error("berth is offline for upstream {upstream}, and this is not in its cache")]
+    Offline { upstream: String },
     #[error("upstream {upstream}'s TLS certificate is not trusted (see ca_file): {reason}")]
     Certificate { upstream: String, reason: String },
     #[error("upstream {upstream} timed out waiting for the {what}")]
@@ -100,10 +102,31 @@ impl UpstreamError {
         }
     }
 
+    /// Failures that say nothing about the content asked for, only that the
+    /// upstream cannot answer now: berth serves what it last knew instead.
+    pub fn is_failing(&self) -> bool {
+        match self {
+            UpstreamError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            UpstreamError::Unreachable { .. }
+            | UpstreamError::Certificate { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::Body { .. }
+            | UpstreamError::Offline { .. } => true,
+            UpstreamError::BadResponse { .. } => false,
+        }
+    }
+
     /// Whether the upstream said the thing does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, UpstreamError::Status { status, .. } if *status == StatusCode::NOT_FOUND)
     }
+}
+
+/// Statuses that send the client elsewhere (not 304, which is an answer).
+fn is_redirect(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
 }
 
 /// An error with its sources: the top level rarely says why (refused, DNS,
@@ -214,21 +237,25 @@ impl Upstream {
         &self.config
     }
 
-    /// `GET` (or `HEAD`) of a manifest by tag or digest.
+    /// `GET` (or `HEAD`) of a manifest by tag or digest, with berth's own
+    /// `Accept` unless a client's is given. With `if_none_match`, a `304 Not
+    /// Modified` answer comes back as `Ok` too.
     pub async fn manifest(
         &self,
         method: Method,
         repo: &str,
         reference: &str,
+        accept: Option<&HeaderValue>,
+        if_none_match: Option<&str>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let accept = self.manifest_accept.clone();
-        self.send(
-            method,
-            repo,
-            &format!("manifests/{reference}"),
-            Some(accept),
-        )
-        .await
+        let mut headers = http::HeaderMap::new();
+        let accept = accept.unwrap_or(&self.manifest_accept).clone();
+        headers.insert(http::header::ACCEPT, accept);
+        if let Some(etag) = if_none_match.and_then(|e| HeaderValue::from_str(e).ok()) {
+            headers.insert(http::header::IF_NONE_MATCH, etag);
+        }
+        self.send(method, repo, &format!("manifests/{reference}"), headers)
+            .await
     }
 
     /// `GET` (or `HEAD`) of a blob; the body is left for the caller to stream.
@@ -238,7 +265,7 @@ impl Upstream {
         repo: &str,
         digest: &Digest,
     ) -> Result<reqwest::Response, UpstreamError> {
-        self.send(method, repo, &format!("blobs/{digest}"), None)
+        self.send(method, repo, &format!("blobs/{digest}"), Default::default())
             .await
     }
 
@@ -252,7 +279,8 @@ impl Upstream {
             Some(q) => format!("tags/list?{q}"),
             None => "tags/list".to_owned(),
         };
-        self.send(Method::GET, repo, &path, None).await
+        self.send(Method::GET, repo, &path, Default::default())
+            .await
     }
 
     /// Reads a whole body, with the idle timeout between chunks and a size cap.
@@ -296,8 +324,13 @@ impl Upstream {
         method: Method,
         repo: &str,
         path: &str,
-        accept: Option<HeaderValue>,
+        headers: http::HeaderMap,
     ) -> Result<reqwest::Response, UpstreamError> {
+        if self.config.offline {
+            return Err(UpstreamError::Offline {
+                upstream: self.name().to_owned(),
+            });
+        }
         let scope = format!("repository:{repo}:pull");
         let mut url = self
             .config
@@ -312,10 +345,10 @@ impl Upstream {
         let mut hops = 0;
         loop {
             let same_origin = url.origin() == self.config.url.origin();
-            let mut req = self.http.request(method.clone(), url.clone());
-            if let Some(accept) = &accept {
-                req = req.header(http::header::ACCEPT, accept.clone());
-            }
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
             if same_origin {
                 if let Some(c) = &credential {
                     req = c.apply(req);
@@ -341,13 +374,13 @@ impl Upstream {
                     continue;
                 }
             }
-            if status.is_redirection() {
+            if status.is_success() || status == StatusCode::NOT_MODIFIED {
+                return Ok(resp);
+            }
+            if is_redirect(status) {
                 hops += 1;
                 url = self.redirect_target(&url, &resp, hops)?;
                 continue;
-            }
-            if status.is_success() {
-                return Ok(resp);
             }
             return Err(UpstreamError::from_response(self.name(), resp).await);
         }
