@@ -9,15 +9,13 @@
 //! `GET`. Upstream "not found" answers are remembered for the upstream's
 //! `negative_ttl`, so a storm of pulls of a missing tag asks once.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::{BoxFuture, Shared};
-use futures_util::FutureExt;
 use http::{HeaderValue, Method, StatusCode};
 use tokio_util::task::TaskTracker;
 
+use super::single_flight::SingleFlight;
 use super::FillError;
 use crate::digest::{Algorithm, Digest};
 use crate::reference::Reference;
@@ -32,7 +30,6 @@ pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 const MAX_REMEMBERED_MISSING: u64 = 100_000;
 
 type FillResult = Result<Arc<Manifest>, Arc<FillError>>;
-type SharedFill = Shared<BoxFuture<'static, FillResult>>;
 
 /// (upstream, repository, reference, the client's `Accept` when berth's own
 /// could not be used).
@@ -44,11 +41,10 @@ pub struct ManifestFills {
 }
 
 struct Inner {
-    table: Mutex<HashMap<FillKey, SharedFill>>,
+    flights: SingleFlight<FillKey, FillResult>,
     /// Upstream 404s, each kept for its upstream's `negative_ttl`.
     missing: moka::sync::Cache<FillKey, Duration>,
     store: Store,
-    tasks: TaskTracker,
 }
 
 /// Each remembered "not found" lives as long as its value says.
@@ -68,10 +64,9 @@ impl ManifestFills {
             .build();
         ManifestFills {
             inner: Arc::new(Inner {
-                table: Mutex::new(HashMap::new()),
+                flights: SingleFlight::new(tasks),
                 missing,
                 store,
-                tasks,
             }),
         }
     }
@@ -96,41 +91,26 @@ impl ManifestFills {
         if self.inner.missing.contains_key(&key) {
             return Err(Arc::new(FillError::Upstream(remembered_missing(target))));
         }
-        let fill = {
-            let mut table = self.inner.table.lock().unwrap_or_else(|e| e.into_inner());
-            table
-                .entry(key.clone())
-                .or_insert_with(|| self.start(key, target.clone(), reference.clone()))
-                .clone()
-        };
-        fill.await
-    }
-
-    fn start(&self, key: FillKey, target: Target, reference: Reference) -> SharedFill {
-        let this = self.clone();
-        let task = self.inner.tasks.spawn(async move {
-            let accept = key.3.as_deref();
-            let result = this.transfer(&target, &reference, accept).await;
-            if let Err(e) = &result {
-                tracing::warn!(?target, %reference, error = %e, "manifest fill failed");
-                this.remember_if_missing(&key, &target, e);
-            }
-            this.inner
-                .table
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
-            result.map_err(Arc::new)
-        });
-        task.map(|joined| {
-            joined.unwrap_or_else(|e| {
-                Err(Arc::new(FillError::Io(std::io::Error::other(format!(
-                    "manifest fill task failed: {e}"
-                )))))
+        let (this, target, reference) = (self.clone(), target.clone(), reference.clone());
+        let work_key = key.clone();
+        let result = self
+            .inner
+            .flights
+            .run(key, move || async move {
+                let accept = work_key.3.as_deref();
+                let result = this.transfer(&target, &reference, accept).await;
+                if let Err(e) = &result {
+                    tracing::warn!(?target, %reference, error = %e, "manifest fill failed");
+                    this.remember_if_missing(&work_key, &target, e);
+                }
+                result.map_err(Arc::new)
             })
+            .await;
+        result.unwrap_or_else(|| {
+            Err(Arc::new(FillError::Io(std::io::Error::other(
+                "the manifest fill task failed",
+            ))))
         })
-        .boxed()
-        .shared()
     }
 
     fn remember_if_missing(&self, key: &FillKey, target: &Target, err: &FillError) {

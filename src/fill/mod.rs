@@ -11,6 +11,7 @@
 pub mod blob;
 pub mod manifest;
 pub mod reader;
+pub mod single_flight;
 
 use crate::digest::Digest;
 use crate::store::StoreError;
