@@ -32,6 +32,14 @@ impl Algorithm {
         }
     }
 
+    /// The all-zero digest: one no content has, for probing.
+    pub fn zero(self) -> Digest {
+        Digest {
+            algorithm: self,
+            hex: "0".repeat(self.hex_len()),
+        }
+    }
+
     /// Digest of a complete byte string.
     pub fn digest(self, bytes: &[u8]) -> Digest {
         let mut hasher = Hasher::new(self);

@@ -20,6 +20,7 @@ pub mod error;
 pub mod fill;
 pub mod http;
 pub mod reference;
+pub mod referrers;
 pub mod store;
 pub mod upstream;
 
@@ -34,6 +35,7 @@ pub use crate::config::Config;
 pub use crate::error::Error;
 use crate::fill::blob::BlobFills;
 use crate::fill::manifest::ManifestFills;
+use crate::referrers::Referrers;
 use crate::store::Store;
 use crate::upstream::routing::Upstreams;
 
@@ -49,6 +51,7 @@ struct AppInner {
     upstreams: Upstreams,
     blobs: BlobFills,
     manifests: ManifestFills,
+    referrers: Referrers,
     /// Fills belong to the server, not to a connection; shutdown waits here.
     fills: TaskTracker,
 }
@@ -65,6 +68,7 @@ impl App {
         let fills = TaskTracker::new();
         let blobs = BlobFills::new(store.clone(), fills.clone());
         let manifests = ManifestFills::new(store.clone(), fills.clone());
+        let referrers = Referrers::new(store.clone(), fills.clone());
         Ok(App {
             inner: Arc::new(AppInner {
                 config,
@@ -72,6 +76,7 @@ impl App {
                 upstreams,
                 blobs,
                 manifests,
+                referrers,
                 fills,
             }),
         })
@@ -95,6 +100,10 @@ impl App {
 
     pub fn manifests(&self) -> &ManifestFills {
         &self.inner.manifests
+    }
+
+    pub fn referrers(&self) -> &Referrers {
+        &self.inner.referrers
     }
 }
 

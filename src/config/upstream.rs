@@ -64,6 +64,14 @@ pub struct UpstreamConfig {
     pub negative_ttl: Duration,
     /// Never contact this upstream: serve what is cached, refuse the rest.
     pub offline: bool,
+    /// How long a referrers list from this upstream is served before berth
+    /// asks again.
+    pub referrers_ttl: Duration,
+    /// How long berth trusts what it learnt about the upstream's support for
+    /// the referrers API.
+    pub capability_ttl: Duration,
+    /// Answer a pull of a missing `sha256-<hex>` tag from the referrers API.
+    pub referrers_tag_translation: bool,
     pub connect_timeout: Duration,
     /// Time allowed until the upstream's response headers arrive.
     pub response_timeout: Duration,
@@ -91,6 +99,9 @@ impl UpstreamConfig {
             max_stale: None,
             negative_ttl: Duration::from_secs(30),
             offline: false,
+            referrers_ttl: Duration::from_secs(60),
+            capability_ttl: Duration::from_secs(600),
+            referrers_tag_translation: true,
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
@@ -192,6 +203,11 @@ pub(super) fn parse(f: &mut Fields) -> Option<UpstreamConfig> {
     up.max_stale = f.duration("max_stale");
     up.negative_ttl = f.duration("negative_ttl").unwrap_or(up.negative_ttl);
     up.offline = f.get("offline").unwrap_or(false);
+    up.referrers_ttl = f.duration("referrers_ttl").unwrap_or(up.referrers_ttl);
+    up.capability_ttl = f.duration("capability_ttl").unwrap_or(up.capability_ttl);
+    up.referrers_tag_translation = f
+        .get("referrers_tag_translation")
+        .unwrap_or(up.referrers_tag_translation);
     up.connect_timeout = f
         .positive_duration("connect_timeout")
         .unwrap_or(up.connect_timeout);

@@ -11,9 +11,11 @@ use http::{header, HeaderMap, Response, StatusCode};
 
 use super::body::{self, Body};
 use super::{conditional, content_headers, not_modified};
+use crate::digest::Algorithm;
 use crate::error::{ApiError, ContentKind};
 use crate::fill::FillError;
 use crate::reference::Reference;
+use crate::referrers::{index_bytes, subject_of_tag, Known, INDEX_MEDIA_TYPE};
 use crate::store::{Manifest, TagMapping};
 use crate::upstream::routing::Target;
 use crate::App;
@@ -25,6 +27,10 @@ pub async fn get(
     reference: &Reference,
     headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
+    if let Reference::Digest(digest) = reference {
+        // Learn about referrers while the manifest is being found.
+        app.referrers().known(target, digest);
+    }
     let mut manifest = resolve(app, target, reference).await?;
     if matches!(reference, Reference::Tag(_))
         && !conditional::accepts(headers, &manifest.media_type)
@@ -34,7 +40,17 @@ pub async fn get(
     if conditional::none_match(headers, &manifest.digest) {
         return Ok(not_modified(&manifest.digest));
     }
-    Ok(response(&manifest, head))
+    let mut resp = response(&manifest, head);
+    let referrers = match app.referrers().known(target, &manifest.digest) {
+        Known::Absent => Some("absent"),
+        Known::Present => Some("present"),
+        Known::Unknown => None,
+    };
+    if let Some(value) = referrers {
+        resp.headers_mut()
+            .insert("oci-referrers", http::HeaderValue::from_static(value));
+    }
+    Ok(resp)
 }
 
 fn response(manifest: &Manifest, head: bool) -> Response<Body> {
@@ -80,6 +96,9 @@ async fn resolve(
     }
     match app.manifests().fetch(target, reference, None).await {
         Ok(m) => Ok(m),
+        Err(e) if translatable(&e, target, reference) => {
+            translate(app, target, reference, &e).await
+        }
         Err(e) => match known {
             Some((mapping, manifest)) if may_serve_stale(&e, &mapping, target) => {
                 tracing::warn!(
@@ -115,6 +134,48 @@ fn may_serve_stale(err: &FillError, mapping: &TagMapping, target: &Target) -> bo
         .max_stale
         .is_none_or(|max| mapping.age() <= config.tag_ttl + max);
     matches!(err, FillError::Upstream(e) if e.is_failing()) && within_bound
+}
+
+/// A missing `sha256-<hex>` tag that berth may answer from the referrers API.
+fn translatable(err: &FillError, target: &Target, reference: &Reference) -> bool {
+    let is_referrers_tag = matches!(reference, Reference::Tag(t) if subject_of_tag(t).is_some());
+    let not_found = matches!(err, FillError::Upstream(u) if u.is_not_found());
+    is_referrers_tag && not_found && target.upstream.config().referrers_tag_translation
+}
+
+/// For clients that only know the referrers tag schema: the index berth
+/// builds from an upstream's referrers API, cached under its own digest.
+async fn translate(
+    app: &App,
+    target: &Target,
+    reference: &Reference,
+    original: &FillError,
+) -> Result<Arc<Manifest>, ApiError> {
+    let not_found = || ApiError::from_fill(original, ContentKind::Manifest);
+    let Reference::Tag(tag) = reference else {
+        return Err(not_found());
+    };
+    let Some(subject) = subject_of_tag(tag) else {
+        return Err(not_found());
+    };
+    if !app.referrers().supports_api(target).await.unwrap_or(false) {
+        return Err(not_found());
+    }
+    let descriptors = app
+        .referrers()
+        .list(target, &subject)
+        .await
+        .map_err(|e| ApiError::from_fill(&e, ContentKind::Manifest))?;
+    let bytes = index_bytes(&descriptors);
+    let digest = Algorithm::Sha256.digest(&bytes);
+    let store = app.store();
+    let manifest = store.put_manifest(Manifest {
+        digest: digest.clone(),
+        media_type: INDEX_MEDIA_TYPE.to_owned(),
+        bytes: bytes.into(),
+    })?;
+    store.add_link(target.upstream.name(), &target.repo, &digest)?;
+    Ok(manifest)
 }
 
 /// What the upstream answers a client with this `Accept`, fetched (single

@@ -7,6 +7,7 @@ pub mod body;
 pub mod conditional;
 pub mod manifests;
 pub mod range;
+pub mod referrers;
 pub mod route;
 pub mod server;
 pub mod tags;
@@ -77,6 +78,9 @@ async fn dispatch<B>(app: &App, req: &Request<B>, head: bool) -> Result<Response
         }
         Route::Blob { name, digest } => {
             blobs::get(app, head, &target(&name)?, &digest, req.headers()).await
+        }
+        Route::Referrers { name, digest } => {
+            referrers::list(app, head, &target(&name)?, &digest, req.uri().query()).await
         }
         Route::Tags { name } => {
             tags::list(app, head, &name, &target(&name)?, req.uri().query()).await

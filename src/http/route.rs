@@ -23,6 +23,10 @@ pub enum Route {
     Tags {
         name: String,
     },
+    Referrers {
+        name: String,
+        digest: Digest,
+    },
 }
 
 /// Maps a request line to a route, or to the error the client gets.
@@ -71,6 +75,13 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                 ReferenceError::Tag(msg) => ApiError::not_found(ContentKind::Manifest, msg),
             })?;
             Ok(Route::Manifest { name, reference })
+        }
+        [name @ .., "referrers", digest] if !name.is_empty() => {
+            let name = checked_name(name)?;
+            let digest = digest
+                .parse()
+                .map_err(|e: crate::digest::DigestError| ApiError::digest_invalid(e.to_string()))?;
+            Ok(Route::Referrers { name, digest })
         }
         [name @ .., "blobs", digest] if !name.is_empty() => {
             let name = checked_name(name)?;
@@ -122,6 +133,13 @@ mod tests {
         assert_eq!(
             get("/v2/a/tags/list").ok(),
             Some(Route::Tags { name: "a".into() })
+        );
+        assert!(
+            matches!(get(&format!("/v2/a/referrers/{DIGEST}")), Ok(Route::Referrers { name, .. }) if name == "a")
+        );
+        assert_eq!(
+            get("/v2/a/referrers/sha256:zz").map_err(|e| e.code).err(),
+            Some(ErrorCode::DigestInvalid)
         );
         // A repository may itself contain a "blobs" or "manifests" component.
         assert!(

@@ -107,7 +107,7 @@ async fn upstream_tags(target: &Target) -> Result<Vec<String>, UpstreamError> {
             .headers()
             .get(header::LINK)
             .and_then(|v| v.to_str().ok())
-            .and_then(next_page_query);
+            .and_then(crate::upstream::next_page_query);
         let bad = |reason: String| UpstreamError::BadResponse {
             upstream: upstream.name().to_owned(),
             reason,
@@ -125,16 +125,6 @@ async fn upstream_tags(target: &Target) -> Result<Vec<String>, UpstreamError> {
         }
     }
     Ok(tags)
-}
-
-/// The query of a `Link: <...?n=..&last=..>; rel="next"` header.
-fn next_page_query(link: &str) -> Option<String> {
-    let (target, params) = link.split_once(';')?;
-    if !params.contains("next") {
-        return None;
-    }
-    let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
-    Some(target.split_once('?')?.1.to_owned())
 }
 
 impl Page {
@@ -189,6 +179,7 @@ mod tests {
 
     #[test]
     fn upstream_link_headers_give_the_next_query() {
+        use crate::upstream::next_page_query;
         assert_eq!(
             next_page_query("</v2/a/tags/list?last=b&n=2>; rel=\"next\"").as_deref(),
             Some("last=b&n=2")

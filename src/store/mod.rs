@@ -98,6 +98,27 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The manifests that refer to a digest (their descriptors, as the
+/// referrers API lists them), and when berth learnt them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferrersRecord {
+    pub descriptors: Vec<serde_json::Value>,
+    pub fetched_at_ms: u64,
+}
+
+impl ReferrersRecord {
+    pub fn new(descriptors: Vec<serde_json::Value>) -> Self {
+        ReferrersRecord {
+            descriptors,
+            fetched_at_ms: now_ms(),
+        }
+    }
+
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.fetched_at_ms))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct BlobRecord {
     size: u64,
@@ -143,6 +164,7 @@ struct Inner {
     blob_data: sled::Tree,
     tags: sled::Tree,
     links: sled::Tree,
+    referrers: sled::Tree,
     files: Files,
     hot: Hot,
     inline_max: u64,
@@ -166,6 +188,7 @@ impl Store {
             blob_data: db.open_tree("blob_data")?,
             tags: db.open_tree("tags")?,
             links: db.open_tree("links")?,
+            referrers: db.open_tree("referrers")?,
             files: Files::open(dir).map_err(io_err(format!(
                 "cannot create the blob directories in {}",
                 dir.display()
@@ -369,6 +392,37 @@ impl Store {
         self.inner
             .hot
             .insert(HotKey::Tag(key), HotValue::Tag(mapping));
+        Ok(())
+    }
+
+    /// The referrers list berth last learnt for `digest` in a repository.
+    pub fn referrers(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<ReferrersRecord>, StoreError> {
+        let key = scoped_key(upstream, repo, &digest.to_string());
+        let Some(raw) = self.inner.referrers.get(&key)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: format!("referrers of {digest} in {repo}"),
+                reason: e.to_string(),
+            })
+    }
+
+    pub fn put_referrers(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &Digest,
+        record: &ReferrersRecord,
+    ) -> Result<(), StoreError> {
+        let key = scoped_key(upstream, repo, &digest.to_string());
+        self.inner.referrers.insert(key, encode_json(record))?;
         Ok(())
     }
 

@@ -124,6 +124,16 @@ impl UpstreamError {
     }
 }
 
+/// The query of a `Link: <...?n=..&last=..>; rel="next"` header.
+pub fn next_page_query(link: &str) -> Option<String> {
+    let (target, params) = link.split_once(';')?;
+    if !params.contains("next") {
+        return None;
+    }
+    let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+    Some(target.split_once('?')?.1.to_owned())
+}
+
 /// Statuses that send the client elsewhere (not 304, which is an answer).
 fn is_redirect(status: StatusCode) -> bool {
     matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
@@ -281,6 +291,26 @@ impl Upstream {
         };
         self.send(Method::GET, repo, &path, Default::default())
             .await
+    }
+
+    /// `GET` of a page of the referrers API; `query` continues a paginated
+    /// answer (from its `Link` header).
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        query: Option<&str>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let path = match query {
+            Some(q) => format!("referrers/{digest}?{q}"),
+            None => format!("referrers/{digest}"),
+        };
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+        );
+        self.send(Method::GET, repo, &path, headers).await
     }
 
     /// Reads a whole body, with the idle timeout between chunks and a size cap.
