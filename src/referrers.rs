@@ -212,9 +212,9 @@ impl Referrers {
 
     async fn fetch(&self, target: &Target, digest: &Digest) -> Result<Vec<Value>, FillError> {
         if self.supports_api(target).await? {
-            self.from_api(target, digest).await
+            Self::listed_by_api(target, digest).await
         } else {
-            self.from_fallback_tag(target, digest).await
+            Self::listed_by_tag(target, digest).await
         }
     }
 
@@ -259,7 +259,7 @@ impl Referrers {
         })
     }
 
-    async fn from_api(&self, target: &Target, digest: &Digest) -> Result<Vec<Value>, FillError> {
+    async fn listed_by_api(target: &Target, digest: &Digest) -> Result<Vec<Value>, FillError> {
         let upstream = &target.upstream;
         let mut all = Vec::new();
         let mut query: Option<String> = None;
@@ -288,11 +288,7 @@ impl Referrers {
     }
 
     /// The referrers tag's index; no tag, or anything but an index, is none.
-    async fn from_fallback_tag(
-        &self,
-        target: &Target,
-        digest: &Digest,
-    ) -> Result<Vec<Value>, FillError> {
+    async fn listed_by_tag(target: &Target, digest: &Digest) -> Result<Vec<Value>, FillError> {
         let upstream = &target.upstream;
         let accept = http::HeaderValue::from_static(INDEX_MEDIA_TYPE);
         let tag = fallback_tag(digest);
