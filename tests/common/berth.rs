@@ -100,6 +100,19 @@ impl Berth {
         self.launch(listener);
     }
 
+    /// Stop, then start again on the same address and data directory with
+    /// a config generated afresh from `toml_extra` and `upstream_url`, as
+    /// [`Berth::start`] generates it: berth reconfigured over the cache an
+    /// earlier run filled (taken offline, say, or pointed elsewhere).
+    pub async fn restart_with(&mut self, toml_extra: &str, upstream_url: &str) {
+        self.stop().await;
+        self.config = config_text(toml_extra, upstream_url, self.addr, self.data_dir.path());
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .unwrap_or_else(|e| panic!("rebind berth's address {}: {e}", self.addr));
+        self.launch(listener);
+    }
+
     fn launch(&mut self, listener: TcpListener) {
         let config = ::berth::Config::from_toml(&self.config)
             .unwrap_or_else(|e| panic!("berth rejected the test config: {e}\n{}", self.config));

@@ -9,6 +9,10 @@
 //! never answered), and a log of every request it saw with the credentials
 //! it carried.
 //!
+//! A tag can also have variants by media type, chosen by the request's
+//! `Accept` as a registry chooses between an index and a Docker v2 manifest,
+//! and a manifest's HEADs can be held at a gate, as GETs can.
+//!
 //! `/storage/<digest>` serves any known blob whole: the target of redirects,
 //! standing in for a CDN or object store. A second `Hostile` is another
 //! origin (another port) for redirects that leave the registry's host.
@@ -38,7 +42,8 @@ use super::sha256_digest;
 /// How long the `wait_*` helpers wait: a hang guard, not a timing check.
 const WAIT_GUARD: Duration = Duration::from_secs(60);
 
-/// How a manifest is served on GET (HEAD is always answered directly).
+/// How a manifest is served on GET (HEAD is answered directly, unless
+/// [`Hostile::gate_manifest_heads`] holds it).
 #[derive(Clone, Debug)]
 pub enum ManifestBehaviour {
     /// As stored.
@@ -60,6 +65,8 @@ pub struct Seen {
     pub path: String,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// The `Accept` headers, joined with ", ", if any.
+    pub accept: Option<String>,
 }
 
 /// What the upstream asks of a request before it answers.
@@ -80,6 +87,10 @@ struct State {
     manifests: HashMap<ManifestKey, (String, Bytes)>,
     manifest_behaviours: HashMap<ManifestKey, ManifestBehaviour>,
     manifest_gates: HashMap<ManifestKey, watch::Sender<bool>>,
+    /// Tags served by `Accept`: (media type, bytes), in order of preference.
+    manifest_variants: HashMap<ManifestKey, Vec<(String, Bytes)>>,
+    /// Gates that HEADs of a manifest wait behind.
+    head_gates: HashMap<ManifestKey, watch::Sender<bool>>,
     blobs: HashMap<String, (Bytes, Behaviour)>,
     /// Blobs that exist in one repository only; others answer 404.
     blob_homes: HashMap<String, String>,
@@ -108,6 +119,12 @@ impl Shared {
     }
 
     fn record_request(&self, request: &Request<Incoming>) {
+        let accept: Vec<&str> = request
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
         let seen = Seen {
             method: request.method().clone(),
             path: request.uri().path().to_owned(),
@@ -115,6 +132,7 @@ impl Shared {
                 .headers()
                 .get(header::AUTHORIZATION)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            accept: (!accept.is_empty()).then(|| accept.join(", ")),
         };
         self.state().requests.push(seen);
         self.changes.send_modify(|n| *n += 1);
@@ -201,6 +219,45 @@ impl Hostile {
             .manifest_gates
             .get(&(repo.to_owned(), reference.to_owned()))
             .unwrap_or_else(|| panic!("no gated manifest {repo}:{reference}"));
+        gate.send_replace(true);
+    }
+
+    /// Serve `reference` as the first of `variants` (media type, bytes)
+    /// whose media type the request's `Accept` names, or the last one when it
+    /// names none, the way a registry falls back to a Docker v2 manifest for
+    /// a client that cannot read an index. Each variant is served under its
+    /// own digest as well.
+    pub fn add_manifest_variants(&self, repo: &str, reference: &str, variants: &[(&str, Bytes)]) {
+        assert!(!variants.is_empty(), "a tag needs at least one variant");
+        for (media_type, bytes) in variants {
+            self.add_manifest_as(repo, &sha256_digest(bytes), media_type, bytes.clone());
+        }
+        let variants = variants
+            .iter()
+            .map(|(media_type, bytes)| ((*media_type).to_owned(), bytes.clone()))
+            .collect();
+        self.shared
+            .state()
+            .manifest_variants
+            .insert((repo.to_owned(), reference.to_owned()), variants);
+    }
+
+    /// From now on, HEADs of `repo`'s manifest `reference` are held until
+    /// [`Hostile::release_manifest_heads`]; GETs are not affected.
+    pub fn gate_manifest_heads(&self, repo: &str, reference: &str) {
+        self.shared.state().head_gates.insert(
+            (repo.to_owned(), reference.to_owned()),
+            watch::channel(false).0,
+        );
+    }
+
+    /// Let the held and future HEADs of a gated manifest be answered.
+    pub fn release_manifest_heads(&self, repo: &str, reference: &str) {
+        let state = self.shared.state();
+        let gate = state
+            .head_gates
+            .get(&(repo.to_owned(), reference.to_owned()))
+            .unwrap_or_else(|| panic!("no gated manifest HEADs for {repo}:{reference}"));
         gate.send_replace(true);
     }
 
@@ -307,6 +364,28 @@ impl Hostile {
     pub fn manifest_gets(&self, repo: &str, reference: &str) -> usize {
         let path = format!("/v2/{repo}/manifests/{reference}");
         self.requests_to(&Method::GET, &path).len()
+    }
+
+    /// HEAD requests for `repo`'s manifest `reference` so far, whatever the
+    /// answer.
+    pub fn manifest_heads(&self, repo: &str, reference: &str) -> usize {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        self.requests_to(&Method::HEAD, &path).len()
+    }
+
+    /// Wait until `count` HEADs of `repo`'s manifest `reference` have
+    /// arrived. Panics after a generous minute: a hang guard, not a timing
+    /// check.
+    pub async fn wait_manifest_heads(&self, repo: &str, reference: &str, count: usize) {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let arrived = self
+            .wait_until(|state| matching(state, &Method::HEAD, &path).count() >= count)
+            .await;
+        assert!(
+            arrived,
+            "{count} HEADs of {path} never arrived (have {})",
+            self.manifest_heads(repo, reference)
+        );
     }
 
     /// Wait until `count` GETs of `repo`'s manifest `reference` have arrived.

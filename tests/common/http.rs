@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use reqwest::{Client, Response, StatusCode};
+use reqwest::header::HeaderMap;
+use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use sha2::{Digest as _, Sha256};
 
 /// An HTTP client that never goes through a proxy (the environment may name
@@ -122,4 +123,77 @@ pub fn header<'a>(response: &'a Response, name: &str) -> &'a str {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
+}
+
+/// A response read whole (status, headers, body), for checks on all three.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// Send `request` and read the whole answer; panics when it cannot be
+    /// sent or its body is cut. The client's own timeout is the hang guard.
+    pub async fn of(request: RequestBuilder) -> Reply {
+        let (client, request) = request.build_split();
+        let request = request.unwrap_or_else(|e| panic!("build the request: {e}"));
+        let what = format!("{} {}", request.method(), request.url());
+        let response = client
+            .execute(request)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: reading the body of a {status}: {e}"));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A header as a string, or "" when absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// `Docker-Content-Digest`, or "".
+    pub fn digest(&self) -> &str {
+        self.header("docker-content-digest")
+    }
+
+    /// `errors[0].code` and `errors[0].message` of an OCI error body; panics
+    /// when the body is not one.
+    pub fn oci_error(&self) -> (String, String) {
+        let start: String = String::from_utf8_lossy(&self.body)
+            .chars()
+            .take(300)
+            .collect();
+        let value: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: expected an OCI error, the body is not JSON ({e}): {start:?}",
+                self.status
+            )
+        });
+        let field = |name: &str| {
+            value["errors"][0][name]
+                .as_str()
+                .unwrap_or_else(|| {
+                    panic!(
+                        "status {}: expected an OCI error, no errors[0].{name}: {start:?}",
+                        self.status
+                    )
+                })
+                .to_owned()
+        };
+        (field("code"), field("message"))
+    }
 }

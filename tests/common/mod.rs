@@ -19,6 +19,7 @@ pub mod berth;
 pub mod content;
 pub mod hostile;
 pub mod http;
+pub mod referrers_upstream;
 pub mod registry;
 pub mod skopeo;
 pub mod tls;

@@ -178,6 +178,18 @@ impl Registry {
             .count()
     }
 
+    /// Number of `<method> <path>` requests in the access log so far (path
+    /// without query), whatever their status. Call [`Registry::stop`] first
+    /// for a count that includes requests still being answered.
+    pub fn requests_to(&self, method: &str, path: &str) -> usize {
+        let exact = format!("\"{method} {path} HTTP/");
+        let with_query = format!("\"{method} {path}?");
+        self.log()
+            .lines()
+            .filter(|line| line.contains(&exact) || line.contains(&with_query))
+            .count()
+    }
+
     /// Everything the registry has written: its logs and its access log.
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()

@@ -66,7 +66,16 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     }
     match kind {
         "" => json_response(Bytes::from_static(b"{}")),
-        "manifests" => manifest(&shared, name, reference, head).await,
+        "manifests" => {
+            let accept = request
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",");
+            manifest(&shared, name, reference, head, &accept).await
+        }
         "blobs" => blob(&shared, name, reference, head),
         _ => error(StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
     }
@@ -133,14 +142,28 @@ fn token(shared: &Shared) -> Response<Body> {
     json_response(Bytes::from(body.to_string()))
 }
 
-async fn manifest(shared: &Shared, name: &str, reference: &str, head: bool) -> Response<Body> {
+async fn manifest(
+    shared: &Shared,
+    name: &str,
+    reference: &str,
+    head: bool,
+    accept: &str,
+) -> Response<Body> {
     let key = (name.to_owned(), reference.to_owned());
-    let (found, behaviour, gate) = {
+    let (found, behaviour, gate, head_gate) = {
         let state = shared.state();
         let behaviour = state.manifest_behaviours.get(&key).cloned();
         let gate = state.manifest_gates.get(&key).map(|g| g.subscribe());
-        (state.manifests.get(&key).cloned(), behaviour, gate)
+        let head_gate = state.head_gates.get(&key).map(|g| g.subscribe());
+        let found = match state.manifest_variants.get(&key) {
+            Some(variants) => Some(variant_for(variants, accept)),
+            None => state.manifests.get(&key).cloned(),
+        };
+        (found, behaviour, gate, head_gate)
     };
+    if let (true, Some(mut gate)) = (head, head_gate) {
+        let _ = gate.wait_for(|open| *open).await;
+    }
     let behaviour = match behaviour {
         Some(behaviour) if !head => behaviour,
         _ => ManifestBehaviour::Normal,
@@ -170,6 +193,22 @@ async fn manifest(shared: &Shared, name: &str, reference: &str, head: bool) -> R
         .header("docker-content-digest", digest)
         .body(body)
         .expect("valid manifest response")
+}
+
+/// The first variant whose media type `accept` names, else the last.
+fn variant_for(variants: &[(String, Bytes)], accept: &str) -> (String, Bytes) {
+    let accepted = |media_type: &str| {
+        accept
+            .split(',')
+            .map(|range| range.split(';').next().unwrap_or("").trim())
+            .any(|range| range.eq_ignore_ascii_case(media_type))
+    };
+    variants
+        .iter()
+        .find(|(media_type, _)| accepted(media_type))
+        .or(variants.last())
+        .cloned()
+        .expect("a tag with variants has at least one")
 }
 
 fn blob(shared: &Arc<Shared>, name: &str, digest: &str, head: bool) -> Response<Body> {
