@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod commands;
 pub mod config;
 pub mod digest;
 pub mod error;
@@ -60,7 +61,7 @@ impl App {
     /// Opens the store (repairing what an interrupted run left) and builds
     /// the upstream client.
     pub fn new(config: Config) -> Result<App, Error> {
-        let (store, recovery) = Store::open(&config.data_dir, &config.cache)?;
+        let (store, recovery) = Store::open_with(&config.data_dir, &config.cache, &config.storage)?;
         if recovery != Default::default() {
             tracing::info!(?recovery, "repaired the store after an interrupted run");
         }
@@ -138,6 +139,7 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping_tx.send(Instant::now());
     };
+    let maintenance = tokio::spawn(maintain(app.store().clone()));
     http::server::serve(app.clone(), listener, shutdown, deadline).await;
     let stop_began = stopping_rx.await.unwrap_or(started);
     let remaining = deadline.saturating_sub(stop_began.elapsed());
@@ -148,7 +150,34 @@ pub async fn serve(
     {
         tracing::warn!("fills still running at the shutdown deadline; they are abandoned and nothing partial is kept");
     }
+    maintenance.abort();
+    app.store().flush_access()?;
     app.store().flush().await?;
     tracing::info!("store flushed; stopped");
     Ok(())
+}
+
+/// How often access times are written down when nothing else prompts it.
+const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Background upkeep of the store: batched access times, and eviction when
+/// the cache passes its high watermark. Never on a request's path.
+async fn maintain(store: Store) {
+    loop {
+        tokio::select! {
+            () = store.pressure() => {}
+            () = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+        }
+        let s = store.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            s.flush_access()?;
+            s.evict_if_needed()
+        })
+        .await;
+        match outcome {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "store maintenance failed"),
+            Err(e) => tracing::error!(error = %e, "store maintenance task failed"),
+        }
+    }
 }

@@ -29,6 +29,19 @@ enum Command {
     Serve,
     /// Check the configuration and print it; exit 64 if it is invalid.
     CheckConfig,
+    /// Re-hash every cached blob and manifest and report any that do not
+    /// match their digest (exit 1); run it while berth is stopped.
+    Check {
+        /// Remove what does not match, so it is fetched again on demand.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Show what the cache holds, by upstream and repository.
+    Du {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,7 +66,21 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config),
+        Command::Check { repair } => match berth::commands::check(&config, repair) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => fail(e),
+        },
+        Command::Du { json } => match berth::commands::du(&config, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
     }
+}
+
+fn fail(e: berth::Error) -> ExitCode {
+    eprintln!("berth: {e}");
+    ExitCode::from(2)
 }
 
 fn serve(config: berth::Config) -> ExitCode {

@@ -32,6 +32,29 @@ pub struct Config {
     /// The registries berth mirrors; at most one is the default.
     pub upstreams: Vec<UpstreamConfig>,
     pub cache: CacheConfig,
+    pub storage: StorageConfig,
+}
+
+/// How much disk the cache may use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    /// The bound on stored content; `None` means 80% of the free space of
+    /// the data directory's filesystem at first start, recorded then.
+    pub max_size: Option<u64>,
+    /// Eviction starts above this fraction of `max_size`...
+    pub high_watermark: f64,
+    /// ...and removes least recently used content down to this fraction.
+    pub low_watermark: f64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            max_size: None,
+            high_watermark: 0.9,
+            low_watermark: 0.8,
+        }
+    }
 }
 
 /// Sizes of the cache tiers.
@@ -231,6 +254,9 @@ fn parse_config(f: &mut Fields) -> Config {
     let mut cache = f.section("cache");
     let cache_config = parse_cache(&mut cache);
     f.absorb(cache);
+    let mut storage = f.section("storage");
+    let storage_config = parse_storage(&mut storage);
+    f.absorb(storage);
     Config {
         listen: f
             .get("listen")
@@ -244,6 +270,30 @@ fn parse_config(f: &mut Fields) -> Config {
         offline,
         upstreams,
         cache: cache_config,
+        storage: storage_config,
+    }
+}
+
+fn parse_storage(f: &mut Fields) -> StorageConfig {
+    let d = StorageConfig::default();
+    let max_size = f.size("max_size");
+    if max_size == Some(0) {
+        f.error("max_size", "must be more than zero");
+    }
+    let high: f64 = f.get("high_watermark").unwrap_or(d.high_watermark);
+    let low: f64 = f.get("low_watermark").unwrap_or(d.low_watermark);
+    if !(0.0 < low && low < high && high <= 1.0) {
+        f.error(
+            "low_watermark",
+            format!(
+                "watermarks must satisfy 0 < low_watermark ({low}) < high_watermark ({high}) <= 1"
+            ),
+        );
+    }
+    StorageConfig {
+        max_size,
+        high_watermark: high,
+        low_watermark: low,
     }
 }
 

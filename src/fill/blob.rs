@@ -10,11 +10,12 @@ use http::Method;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use super::passthrough::{Handover, Resume};
 use super::reader::{BlobReader, Progress};
 use super::FillError;
 use crate::digest::{Digest, Hasher};
 use crate::store::files::TempFile;
-use crate::store::{BlobContent, Store};
+use crate::store::{BlobContent, Store, StoreError};
 use crate::upstream::announced_length;
 use crate::upstream::routing::Target;
 
@@ -25,7 +26,9 @@ const WRITE_BATCH: usize = 1024 * 1024;
 pub struct BlobFill {
     /// The upstream repository the fill was started for (and confirmed in).
     target: Target,
-    file: Arc<std::fs::File>,
+    digest: Digest,
+    /// `None` when the disk was too full to create it.
+    file: Option<Arc<std::fs::File>>,
     progress: watch::Receiver<Progress>,
 }
 
@@ -39,6 +42,7 @@ impl BlobFill {
                 Progress::Connecting => {}
                 Progress::Streaming { total, .. } => return Ok(*total),
                 Progress::Done { size } => return Ok(Some(*size)),
+                Progress::DiskFull(handover) => return Ok(handover.total),
                 Progress::Failed(e) => return Err(e.clone()),
             }
             if rx.changed().await.is_err() && matches!(*rx.borrow(), Progress::Connecting) {
@@ -51,7 +55,17 @@ impl BlobFill {
 
     /// A reader from `start` to `end` (exclusive), following the transfer.
     pub fn reader(&self, start: u64, end: Option<u64>) -> BlobReader {
-        BlobReader::following(self.file.clone(), self.progress.clone(), start, end)
+        let resume = Resume {
+            target: self.target.clone(),
+            digest: self.digest.clone(),
+        };
+        BlobReader::following(
+            self.file.clone(),
+            self.progress.clone(),
+            start,
+            end,
+            Some(resume),
+        )
     }
 }
 
@@ -111,7 +125,9 @@ impl BlobFills {
                         return Ok(BlobSource::Cached(content));
                     }
                     let fill = self.start(target, digest).map_err(Arc::new)?;
-                    table.insert(digest.clone(), fill.clone());
+                    if fill.file.is_some() {
+                        table.insert(digest.clone(), fill.clone());
+                    }
                     return Ok(BlobSource::Filling(fill));
                 }
             }
@@ -135,11 +151,16 @@ impl BlobFills {
     }
 
     fn start(&self, target: &Target, digest: &Digest) -> Result<Arc<BlobFill>, FillError> {
-        let temp = self.inner.store.temp_file()?;
+        let temp = match self.inner.store.temp_file() {
+            Ok(temp) => temp,
+            Err(e) if is_disk_full(&e) => return Ok(self.pass_through(target, digest)),
+            Err(e) => return Err(e.into()),
+        };
         let (tx, progress) = watch::channel(Progress::Connecting);
         let fill = Arc::new(BlobFill {
             target: target.clone(),
-            file: temp.file().clone(),
+            digest: digest.clone(),
+            file: Some(temp.file().clone()),
             progress,
         });
         let this = self.clone();
@@ -150,6 +171,29 @@ impl BlobFills {
         Ok(fill)
     }
 
+    /// A fill that caches nothing: no room for even a temp file, so the
+    /// reader fetches the whole blob itself. It never enters the table.
+    fn pass_through(&self, target: &Target, digest: &Digest) -> Arc<BlobFill> {
+        self.disk_full(digest);
+        let handover = Handover {
+            written: 0,
+            total: None,
+            hasher: Hasher::new(digest.algorithm()),
+        };
+        let (_tx, progress) = watch::channel(Progress::DiskFull(Arc::new(handover)));
+        Arc::new(BlobFill {
+            target: target.clone(),
+            digest: digest.clone(),
+            file: None,
+            progress,
+        })
+    }
+
+    fn disk_full(&self, digest: &Digest) {
+        tracing::error!(%digest, "the disk is full: serving from upstream without caching, and evicting");
+        self.inner.store.disk_full();
+    }
+
     async fn run(
         self,
         target: Target,
@@ -158,10 +202,18 @@ impl BlobFills {
         tx: watch::Sender<Progress>,
     ) {
         let outcome = match self.transfer(&target, &digest, &temp, &tx).await {
-            Ok(size) => self
-                .commit(&target, &digest, temp, size)
-                .await
-                .map(|()| size),
+            Ok(size) => match self.commit(&target, &digest, temp, size).await {
+                Ok(()) => Ok(size),
+                Err(e) => {
+                    // Verified bytes that could not be kept: the readers
+                    // still get them from the open file; nothing is cached.
+                    if matches!(&e, FillError::Store(s) if is_disk_full(s)) {
+                        self.disk_full(&digest);
+                    }
+                    tracing::error!(%digest, ?target, error = %e, "a verified blob could not be cached");
+                    Ok(size)
+                }
+            },
             Err(e) => Err(e),
         };
         // Leave the table before announcing the end: a client that retries
@@ -177,6 +229,7 @@ impl BlobFills {
                 tracing::debug!(%digest, ?target, size, "blob cached");
                 tx.send_replace(Progress::Done { size });
             }
+            Err(_) if matches!(*tx.borrow(), Progress::DiskFull(_)) => self.disk_full(&digest),
             Err(e) => {
                 tracing::warn!(%digest, ?target, error = %e, "blob fill failed; nothing cached");
                 tx.send_replace(Progress::Failed(Arc::new(e)));
@@ -208,7 +261,19 @@ impl BlobFills {
                 });
             }
             let len = batch.len() as u64;
-            hasher = write_and_hash(temp.file().clone(), hasher, batch, written).await?;
+            hasher = match write_and_hash(temp.file().clone(), hasher, batch, written).await? {
+                (hasher, Ok(())) => hasher,
+                (hasher, Err(e)) if e.kind() == std::io::ErrorKind::StorageFull => {
+                    let handover = Handover {
+                        written,
+                        total,
+                        hasher,
+                    };
+                    tx.send_replace(Progress::DiskFull(Arc::new(handover)));
+                    return Err(FillError::Io(e));
+                }
+                (_, Err(e)) => return Err(FillError::Io(e)),
+            };
             written += len;
             tx.send_replace(Progress::Streaming { written, total });
         }
@@ -263,18 +328,26 @@ fn gather(first: Bytes, resp: &mut reqwest::Response) -> Bytes {
     batch.freeze()
 }
 
-/// Hashing and writing are blocking work; both happen off the runtime.
+/// Hashing and writing are blocking work; both happen off the runtime. The
+/// batch is hashed only once it is written, so that the hash state always
+/// covers exactly the bytes in the file (a hand-over resumes from there).
 async fn write_and_hash(
     file: Arc<std::fs::File>,
     mut hasher: Hasher,
     batch: Bytes,
     offset: u64,
-) -> Result<Hasher, FillError> {
+) -> Result<(Hasher, std::io::Result<()>), FillError> {
     tokio::task::spawn_blocking(move || {
-        hasher.update(&batch);
-        std::os::unix::fs::FileExt::write_all_at(&*file, &batch, offset).map(|()| hasher)
+        let written = std::os::unix::fs::FileExt::write_all_at(&*file, &batch, offset);
+        if written.is_ok() {
+            hasher.update(&batch);
+        }
+        (hasher, written)
     })
     .await
-    .map_err(std::io::Error::other)?
-    .map_err(FillError::Io)
+    .map_err(|e| FillError::Io(std::io::Error::other(e)))
+}
+
+fn is_disk_full(e: &StoreError) -> bool {
+    matches!(e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
 }

@@ -10,6 +10,7 @@
 
 pub mod blob;
 pub mod manifest;
+pub mod passthrough;
 pub mod reader;
 pub mod single_flight;
 

@@ -7,6 +7,9 @@
 //! byte of a response is held back until the fill has verified the digest, so
 //! a client can never receive a complete body of wrong bytes: on failure the
 //! stream ends in an error and the connection is cut short.
+//!
+//! When the fill stops because the disk is full, the reader sends what the
+//! file holds and fetches the rest itself (`passthrough`), still verified.
 
 use std::fs::File;
 use std::io;
@@ -16,6 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::passthrough::{Direct, Handover, Resume};
 use super::FillError;
 
 /// How much a reader reads from disk at a time.
@@ -36,42 +40,54 @@ pub enum Progress {
         size: u64,
     },
     Failed(Arc<FillError>),
+    /// The disk filled up: nothing will be cached, and each reader takes
+    /// the rest of the blob from upstream itself.
+    DiskFull(Arc<Handover>),
 }
 
 /// A byte stream over a blob file, complete or still being filled.
 pub struct BlobReader {
-    file: Arc<File>,
+    /// `None` when the fill could not even create its file.
+    file: Option<Arc<File>>,
     progress: watch::Receiver<Progress>,
     pos: u64,
     /// Exclusive end of the requested range; `None` reads to the blob's end.
     end: Option<u64>,
+    /// How to fetch the rest of the blob if the fill hands over.
+    resume: Option<Resume>,
+    direct: Option<Direct>,
+    /// After a hand-over, the latest chunk, held back until the next one
+    /// (or the verified end) is known.
+    held: Option<Bytes>,
+    /// The verified end of a hand-over has been sent.
+    ended: bool,
 }
 
 impl BlobReader {
     /// A reader of a fill in progress, from `start` to `end` (exclusive).
     pub fn following(
-        file: Arc<File>,
+        file: Option<Arc<File>>,
         progress: watch::Receiver<Progress>,
         start: u64,
         end: Option<u64>,
+        resume: Option<Resume>,
     ) -> Self {
         BlobReader {
             file,
             progress,
             pos: start,
             end,
+            resume,
+            direct: None,
+            held: None,
+            ended: false,
         }
     }
 
     /// A reader of a complete, committed file.
     pub fn complete(file: Arc<File>, size: u64, start: u64, end: u64) -> Self {
         let (_tx, progress) = watch::channel(Progress::Done { size });
-        BlobReader {
-            file,
-            progress,
-            pos: start,
-            end: Some(end),
-        }
+        Self::following(Some(file), progress, start, Some(end), None)
     }
 
     /// The next chunk of the body; `None` at a verified end.
@@ -83,6 +99,7 @@ impl BlobReader {
                 Progress::Streaming { written, .. } => (written, false),
                 Progress::Done { size } => (size, true),
                 Progress::Failed(e) => return Some(Err(io::Error::other(e.to_string()))),
+                Progress::DiskFull(handover) => return self.next_handed_over(&handover).await,
             };
             let mut limit = self.end.map_or(available, |end| end.min(available));
             if !finished && Some(limit) == self.end {
@@ -109,9 +126,81 @@ impl BlobReader {
         }
     }
 
+    /// After the fill handed over: the file's bytes, then the reader's own
+    /// upstream transfer, every chunk held back one step so that the last
+    /// goes out only once the whole blob matched its digest.
+    async fn next_handed_over(&mut self, handover: &Handover) -> Option<io::Result<Bytes>> {
+        if self.ended {
+            return None;
+        }
+        let end = self.end.or(handover.total).unwrap_or(u64::MAX);
+        loop {
+            let in_file = end.min(handover.written);
+            let next = if self.pos < in_file {
+                match self.read(in_file).await {
+                    Ok(bytes) => bytes,
+                    Err(e) => return Some(Err(e)),
+                }
+            } else {
+                match self.next_direct(handover, end).await {
+                    Ok(Some(bytes)) => bytes,
+                    Ok(None) => {
+                        self.ended = true;
+                        if self.pos < self.end.unwrap_or(self.pos) {
+                            return Some(Err(io::Error::other(
+                                "the blob is shorter than the requested range",
+                            )));
+                        }
+                        return self.held.take().map(Ok);
+                    }
+                    Err(e) => return Some(Err(io::Error::other(e.to_string()))),
+                }
+            };
+            if let Some(previous) = self.held.replace(next) {
+                return Some(Ok(previous));
+            }
+        }
+    }
+
+    /// The next bytes of the requested span from the reader's own upstream
+    /// transfer; `Ok(None)` once the transfer ended verified.
+    async fn next_direct(
+        &mut self,
+        handover: &Handover,
+        end: u64,
+    ) -> Result<Option<Bytes>, FillError> {
+        let direct = match &mut self.direct {
+            Some(direct) => direct,
+            None => {
+                let resume = self.resume.as_ref().ok_or_else(|| {
+                    FillError::Io(io::Error::other("the fill stopped and cannot be resumed"))
+                })?;
+                tracing::warn!(digest = %resume.digest, offset = handover.written,
+                    "disk full: passing the rest of the blob through from upstream, uncached");
+                self.direct.insert(Direct::open(resume, handover).await?)
+            }
+        };
+        loop {
+            let Some((offset, chunk)) = direct.next().await? else {
+                return Ok(None);
+            };
+            let chunk_end = offset + chunk.len() as u64;
+            let (from, to) = (self.pos.max(offset), end.min(chunk_end));
+            if from < to {
+                self.pos = to;
+                return Ok(Some(
+                    chunk.slice((from - offset) as usize..(to - offset) as usize),
+                ));
+            }
+        }
+    }
+
     async fn read(&mut self, limit: u64) -> io::Result<Bytes> {
         let len = (limit - self.pos).min(READ_CHUNK) as usize;
-        let file = self.file.clone();
+        let file = self
+            .file
+            .clone()
+            .ok_or_else(|| io::Error::other("the blob has no file to read"))?;
         let pos = self.pos;
         let bytes = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len];
@@ -163,7 +252,7 @@ mod tests {
     async fn follows_a_fill_and_holds_the_last_byte_until_verified() {
         let file = file_with(b"");
         let (tx, rx) = watch::channel(Progress::Connecting);
-        let mut r = BlobReader::following(file.clone(), rx, 0, Some(4));
+        let mut r = BlobReader::following(Some(file.clone()), rx, 0, Some(4), None);
         file.write_all_at(b"abcd", 0).expect("write");
         tx.send_replace(Progress::Streaming {
             written: 4,
@@ -190,7 +279,7 @@ mod tests {
             written: 0,
             total: Some(0),
         });
-        let mut r = BlobReader::following(file_with(b""), rx, 0, Some(0));
+        let mut r = BlobReader::following(Some(file_with(b"")), rx, 0, Some(0), None);
         let waiter = tokio::spawn(async move { r.next_chunk().await.map(|c| c.is_ok()) });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
@@ -207,7 +296,7 @@ mod tests {
             written: 4,
             total: Some(4),
         });
-        let r = BlobReader::following(file, rx, 0, Some(4));
+        let r = BlobReader::following(Some(file), rx, 0, Some(4), None);
         tx.send_replace(Progress::Failed(Arc::new(FillError::Io(io::Error::other(
             "boom",
         )))));

@@ -81,6 +81,7 @@ async fn resolve(
         Reference::Digest(digest) => {
             if store.has_link(upstream, name, digest)? {
                 if let Some(m) = store.manifest(digest)? {
+                    store.record(true);
                     return Ok(m);
                 }
             }
@@ -91,9 +92,11 @@ async fn resolve(
     if let Some((mapping, manifest)) = &known {
         // Offline, a mapping is as good as it gets, whatever its age.
         if mapping.age() < config.tag_ttl || config.offline {
+            store.record(true);
             return Ok(manifest.clone());
         }
     }
+    store.record(false);
     match app.manifests().fetch(target, reference, None).await {
         Ok(m) => Ok(m),
         Err(e) if translatable(&e, target, reference) => {

@@ -11,8 +11,11 @@
 //! always: verify, commit the file, then the sled record; so a record never
 //! points at content that is not complete.
 
+pub mod check;
 pub mod files;
 pub mod hot;
+pub mod lifecycle;
+pub mod report;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,7 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use self::files::{Files, TempFile};
 use self::hot::{Hot, HotKey, HotValue};
-use crate::config::CacheConfig;
+use self::lifecycle::{Kind, Lifecycle};
+use crate::config::{CacheConfig, StorageConfig};
 use crate::digest::{Digest, Hasher};
 
 /// The on-disk format version this build reads and writes.
@@ -168,6 +172,7 @@ struct Inner {
     files: Files,
     hot: Hot,
     inline_max: u64,
+    lifecycle: Lifecycle,
 }
 
 /// `upstream \0 repository \0 last`: sled keys for tags and links.
@@ -179,10 +184,20 @@ impl Store {
     /// Opens (or creates) the store under `dir` and repairs what an
     /// interrupted run left behind.
     pub fn open(dir: &Path, cache: &CacheConfig) -> Result<(Store, Recovery), StoreError> {
+        Self::open_with(dir, cache, &StorageConfig::default())
+    }
+
+    /// `open` with a disk budget.
+    pub fn open_with(
+        dir: &Path,
+        cache: &CacheConfig,
+        storage: &StorageConfig,
+    ) -> Result<(Store, Recovery), StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
         let db = open_db(&dir.join("db"))?;
         check_schema(&db)?;
         let inner = Inner {
+            lifecycle: Lifecycle::open(&db, dir, storage)?,
             manifests: db.open_tree("manifests")?,
             blobs: db.open_tree("blobs")?,
             blob_data: db.open_tree("blob_data")?,
@@ -201,17 +216,20 @@ impl Store {
             inner: Arc::new(inner),
         };
         let recovery = store.recover()?;
+        store.count_usage()?;
         Ok((store, recovery))
     }
 
     pub fn manifest(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, StoreError> {
         let key = HotKey::Manifest(digest.clone());
         if let Some(HotValue::Manifest(m)) = self.inner.hot.get(&key) {
+            self.touch(Kind::Manifest, digest);
             return Ok(Some(m));
         }
         let Some(raw) = self.inner.manifests.get(digest.to_string())? else {
             return Ok(None);
         };
+        self.touch(Kind::Manifest, digest);
         let manifest = Arc::new(decode_manifest(digest, &raw)?);
         self.inner
             .hot
@@ -225,9 +243,14 @@ impl Store {
         value.extend_from_slice(manifest.media_type.as_bytes());
         value.push(b'\n');
         value.extend_from_slice(&manifest.bytes);
-        self.inner
+        let size = value.len() as u64;
+        let previous = self
+            .inner
             .manifests
             .insert(manifest.digest.to_string(), value)?;
+        if previous.is_none() {
+            self.added(Kind::Manifest, &manifest.digest, size);
+        }
         let manifest = Arc::new(manifest);
         self.inner.hot.insert(
             HotKey::Manifest(manifest.digest.clone()),
@@ -244,11 +267,13 @@ impl Store {
     pub fn blob(&self, digest: &Digest) -> Result<Option<BlobContent>, StoreError> {
         let key = HotKey::Blob(digest.clone());
         if let Some(HotValue::Blob(b)) = self.inner.hot.get(&key) {
+            self.touch(Kind::Blob, digest);
             return Ok(Some(BlobContent::Inline(b)));
         }
         let Some(record) = self.blob_record(digest)? else {
             return Ok(None);
         };
+        self.touch(Kind::Blob, digest);
         if record.inline {
             let Some(bytes) = self.inner.blob_data.get(digest.to_string())? else {
                 return Err(StoreError::Corrupt {
@@ -329,9 +354,13 @@ impl Store {
             inline,
             stored_at_ms: now_ms(),
         };
-        self.inner
+        let previous = self
+            .inner
             .blobs
             .insert(digest.to_string(), encode_json(&record))?;
+        if previous.is_none() {
+            self.added(Kind::Blob, digest, size);
+        }
         Ok(())
     }
 

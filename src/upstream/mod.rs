@@ -279,6 +279,28 @@ impl Upstream {
             .await
     }
 
+    /// `GET` of a blob from byte `offset` on (a `Range` request when the
+    /// offset is not zero; the upstream may still answer with the whole blob).
+    pub async fn blob_from(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut headers = http::HeaderMap::new();
+        if offset > 0 {
+            let range = HeaderValue::from_str(&format!("bytes={offset}-")).map_err(|e| {
+                UpstreamError::BadResponse {
+                    upstream: self.name().to_owned(),
+                    reason: e.to_string(),
+                }
+            })?;
+            headers.insert(http::header::RANGE, range);
+        }
+        self.send(Method::GET, repo, &format!("blobs/{digest}"), headers)
+            .await
+    }
+
     /// `GET` of the tag list, with the client's `n` and `last`.
     pub async fn tags(
         &self,
