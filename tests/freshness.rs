@@ -342,7 +342,9 @@ async fn filled_berth(out: &Path) -> Filled {
     let multi = Fixture::multi_platform("test/multi", "v1");
     let cached = vec![v1, v2, multi];
     Pusher::to(&registry).push_all(&cached).await;
-    Pusher::to(&registry).push_all(std::slice::from_ref(&v3)).await;
+    Pusher::to(&registry)
+        .push_all(std::slice::from_ref(&v3))
+        .await;
     let berth = Berth::start("", &registry.url()).await;
     for fixture in &cached {
         copy_and_verify(&berth.host(), fixture, out, "online").await;

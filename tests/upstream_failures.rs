@@ -17,7 +17,7 @@ use common::berth::Berth;
 use common::content::{random_bytes, Fixture, ACCEPT_ALL_MANIFESTS, OCI_MANIFEST};
 use common::hostile::{Behaviour, Canned, Hostile, ManifestBehaviour};
 use common::http::{client, header, Transfer};
-use common::{free_port, sha256_digest};
+use common::sha256_digest;
 use reqwest::{Method, Response, StatusCode};
 
 /// The upstream's name in berth's test config (tests/common/berth.rs).
@@ -362,8 +362,9 @@ async fn an_upstream_503_is_a_503_with_its_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_is_a_502_that_says_so() {
-    // A port that was free a moment ago: nothing listens there.
-    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    // The discard port: privileged and unused, so nothing listens there (a
+    // port that was merely free a moment ago may be taken by a parallel test).
+    let nowhere = "http://127.0.0.1:9".to_owned();
     let mut berth = Berth::start("", &nowhere).await;
     let digest = sha256_digest(b"never fetched");
     for url in [

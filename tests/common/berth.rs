@@ -164,3 +164,14 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
         }
     }
 }
+
+/// The `berth` binary as an operator runs it, with no `BERTH_*` variable
+/// of the test's environment and no standard input.
+pub fn command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+    for (var, _) in std::env::vars().filter(|(k, _)| k.starts_with("BERTH_")) {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(std::process::Stdio::null());
+    cmd
+}

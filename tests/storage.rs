@@ -1,0 +1,304 @@
+//! berth's storage over time, against a real upstream (Debian's
+//! docker-registry): a disk budget kept by LRU eviction, `berth check`
+//! finding and repairing a corrupted blob, `berth du`, and a full disk
+//! during a fill (which still serves the client and caches nothing).
+//!
+//! Crash safety under `kill -9` has its own file, tests/crash.rs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::berth::Berth;
+use common::content::{Blob, Fixture, Pusher};
+use common::digest_hex;
+use common::http::{client, get_digest};
+use common::registry::Registry;
+use common::skopeo::copy_and_verify;
+
+/// Polls of the data directory while eviction runs in the background, and
+/// the pause between two: a hang guard, not a timing check.
+const POLLS: usize = 600;
+const POLL_PAUSE: Duration = Duration::from_millis(50);
+
+/// The `berth` binary on berth's own config, as an operator runs the
+/// maintenance commands.
+fn berth_command(config: &Path, args: &[&str]) -> Output {
+    common::berth::command()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run berth {args:?}: {e}"))
+}
+
+fn write_config(berth: &Berth, dir: &Path) -> PathBuf {
+    let path = dir.join("berth.toml");
+    std::fs::write(&path, berth.config()).expect("write berth's config for the CLI");
+    path
+}
+
+/// Where berth keeps a blob that is stored as a file.
+fn blob_file(data_dir: &Path, digest: &str) -> PathBuf {
+    let hex = digest_hex(digest);
+    data_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+/// Bytes of every blob file under `data_dir/blobs`.
+fn blob_files_size(data_dir: &Path) -> u64 {
+    fn walk(dir: &Path) -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    walk(&data_dir.join("blobs"))
+}
+
+fn layer(fixture: &Fixture) -> &Blob {
+    fixture.largest_blob()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_keeps_the_cache_under_max_size_and_the_recently_used_content() {
+    const MIB: usize = 1 << 20;
+    let mut registry = Registry::start();
+    let images: Vec<Fixture> = (0..4)
+        .map(|i| Fixture::big_image(&format!("test/evict{i}"), "v1", MIB))
+        .collect();
+    Pusher::to(&registry).push_all(&images).await;
+    let max_size: u64 = 4 * MIB as u64;
+    let mut berth = Berth::start(
+        "[storage]\nmax_size = \"4MiB\"\nhigh_watermark = 0.9\nlow_watermark = 0.8\n",
+        &registry.url(),
+    )
+    .await;
+    let out = tempfile::tempdir().expect("temp dir for skopeo output");
+    let data = berth.data_dir().to_owned();
+
+    // Three images fit (3 MiB and some); using the first again makes the
+    // second the least recently used.
+    for image in &images[..3] {
+        copy_and_verify(&berth.host(), image, out.path(), "first").await;
+    }
+    copy_and_verify(&berth.host(), &images[0], out.path(), "again").await;
+    assert_eq!(registry.blob_gets(&layer(&images[0]).digest), 1, "a hit");
+    // The fourth passes the high watermark (3.6 MiB).
+    copy_and_verify(&berth.host(), &images[3], out.path(), "fourth").await;
+
+    let evicted = blob_file(&data, &layer(&images[1]).digest);
+    let mut settled = false;
+    for _ in 0..POLLS {
+        if !evicted.exists() {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+    assert!(settled, "the least recently used layer was never evicted");
+    let on_disk = blob_files_size(&data);
+    assert!(
+        on_disk <= max_size,
+        "{on_disk} bytes of blob files, above max_size {max_size}"
+    );
+    for kept in [&images[0], &images[2], &images[3]] {
+        assert!(
+            blob_file(&data, &layer(kept).digest).exists(),
+            "{} was used more recently and must survive",
+            kept.repo
+        );
+    }
+
+    // Evicted content comes back on demand, from upstream.
+    copy_and_verify(&berth.host(), &images[1], out.path(), "refetched").await;
+    assert_eq!(registry.blob_gets(&layer(&images[1]).digest), 2);
+    berth.stop().await;
+    registry.stop();
+
+    // berth du sees the bound held, per repository.
+    let config = write_config(&berth, out.path());
+    let du = berth_command(&config, &["du", "--json"]);
+    assert!(du.status.success(), "berth du: {du:?}");
+    let report: serde_json::Value = serde_json::from_slice(&du.stdout)
+        .unwrap_or_else(|e| panic!("berth du --json is not JSON ({e}): {du:?}"));
+    assert_eq!(report["max_size"], max_size);
+    let bytes = report["bytes"].as_u64().expect("du reports bytes");
+    assert!(bytes <= max_size, "du: {bytes} held, above {max_size}");
+    let repos: Vec<&str> = report["repositories"]
+        .as_array()
+        .expect("du lists repositories")
+        .iter()
+        .filter_map(|r| r["repository"].as_str())
+        .collect();
+    assert!(repos.contains(&"test/evict3"), "du repositories: {repos:?}");
+    assert!(
+        report["activity"]["hits"].as_u64() > Some(0),
+        "hits recorded: {report}"
+    );
+    let table = berth_command(&config, &["du"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.status.success() && text.contains("hit ratio"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_is_found_by_check_and_fetched_again_after_repair() {
+    let registry = Registry::start();
+    let image = Fixture::big_image("test/flipped", "v1", 3 << 20);
+    Pusher::to(&registry).push(&image).await.expect("push");
+    let mut berth = Berth::start("", &registry.url()).await;
+    let out = tempfile::tempdir().expect("temp dir");
+    copy_and_verify(&berth.host(), &image, out.path(), "first").await;
+    berth.stop().await;
+    let config = write_config(&berth, out.path());
+
+    let clean = berth_command(&config, &["check"]);
+    assert!(
+        clean.status.success(),
+        "a fresh cache checks clean: {clean:?}"
+    );
+
+    let digest = &layer(&image).digest;
+    let path = blob_file(berth.data_dir(), digest);
+    let mut bytes = std::fs::read(&path).expect("read the stored layer");
+    bytes[12345] ^= 0x20;
+    std::fs::write(&path, bytes).expect("write the flipped layer");
+
+    let found = berth_command(&config, &["check"]);
+    let stdout = String::from_utf8_lossy(&found.stdout);
+    assert_eq!(found.status.code(), Some(1), "check finds it: {found:?}");
+    assert!(
+        stdout.contains(digest.as_str()),
+        "the digest is named: {stdout}"
+    );
+    assert!(path.exists(), "check without --repair changes nothing");
+
+    let repaired = berth_command(&config, &["check", "--repair"]);
+    assert!(repaired.status.success(), "repair: {repaired:?}");
+    assert!(!path.exists(), "the bad file is gone");
+    let again = berth_command(&config, &["check"]);
+    assert!(again.status.success(), "clean after repair: {again:?}");
+
+    berth.restart().await;
+    copy_and_verify(&berth.host(), &image, out.path(), "after-repair").await;
+    assert_eq!(registry.blob_gets(digest), 2, "fetched again from upstream");
+    berth.stop().await;
+}
+
+/// A tmpfs of `size` mounted for the test and unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` (with the reason) when the test cannot mount one.
+    fn mount(size: &str) -> Result<SmallDisk, String> {
+        // Only root can mount.
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            return Err("not running as root, so no tmpfs can be mounted".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("mount -t tmpfs failed: {status}"));
+        }
+        Ok(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_still_serves_the_client_and_caches_nothing() {
+    let disk = match SmallDisk::mount("8m") {
+        Ok(disk) => disk,
+        Err(reason) => {
+            eprintln!("SKIPPED a_full_disk_still_serves_the_client_and_caches_nothing: {reason}");
+            return;
+        }
+    };
+    let registry = Registry::start();
+    // Larger than the whole filesystem, and than the budget berth believes in.
+    let image = Fixture::big_image("test/toobig", "v1", 12 << 20);
+    Pusher::to(&registry).push(&image).await.expect("push");
+    let data = disk.path().join("data");
+    let extra = format!(
+        "data_dir = \"{}\"\n[storage]\nmax_size = \"1GiB\"\n",
+        data.display()
+    );
+    let mut berth = Berth::start(&extra, &registry.url()).await;
+    let digest = &layer(&image).digest;
+    let url = format!("{}/v2/{}/blobs/{digest}", berth.url(), image.repo);
+
+    for attempt in 1..=2 {
+        let (got, len) = get_digest(&client(), &url)
+            .await
+            .unwrap_or_else(|e| panic!("pull {attempt} with the disk full: {e}"));
+        assert_eq!(
+            &got, digest,
+            "pull {attempt}: the client got the right bytes"
+        );
+        assert_eq!(len, (12 << 20) as u64);
+    }
+    assert!(
+        !blob_file(&data, digest).exists(),
+        "nothing that did not fit was committed"
+    );
+    assert_eq!(
+        registry.blob_gets(digest),
+        4,
+        "not cached, so each pull went upstream: the fill's GET, stopped by \
+         the full disk, then the rest of the blob from where the file ended"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(data.join("tmp"))
+        .expect("read tmp/")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(leftovers.is_empty(), "partial fills left: {leftovers:?}");
+
+    // A small image still fits and is cached as usual.
+    let small = Fixture::oci_image("test/fits", "v1");
+    Pusher::to(&registry).push(&small).await.expect("push");
+    let out = tempfile::tempdir().expect("temp dir");
+    copy_and_verify(&berth.host(), &small, out.path(), "fits").await;
+    let small_layer = layer(&small);
+    assert!(blob_file(&data, &small_layer.digest).exists(), "cached");
+    berth.stop().await;
+
+    let config = write_config(&berth, out.path());
+    let du = berth_command(&config, &["du", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&du.stdout)
+        .unwrap_or_else(|e| panic!("berth du --json is not JSON ({e}): {du:?}"));
+    assert!(
+        report["activity"]["disk_full"].as_u64() >= Some(2),
+        "the full disk was counted: {report}"
+    );
+}
