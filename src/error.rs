@@ -80,8 +80,9 @@ pub struct ApiError {
     pub message: String,
     /// Passed on from an upstream's 429 or 503.
     pub retry_after: Option<HeaderValue>,
-    /// Extra header for 416 answers.
-    pub content_range: Option<HeaderValue>,
+    /// A header some answers need: `Content-Range` on a 416,
+    /// `WWW-Authenticate` on a 401 (boxed: most errors have none).
+    pub extra_header: Option<Box<(http::HeaderName, HeaderValue)>>,
 }
 
 #[derive(Serialize)]
@@ -102,7 +103,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
-            content_range: None,
+            extra_header: None,
         }
     }
 
@@ -128,7 +129,9 @@ impl ApiError {
             ErrorCode::SizeInvalid,
             format!("requested range is not satisfiable for a blob of {size} bytes"),
         );
-        e.content_range = HeaderValue::from_str(&format!("bytes */{size}")).ok();
+        e.extra_header = HeaderValue::from_str(&format!("bytes */{size}"))
+            .ok()
+            .map(|v| Box::new((header::CONTENT_RANGE, v)));
         e
     }
 
@@ -205,6 +208,11 @@ impl ApiError {
                 err.to_string(),
             ),
             FillError::Store(e) => Self::from(e),
+            FillError::Busy { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                err.to_string(),
+            ),
             FillError::Io(_) => Self::internal(err.to_string()),
         }
     }
@@ -230,8 +238,9 @@ impl ApiError {
         if let Some(v) = self.retry_after {
             builder = builder.header(header::RETRY_AFTER, v);
         }
-        if let Some(v) = self.content_range {
-            builder = builder.header(header::CONTENT_RANGE, v);
+        if let Some(extra) = self.extra_header {
+            let (name, value) = *extra;
+            builder = builder.header(name, value);
         }
         let body = if head_only {
             body::empty()
@@ -273,6 +282,10 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("cannot build the upstream client: {0}")]
     Upstream(#[from] UpstreamError),
+    #[error("{0}")]
+    Tls(#[from] crate::http::tls::TlsError),
+    #[error("{0}")]
+    Auth(#[from] crate::http::auth::AuthError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -20,6 +20,7 @@ pub mod digest;
 pub mod error;
 pub mod fill;
 pub mod http;
+pub mod metrics;
 pub mod reference;
 pub mod referrers;
 pub mod store;
@@ -36,6 +37,7 @@ pub use crate::config::Config;
 pub use crate::error::Error;
 use crate::fill::blob::BlobFills;
 use crate::fill::manifest::ManifestFills;
+use crate::metrics::Metrics;
 use crate::referrers::Referrers;
 use crate::store::Store;
 use crate::upstream::routing::Upstreams;
@@ -53,6 +55,8 @@ struct AppInner {
     blobs: BlobFills,
     manifests: ManifestFills,
     referrers: Referrers,
+    metrics: Metrics,
+    pull_auth: Option<http::auth::PullAuth>,
     /// Fills belong to the server, not to a connection; shutdown waits here.
     fills: TaskTracker,
 }
@@ -65,11 +69,18 @@ impl App {
         if recovery != Default::default() {
             tracing::info!(?recovery, "repaired the store after an interrupted run");
         }
-        let upstreams = Upstreams::new(&config.upstreams)?;
+        let metrics = Metrics::new();
+        let pull_auth = http::auth::PullAuth::from_config(&config.auth)?;
+        let upstreams = Upstreams::with_metrics(&config.upstreams, &metrics)?;
         let fills = TaskTracker::new();
-        let blobs = BlobFills::new(store.clone(), fills.clone());
+        let blobs = BlobFills::new(
+            store.clone(),
+            fills.clone(),
+            metrics.clone(),
+            config.limits.max_fills,
+        );
         let manifests = ManifestFills::new(store.clone(), fills.clone());
-        let referrers = Referrers::new(store.clone(), fills.clone());
+        let referrers = Referrers::new(store.clone(), fills.clone(), metrics.clone());
         Ok(App {
             inner: Arc::new(AppInner {
                 config,
@@ -78,6 +89,8 @@ impl App {
                 blobs,
                 manifests,
                 referrers,
+                metrics,
+                pull_auth,
                 fills,
             }),
         })
@@ -106,6 +119,23 @@ impl App {
     pub fn referrers(&self) -> &Referrers {
         &self.inner.referrers
     }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Who may pull, when pulls are not open to anyone.
+    pub fn pull_auth(&self) -> Option<&http::auth::PullAuth> {
+        self.inner.pull_auth.as_ref()
+    }
+
+    /// Counts a cache lookup of `kind` (manifest, blob, tag, referrers) in
+    /// the metrics, the store's activity and the request's log line.
+    pub fn record(&self, kind: &'static str, hit: bool) {
+        self.inner.store.record(hit);
+        self.inner.metrics.cache(kind, hit);
+        http::outcome::note(kind, hit);
+    }
 }
 
 /// Serves the registry API on `listener` until `shutdown` resolves; then
@@ -128,19 +158,38 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let deadline = app.config().shutdown_timeout;
     let started = Instant::now();
-    tracing::info!(
-        addr = %listener.local_addr()?,
-        upstreams = app.upstreams().all().len(),
-        data_dir = %app.config().data_dir.display(),
-        "berth is serving"
-    );
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<Instant>();
     let shutdown = async move {
         shutdown.await;
         let _ = stopping_tx.send(Instant::now());
     };
-    let maintenance = tokio::spawn(maintain(app.store().clone()));
-    http::server::serve(app.clone(), listener, shutdown, deadline).await;
+    let tls = app
+        .config()
+        .tls
+        .as_ref()
+        .map(http::tls::acceptor)
+        .transpose()?;
+    let admin = match app.config().admin_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on admin_listen {addr}: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    if let Some(admin) = &admin {
+        tracing::info!(addr = %admin.local_addr()?, "admin endpoints (/metrics, /healthz, /readyz) listening");
+    }
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        upstreams = app.upstreams().all().len(),
+        data_dir = %app.config().data_dir.display(),
+        tls = tls.is_some(),
+        "berth is serving"
+    );
+    let maintenance = tokio::spawn(maintain(app.clone()));
+    http::server::serve(app.clone(), listener, admin, tls, shutdown, deadline).await;
     let stop_began = stopping_rx.await.unwrap_or(started);
     let remaining = deadline.saturating_sub(stop_began.elapsed());
     app.inner.fills.close();
@@ -162,7 +211,8 @@ const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 
 /// Background upkeep of the store: batched access times, and eviction when
 /// the cache passes its high watermark. Never on a request's path.
-async fn maintain(store: Store) {
+async fn maintain(app: App) {
+    let store = app.store().clone();
     loop {
         tokio::select! {
             () = store.pressure() => {}
@@ -175,7 +225,13 @@ async fn maintain(store: Store) {
         })
         .await;
         match outcome {
-            Ok(Ok(_)) => {}
+            Ok(Ok(evicted)) => {
+                let families = app.metrics().get();
+                families
+                    .evicted_items
+                    .inc_by((evicted.blobs + evicted.manifests) as u64);
+                families.evicted_bytes.inc_by(evicted.bytes);
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "store maintenance failed"),
             Err(e) => tracing::error!(error = %e, "store maintenance task failed"),
         }

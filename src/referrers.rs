@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::digest::{Algorithm, Digest};
 use crate::fill::single_flight::SingleFlight;
 use crate::fill::FillError;
+use crate::metrics::Metrics;
 use crate::store::{ReferrersRecord, Store};
 use crate::upstream::routing::Target;
 use crate::upstream::{next_page_query, UpstreamError};
@@ -44,6 +45,7 @@ pub enum Known {
 #[derive(Clone)]
 pub struct Referrers {
     store: Store,
+    metrics: Metrics,
     lists: SingleFlight<ListKey, ListResult>,
     probes: SingleFlight<String, Result<bool, Arc<FillError>>>,
     /// Per upstream: does it serve the referrers API? Kept for its capability_ttl.
@@ -104,9 +106,10 @@ pub fn index_bytes(descriptors: &[Value]) -> Vec<u8> {
 }
 
 impl Referrers {
-    pub fn new(store: Store, tasks: TaskTracker) -> Self {
+    pub fn new(store: Store, tasks: TaskTracker, metrics: Metrics) -> Self {
         Referrers {
             store,
+            metrics,
             lists: SingleFlight::new(tasks.clone()),
             probes: SingleFlight::new(tasks),
             capabilities: moka::sync::Cache::builder()
@@ -129,22 +132,32 @@ impl Referrers {
             .map_err(|e| Arc::new(e.into()))?;
         match &cached {
             Some(record) if record.age() < config.referrers_ttl || config.offline => {
-                return Ok(Arc::new(record.descriptors.clone()))
+                self.looked_up(true);
+                return Ok(Arc::new(record.descriptors.clone()));
             }
             // Offline, berth is the registry of record: nothing known is none.
-            None if config.offline => return Ok(Arc::default()),
-            _ => {}
+            None if config.offline => {
+                self.looked_up(true);
+                return Ok(Arc::default());
+            }
+            _ => self.looked_up(false),
         }
         match self.refresh(target, digest).await {
             Ok(list) => Ok(list),
             Err(e) => match (cached, &*e) {
                 (Some(record), FillError::Upstream(u)) if u.is_failing() => {
                     tracing::warn!(?target, %digest, error = %u, "upstream failing; serving the last known referrers");
+                    self.metrics.stale("referrers");
                     Ok(Arc::new(record.descriptors))
                 }
                 _ => Err(e),
             },
         }
+    }
+
+    fn looked_up(&self, hit: bool) {
+        self.metrics.cache("referrers", hit);
+        crate::http::outcome::note("referrers", hit);
     }
 
     /// What berth knows now, from a fresh stored list only. When it knows

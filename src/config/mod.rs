@@ -7,6 +7,7 @@
 //! field named, not just the first one serde trips over.
 
 mod fields;
+mod serving;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use self::fields::Fields;
+pub use self::serving::{AuthConfig, Limits, TlsConfig};
 pub use self::upstream::{RepoPatterns, UpstreamConfig, BUILTIN_UPSTREAMS};
 
 /// The whole runtime configuration of one berth process.
@@ -33,6 +35,13 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub cache: CacheConfig,
     pub storage: StorageConfig,
+    /// A separate listener for /metrics, /healthz and /readyz; without it
+    /// they are served on the registry listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// TLS on the registry listener; plain HTTP (and h2c) without it.
+    pub tls: Option<TlsConfig>,
+    pub limits: Limits,
+    pub auth: AuthConfig,
 }
 
 /// How much disk the cache may use.
@@ -257,6 +266,15 @@ fn parse_config(f: &mut Fields) -> Config {
     let mut storage = f.section("storage");
     let storage_config = parse_storage(&mut storage);
     f.absorb(storage);
+    let mut tls = f.section("tls");
+    let tls_config = serving::parse_tls(&mut tls);
+    f.absorb(tls);
+    let mut limits = f.section("limits");
+    let limits_config = serving::parse_limits(&mut limits);
+    f.absorb(limits);
+    let mut auth = f.section("auth");
+    let auth_config = serving::parse_auth(&mut auth);
+    f.absorb(auth);
     Config {
         listen: f
             .get("listen")
@@ -271,6 +289,10 @@ fn parse_config(f: &mut Fields) -> Config {
         upstreams,
         cache: cache_config,
         storage: storage_config,
+        admin_listen: serving::parse_admin_listen(f),
+        tls: tls_config,
+        limits: limits_config,
+        auth: auth_config,
     }
 }
 

@@ -14,6 +14,7 @@ use super::passthrough::{Handover, Resume};
 use super::reader::{BlobReader, Progress};
 use super::FillError;
 use crate::digest::{Digest, Hasher};
+use crate::metrics::{KindLabels, Metrics};
 use crate::store::files::TempFile;
 use crate::store::{BlobContent, Store, StoreError};
 use crate::upstream::announced_length;
@@ -87,15 +88,22 @@ struct Inner {
     table: Mutex<HashMap<Digest, Arc<BlobFill>>>,
     store: Store,
     tasks: TaskTracker,
+    metrics: Metrics,
+    /// One permit per running fill: `limits.max_fills`.
+    permits: Arc<tokio::sync::Semaphore>,
+    max_fills: usize,
 }
 
 impl BlobFills {
-    pub fn new(store: Store, tasks: TaskTracker) -> Self {
+    pub fn new(store: Store, tasks: TaskTracker, metrics: Metrics, max_fills: usize) -> Self {
         BlobFills {
             inner: Arc::new(Inner {
                 table: Mutex::new(HashMap::new()),
                 store,
                 tasks,
+                metrics,
+                permits: Arc::new(tokio::sync::Semaphore::new(max_fills)),
+                max_fills,
             }),
         }
     }
@@ -112,7 +120,10 @@ impl BlobFills {
         let fill = {
             let mut table = self.inner.table.lock().unwrap_or_else(|e| e.into_inner());
             match table.get(digest) {
-                Some(fill) => fill.clone(),
+                Some(fill) => {
+                    self.inner.metrics.get().fill_joins.inc();
+                    fill.clone()
+                }
                 None => {
                     // Checked under the lock: a fill that just finished has
                     // committed before leaving the table.
@@ -151,6 +162,12 @@ impl BlobFills {
     }
 
     fn start(&self, target: &Target, digest: &Digest) -> Result<Arc<BlobFill>, FillError> {
+        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+            self.inner.metrics.refused("fills");
+            return Err(FillError::Busy {
+                limit: self.inner.max_fills,
+            });
+        };
         let temp = match self.inner.store.temp_file() {
             Ok(temp) => temp,
             Err(e) if is_disk_full(&e) => return Ok(self.pass_through(target, digest)),
@@ -165,9 +182,10 @@ impl BlobFills {
         });
         let this = self.clone();
         let (target, digest) = (target.clone(), digest.clone());
-        self.inner
-            .tasks
-            .spawn(async move { this.run(target, digest, temp, tx).await });
+        self.inner.tasks.spawn(async move {
+            let _permit = permit;
+            this.run(target, digest, temp, tx).await
+        });
         Ok(fill)
     }
 
@@ -191,6 +209,7 @@ impl BlobFills {
 
     fn disk_full(&self, digest: &Digest) {
         tracing::error!(%digest, "the disk is full: serving from upstream without caching, and evicting");
+        self.inner.metrics.get().disk_full.inc();
         self.inner.store.disk_full();
     }
 
@@ -201,6 +220,9 @@ impl BlobFills {
         temp: TempFile,
         tx: watch::Sender<Progress>,
     ) {
+        let families = self.inner.metrics.get();
+        families.fills_in_flight.inc();
+        let started = std::time::Instant::now();
         let outcome = match self.transfer(&target, &digest, &temp, &tx).await {
             Ok(size) => match self.commit(&target, &digest, temp, size).await {
                 Ok(()) => Ok(size),
@@ -224,6 +246,11 @@ impl BlobFills {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&digest);
+        families.fills_in_flight.dec();
+        families
+            .fill_seconds
+            .get_or_create(&KindLabels { kind: "blob" })
+            .observe(started.elapsed().as_secs_f64());
         match outcome {
             Ok(size) => {
                 tracing::debug!(%digest, ?target, size, "blob cached");

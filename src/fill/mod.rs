@@ -46,6 +46,8 @@ pub enum FillError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("berth is already running {limit} fills (limits.max_fills); retry later")]
+    Busy { limit: usize },
     #[error("cache write failed: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -36,14 +36,14 @@ pub async fn get(
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     if linked {
         if let Some(content) = store.blob(digest)? {
-            store.record(true);
+            app.record("blob", true);
             return cached(digest, content, range, head);
         }
     }
     if head {
         return head_uncached(app, target, digest).await;
     }
-    store.record(false);
+    app.record("blob", false);
     let source = app
         .blobs()
         .fetch(target, digest)

@@ -81,7 +81,7 @@ async fn resolve(
         Reference::Digest(digest) => {
             if store.has_link(upstream, name, digest)? {
                 if let Some(m) = store.manifest(digest)? {
-                    store.record(true);
+                    app.record("manifest", true);
                     return Ok(m);
                 }
             }
@@ -92,11 +92,15 @@ async fn resolve(
     if let Some((mapping, manifest)) = &known {
         // Offline, a mapping is as good as it gets, whatever its age.
         if mapping.age() < config.tag_ttl || config.offline {
-            store.record(true);
+            app.record("tag", true);
             return Ok(manifest.clone());
         }
     }
-    store.record(false);
+    let kind = match reference {
+        Reference::Digest(_) => "manifest",
+        Reference::Tag(_) => "tag",
+    };
+    app.record(kind, false);
     match app.manifests().fetch(target, reference, None).await {
         Ok(m) => Ok(m),
         Err(e) if translatable(&e, target, reference) => {
@@ -104,6 +108,7 @@ async fn resolve(
         }
         Err(e) => match known {
             Some((mapping, manifest)) if may_serve_stale(&e, &mapping, target) => {
+                app.metrics().stale("tag");
                 tracing::warn!(
                     ?target, %reference, error = %e, age_s = mapping.age().as_secs(),
                     "upstream failing; serving the last known tag mapping"

@@ -29,6 +29,19 @@ pub enum Route {
     },
 }
 
+impl Route {
+    /// The route's name in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::Tags { .. } => "tags",
+            Route::Referrers { .. } => "referrers",
+        }
+    }
+}
+
 /// Maps a request line to a route, or to the error the client gets.
 pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     let Some(rest) = path.strip_prefix("/v2") else {

@@ -1,67 +1,93 @@
-//! The accept loop: HTTP/1.1 and HTTP/2 (h2c on plain listeners) on one
-//! port through hyper-util's auto builder, every connection watched so that
-//! shutdown stops accepting and then lets running responses finish.
+//! The accept loop: HTTP/1.1 and HTTP/2 on one port through hyper-util's
+//! auto builder (h2c with prior knowledge on plain listeners, ALPN under
+//! TLS), every connection watched so that shutdown stops accepting and then
+//! lets running responses finish.
+//!
+//! Limits are enforced here: headers must arrive within the header-read
+//! timeout, a connection with no traffic for the idle timeout is closed, and
+//! connections beyond `max_connections` are answered with a 503 OCI error
+//! and closed rather than left waiting.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use http::{Request, Response, StatusCode};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
+use super::body::Body;
+use crate::error::{ApiError, ErrorCode};
 use crate::App;
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a connection is served with.
+#[derive(Clone, Copy)]
+enum Service {
+    Registry,
+    Admin,
+    /// Over the connection limit: every request gets a 503.
+    Refuse,
+}
+
+struct Front {
+    app: App,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    graceful: GracefulShutdown,
+    permits: Arc<Semaphore>,
+    idle: Duration,
+}
 
 /// Serves until `shutdown` resolves, then waits up to `drain` for open
 /// connections to finish their responses.
 pub async fn serve(
     app: App,
     listener: TcpListener,
+    admin: Option<TcpListener>,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
+    let limits = app.config().limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let front = Front {
+        app,
+        builder,
+        tls,
+        graceful: GracefulShutdown::new(),
+        permits: Arc::new(Semaphore::new(limits.max_connections)),
+        idle: limits.idle_timeout,
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let app = app.clone();
-                    let service = service_fn(move |req| {
-                        let app = app.clone();
-                        async move { Ok::<_, Infallible>(crate::http::handle(app, req).await) }
-                    });
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn.into_owned());
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors, usually: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+            accepted = listener.accept() => front.accepted(accepted, Service::Registry).await,
+            accepted = accept_admin(admin.as_ref()) => front.accepted(accepted, Service::Admin).await,
             () = &mut shutdown => break,
         }
     }
     drop(listener);
+    drop(admin);
     tracing::info!("shutting down: no longer accepting, draining open connections");
-    if tokio::time::timeout(drain, graceful.shutdown())
+    if tokio::time::timeout(drain, front.graceful.shutdown())
         .await
         .is_err()
     {
@@ -69,5 +95,200 @@ pub async fn serve(
             ?drain,
             "connections still open after the drain deadline; closing them"
         );
+    }
+}
+
+async fn accept_admin(
+    admin: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match admin {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Front {
+    async fn accepted(
+        &self,
+        accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>,
+        service: Service,
+    ) {
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors, usually: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let permit = self.permits.clone().try_acquire_owned().ok();
+        let service = match (service, &permit) {
+            (Service::Registry, None) => {
+                self.app.metrics().refused("connections");
+                tracing::warn!(%peer, "connection limit reached; answering 503");
+                Service::Refuse
+            }
+            (s, _) => s,
+        };
+        let tls = match service {
+            Service::Registry | Service::Refuse => self.tls.clone(),
+            Service::Admin => None,
+        };
+        let (app, builder, idle) = (self.app.clone(), self.builder.clone(), self.idle);
+        let watcher = self.graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connections = &app.metrics().get().connections;
+            connections.inc();
+            let result = match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            connection(app.clone(), builder, watcher, stream, service, idle).await
+                        }
+                        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                        Err(_) => Err("TLS handshake timed out".to_owned()),
+                    }
+                }
+                None => connection(app.clone(), builder, watcher, stream, service, idle).await,
+            };
+            app.metrics().get().connections.dec();
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Serves one connection until it ends, is idle too long, or shutdown
+/// closes it.
+async fn connection<S>(
+    app: App,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: S,
+    service: Service,
+    idle: Duration,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (stream, last_activity) = Activity::wrap(stream);
+    let svc = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(respond(app, req, service).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let conn = watcher.watch(conn.into_owned());
+    tokio::select! {
+        result = conn => result.map_err(|e| e.to_string()),
+        () = idle_for(&last_activity, idle) => Err(format!("idle for {idle:?}; closed")),
+    }
+}
+
+async fn respond<B>(app: App, req: Request<B>, service: Service) -> Response<Body> {
+    match service {
+        Service::Registry => super::handle(app, req).await,
+        Service::Admin => super::admin::handle_only(&app, &req),
+        Service::Refuse => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "berth has reached its connection limit (limits.max_connections); retry later",
+        )
+        .into_response(req.method() == http::Method::HEAD),
+    }
+}
+
+/// Resolves once nothing has been read or written for `idle`.
+async fn idle_for(last: &AtomicU64, idle: Duration) {
+    loop {
+        let quiet = Duration::from_millis(now_ms().saturating_sub(last.load(Ordering::Relaxed)));
+        if quiet >= idle {
+            return;
+        }
+        tokio::time::sleep(idle - quiet).await;
+    }
+}
+
+/// Milliseconds since a process-wide start, for cheap activity stamps.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// A stream that stamps the time of its last read or write.
+struct Activity<S> {
+    inner: S,
+    last: Arc<AtomicU64>,
+}
+
+impl<S> Activity<S> {
+    fn wrap(inner: S) -> (Self, Arc<AtomicU64>) {
+        let last = Arc::new(AtomicU64::new(now_ms()));
+        (
+            Activity {
+                inner,
+                last: last.clone(),
+            },
+            last,
+        )
+    }
+
+    fn touch(&self) {
+        self.last.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if poll.is_ready() {
+            self.touch();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if poll.is_ready() {
+            self.touch();
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if poll.is_ready() {
+            self.touch();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

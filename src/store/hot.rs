@@ -63,4 +63,10 @@ impl Hot {
     pub fn remove(&self, key: &HotKey) {
         self.cache.invalidate(key);
     }
+
+    /// Entries and weighed bytes held now (moka's counts are approximate
+    /// until its pending work runs).
+    pub fn usage(&self) -> (u64, u64) {
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
 }

@@ -167,6 +167,17 @@ impl Store {
         Ok(())
     }
 
+    /// Entries and bytes in the in-memory tier.
+    pub fn hot_usage(&self) -> (u64, u64) {
+        self.inner.hot.usage()
+    }
+
+    /// Whether the database answers, for readiness.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.lifecycle().meta.get(MAX_SIZE_KEY)?;
+        Ok(())
+    }
+
     /// Bytes held and the configured bound.
     pub fn usage(&self) -> (u64, u64) {
         (

@@ -188,13 +188,17 @@ pub fn manifest_accept() -> String {
 /// One configured upstream registry.
 pub struct Upstream {
     config: UpstreamConfig,
+    metrics: crate::metrics::Metrics,
     http: reqwest::Client,
     auth: Auth,
     manifest_accept: HeaderValue,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
+    pub fn new(
+        config: &UpstreamConfig,
+        metrics: crate::metrics::Metrics,
+    ) -> Result<Self, UpstreamError> {
         let bad = |reason: String| UpstreamError::BadResponse {
             upstream: config.name.clone(),
             reason,
@@ -233,6 +237,7 @@ impl Upstream {
             HeaderValue::from_str(&manifest_accept()).map_err(|e| bad(e.to_string()))?;
         Ok(Upstream {
             config: config.clone(),
+            metrics,
             http,
             auth: Auth::new(config.name.clone(), basic),
             manifest_accept,
@@ -442,7 +447,7 @@ impl Upstream {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, UpstreamError> {
-        match tokio::time::timeout(self.config.response_timeout, req.send()).await {
+        let result = match tokio::time::timeout(self.config.response_timeout, req.send()).await {
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.name().to_owned(),
                 what: "response headers",
@@ -453,7 +458,14 @@ impl Upstream {
             }),
             Ok(Err(e)) => Err(UpstreamError::unreachable(self.name(), &e)),
             Ok(Ok(resp)) => Ok(resp),
-        }
+        };
+        let status = match &result {
+            Ok(resp) => resp.status().as_u16().to_string(),
+            Err(UpstreamError::Timeout { .. }) => "timeout".to_owned(),
+            Err(_) => "unreachable".to_owned(),
+        };
+        self.metrics.upstream(self.name(), status);
+        result
     }
 
     fn redirect_target(

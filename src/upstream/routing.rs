@@ -46,11 +46,19 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new(configs: &[UpstreamConfig]) -> Result<Self, UpstreamError> {
+        Self::with_metrics(configs, &crate::metrics::Metrics::new())
+    }
+
+    /// The upstreams, counting their requests in `metrics`.
+    pub fn with_metrics(
+        configs: &[UpstreamConfig],
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, UpstreamError> {
         let mut all = Vec::new();
         let mut by_host = HashMap::new();
         let mut default = None;
         for config in configs {
-            let upstream = Arc::new(Upstream::new(config)?);
+            let upstream = Arc::new(Upstream::new(config, metrics.clone())?);
             for host in std::iter::once(&config.name).chain(&config.aliases) {
                 by_host.insert(host.clone(), upstream.clone());
             }

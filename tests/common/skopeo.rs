@@ -22,6 +22,16 @@ const BINARY: &str = "skopeo";
 /// `127.0.0.1:PORT/repo:tag` (or `@digest`). Plain HTTP, no credentials, no
 /// retries. Returns skopeo's output, or an error that includes its stderr.
 pub async fn copy_all(source: &str, dest: &Path) -> Result<String, String> {
+    copy_all_with(source, dest, &["--src-tls-verify=false", "--src-no-creds"]).await
+}
+
+/// [`copy_all`] with the source's TLS and credential options given by the
+/// caller (`--src-cert-dir`, `--src-creds`, ...).
+pub async fn copy_all_with(
+    source: &str,
+    dest: &Path,
+    src_options: &[&str],
+) -> Result<String, String> {
     let config = tempfile::Builder::new()
         .prefix("berth-skopeo-")
         .tempdir()
@@ -53,7 +63,7 @@ pub async fn copy_all(source: &str, dest: &Path) -> Result<String, String> {
         // test instead of hanging it.
         .args(["--command-timeout", "300s"])
         .args(["copy", "--all", "--retry-times", "0"])
-        .args(["--src-tls-verify=false", "--src-no-creds"])
+        .args(src_options)
         .arg(format!("docker://{source}"))
         .arg(format!("dir:{}", dest.display()))
         .env("HOME", root)

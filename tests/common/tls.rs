@@ -32,7 +32,17 @@ subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 ";
 
-/// A CA and a server certificate for 127.0.0.1, as PEM files.
+/// `openssl x509 -extfile` extensions of the client certificate.
+const CLIENT_EXTENSIONS: &str = "\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+";
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as
+/// PEM files.
 pub struct TestPki {
     dir: TempDir,
 }
@@ -49,6 +59,7 @@ impl TestPki {
         let root = pki.dir.path();
         fs::write(root.join("ca.ext"), CA_EXTENSIONS).expect("write ca.ext");
         fs::write(root.join("server.ext"), SERVER_EXTENSIONS).expect("write server.ext");
+        fs::write(root.join("client.ext"), CLIENT_EXTENSIONS).expect("write client.ext");
 
         // The CA: a key, a request, and the request self-signed. Its name
         // is its own, so that two test CAs are told apart by name too.
@@ -73,30 +84,22 @@ impl TestPki {
                 "ca.pem",
             ],
         );
-        // The server: a key, a request, and the request signed by the CA.
+        // The server and a client: keys, requests, signed by the CA.
         new_key_and_request(root, "server", "/CN=127.0.0.1");
-        openssl(
-            root,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-days",
-                "2",
-                "-set_serial",
-                "2",
-                "-extfile",
-                "server.ext",
-                "-out",
-                "server.pem",
-            ],
-        );
+        sign(root, "server", "2");
+        new_key_and_request(root, "client", "/CN=berth test client");
+        sign(root, "client", "3");
         pki
+    }
+
+    /// The client certificate, signed by the CA.
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.path().join("client.pem")
+    }
+
+    /// The client certificate's private key.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client.key")
     }
 
     /// The CA certificate: what a client must trust.
@@ -118,6 +121,36 @@ impl TestPki {
     pub fn server_key(&self) -> PathBuf {
         self.dir.path().join("server.key")
     }
+}
+
+/// `<name>.pem`: `<name>.csr` signed by the CA with `<name>.ext`.
+fn sign(dir: &Path, name: &str, serial: &str) {
+    let (csr, ext, pem) = (
+        format!("{name}.csr"),
+        format!("{name}.ext"),
+        format!("{name}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-days",
+            "2",
+            "-set_serial",
+            serial,
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ],
+    );
 }
 
 /// `<name>.key` (P-256, unencrypted) and `<name>.csr` for `subject`.

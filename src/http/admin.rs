@@ -1,0 +1,90 @@
+//! The operator's endpoints: `/metrics` (Prometheus text), `/healthz` (the
+//! process answers) and `/readyz` (the store is open and answering). They
+//! live on the registry listener, or only on `admin_listen` when that is set,
+//! and are never confused with the registry API, which is all under `/v2/`.
+
+use http::{header, Method, Request, Response, StatusCode};
+
+use super::body::{self, Body};
+use crate::App;
+
+const PROMETHEUS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The admin answer for `req`, or `None` when it is not an admin path.
+pub fn handle<B>(app: &App, req: &Request<B>) -> Option<Response<Body>> {
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return None;
+    }
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Some(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        ));
+    }
+    Some(match path {
+        "/metrics" => text(StatusCode::OK, PROMETHEUS_TEXT, metrics(app)),
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        _ => ready(app),
+    })
+}
+
+/// Answers everything on the admin listener: admin paths, else 404.
+pub fn handle_only<B>(app: &App, req: &Request<B>) -> Response<Body> {
+    handle(app, req).unwrap_or_else(|| {
+        text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not an admin endpoint\n".into(),
+        )
+    })
+}
+
+/// Gauges that mirror state held elsewhere are read now, then everything
+/// is encoded.
+fn metrics(app: &App) -> String {
+    let families = app.metrics().get();
+    let (used, limit) = app.store().usage();
+    families.disk_used.set(clamp(used));
+    families.disk_limit.set(clamp(limit));
+    let (entries, bytes) = app.store().hot_usage();
+    families.hot_entries.set(clamp(entries));
+    families.hot_bytes.set(clamp(bytes));
+    app.metrics().encode()
+}
+
+fn clamp(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn ready(app: &App) -> Response<Body> {
+    match app.store().ping() {
+        Ok(()) => text(StatusCode::OK, "application/json", ready_body(app, "ok")),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            ready_body(app, &e.to_string()),
+        ),
+    }
+}
+
+fn ready_body(app: &App, store: &str) -> String {
+    let upstreams: Vec<serde_json::Value> = app
+        .upstreams()
+        .all()
+        .iter()
+        .map(|u| serde_json::json!({ "name": u.name(), "offline": u.config().offline }))
+        .collect();
+    let body = serde_json::json!({ "store": store, "upstreams": upstreams });
+    format!("{body}\n")
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(body::full(body))
+        .unwrap_or_else(|_| Response::new(body::empty()))
+}

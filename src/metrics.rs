@@ -1,0 +1,263 @@
+//! What berth is doing, for Prometheus: requests, cache hits and misses,
+//! bytes by source, upstream traffic, fills, stale serves, evictions, disk
+//! and memory use.
+//!
+//! One `Metrics` handle (a cheap clone) is built with the App and handed to
+//! the parts that count; gauges that mirror state held elsewhere (disk used,
+//! the hot tier) are read when `/metrics` is scraped, not kept in sync.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub kind: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+/// Every family berth exports.
+pub struct Families {
+    pub requests: Family<RequestLabels, Counter>,
+    pub cache: Family<CacheLabels, Counter>,
+    pub served_bytes: Family<SourceLabels, Counter>,
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    pub fill_seconds: Family<KindLabels, Histogram>,
+    pub fills_in_flight: Gauge,
+    pub fill_joins: Counter,
+    pub stale_serves: Family<KindLabels, Counter>,
+    pub disk_full: Counter,
+    pub evicted_items: Counter,
+    pub evicted_bytes: Counter,
+    pub disk_used: Gauge,
+    pub disk_limit: Gauge,
+    pub hot_entries: Gauge,
+    pub hot_bytes: Gauge,
+    pub connections: Gauge,
+    pub refused: Family<KindLabels, Counter>,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<(Registry, Families)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn fill_histogram() -> Histogram {
+    // 1 ms to ~30 minutes.
+    Histogram::new(exponential_buckets(0.001, 4.0, 12))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let f = Families {
+            requests: Family::default(),
+            cache: Family::default(),
+            served_bytes: Family::default(),
+            upstream_requests: Family::default(),
+            fill_seconds: Family::new_with_constructor(fill_histogram),
+            fills_in_flight: Gauge::default(),
+            fill_joins: Counter::default(),
+            stale_serves: Family::default(),
+            disk_full: Counter::default(),
+            evicted_items: Counter::default(),
+            evicted_bytes: Counter::default(),
+            disk_used: Gauge::default(),
+            disk_limit: Gauge::default(),
+            hot_entries: Gauge::default(),
+            hot_bytes: Gauge::default(),
+            connections: Gauge::default(),
+            refused: Family::default(),
+        };
+        let mut r = Registry::with_prefix("berth");
+        r.register(
+            "http_requests",
+            "Requests by route and status",
+            f.requests.clone(),
+        );
+        r.register(
+            "cache_requests",
+            "Cache lookups by kind (manifest, blob, tag, referrers) and outcome (hit, miss)",
+            f.cache.clone(),
+        );
+        r.register_with_unit(
+            "served",
+            "Bytes sent to clients, by source (cache, upstream)",
+            Unit::Bytes,
+            f.served_bytes.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests to upstreams, by upstream and status (or error)",
+            f.upstream_requests.clone(),
+        );
+        r.register_with_unit(
+            "fill_duration",
+            "Duration of fills, by kind",
+            Unit::Seconds,
+            f.fill_seconds.clone(),
+        );
+        r.register(
+            "fills_in_flight",
+            "Blob fills running now",
+            f.fills_in_flight.clone(),
+        );
+        r.register(
+            "fill_joins",
+            "Requests that joined a running blob fill instead of starting one",
+            f.fill_joins.clone(),
+        );
+        r.register(
+            "stale_serves",
+            "Answers served stale because the upstream failed, by kind",
+            f.stale_serves.clone(),
+        );
+        r.register(
+            "disk_full",
+            "Fills that found the disk full and passed the blob through uncached",
+            f.disk_full.clone(),
+        );
+        r.register(
+            "evicted_items",
+            "Blobs and manifests evicted",
+            f.evicted_items.clone(),
+        );
+        r.register_with_unit(
+            "evicted",
+            "Bytes evicted",
+            Unit::Bytes,
+            f.evicted_bytes.clone(),
+        );
+        r.register_with_unit(
+            "disk_used",
+            "Bytes of content stored",
+            Unit::Bytes,
+            f.disk_used.clone(),
+        );
+        r.register_with_unit(
+            "disk_limit",
+            "The storage bound (storage.max_size)",
+            Unit::Bytes,
+            f.disk_limit.clone(),
+        );
+        r.register(
+            "hot_entries",
+            "Entries in the in-memory tier",
+            f.hot_entries.clone(),
+        );
+        r.register_with_unit(
+            "hot",
+            "Bytes in the in-memory tier",
+            Unit::Bytes,
+            f.hot_bytes.clone(),
+        );
+        r.register(
+            "connections",
+            "Client connections open now",
+            f.connections.clone(),
+        );
+        r.register(
+            "refused",
+            "Requests refused by a limit, by limit",
+            f.refused.clone(),
+        );
+        Metrics {
+            inner: Arc::new((r, f)),
+        }
+    }
+
+    pub fn get(&self) -> &Families {
+        &self.inner.1
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.0);
+        out
+    }
+
+    pub fn cache(&self, kind: &'static str, hit: bool) {
+        let outcome = if hit { "hit" } else { "miss" };
+        self.get()
+            .cache
+            .get_or_create(&CacheLabels { kind, outcome })
+            .inc();
+    }
+
+    pub fn upstream(&self, upstream: &str, status: String) {
+        self.get()
+            .upstream_requests
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+                status,
+            })
+            .inc();
+    }
+
+    pub fn stale(&self, kind: &'static str) {
+        self.get()
+            .stale_serves
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn refused(&self, kind: &'static str) {
+        self.get().refused.get_or_create(&KindLabels { kind }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_family() {
+        let m = Metrics::new();
+        m.cache("blob", true);
+        m.upstream("docker.io", "200".into());
+        let text = m.encode();
+        for name in [
+            "berth_cache_requests_total{kind=\"blob\",outcome=\"hit\"} 1",
+            "berth_upstream_requests_total{upstream=\"docker.io\",status=\"200\"} 1",
+            "berth_disk_used_bytes",
+            "berth_fill_duration_seconds",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
