@@ -504,3 +504,46 @@ async fn sigterm_lets_a_large_transfer_finish_and_logs_are_json() {
         .join(hex);
     assert!(stored.exists(), "the drained fill was committed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_dropping_connections() {
+    let old = TestPki::generate();
+    let new = TestPki::generate();
+    let live = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = (live.path().join("tls.crt"), live.path().join("tls.key"));
+    std::fs::copy(old.server_cert(), &cert).expect("install the old cert");
+    std::fs::copy(old.server_key(), &key).expect("install the old key");
+    let registry = Registry::start();
+    let extra = format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let mut berth = Berth::start(&extra, &registry.url()).await;
+    let url = format!("https://{}/v2/", berth.host());
+    let old_client = tls_client(&old, false);
+    let resp = old_client.get(&url).send().await.expect("old certificate");
+    assert_eq!(resp.status(), 200);
+
+    // A renewal writes the key and the certificate in place.
+    std::fs::copy(new.server_key(), &key).expect("renew the key");
+    std::fs::copy(new.server_cert(), &cert).expect("renew the cert");
+    let new_client = tls_client(&new, false);
+    let mut renewed = false;
+    for _ in 0..100 {
+        if new_client.get(&url).send().await.is_ok() {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(renewed, "the renewed certificate was never served");
+    // The connection made before the renewal still works.
+    let again = old_client
+        .get(&url)
+        .send()
+        .await
+        .expect("the old connection");
+    assert_eq!(again.status(), 200);
+    berth.stop().await;
+}

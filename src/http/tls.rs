@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::TlsConfig;
 
 /// How often the certificate files are checked for changes.
-const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
