@@ -264,15 +264,13 @@ async fn limits_answer_503_instead_of_hanging() {
     let (digest, _) = first.await.expect("join").expect("the held fill completes");
     assert_eq!(digest, held);
 
-    // Two connections held open; the third gets a 503 and is closed.
+    // Two connections held open; the third gets a 503 and is closed. Each
+    // held one is proven to have been admitted (a 200 on it), since the
+    // connections of the requests above may still be closing server-side.
     let mut open = Vec::new();
-    for _ in 0..2 {
-        let stream = tokio::net::TcpStream::connect(berth.addr())
-            .await
-            .expect("connect");
-        open.push(stream);
+    while open.len() < 2 {
+        open.push(admitted_connection(berth.addr()).await);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let fresh = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
@@ -290,6 +288,29 @@ async fn limits_answer_503_instead_of_hanging() {
     );
     drop(open);
     berth.stop().await;
+}
+
+/// A raw keep-alive connection on which berth answered `GET /v2/` with 200,
+/// i.e. one that holds a connection permit; retried while earlier
+/// connections are still being released.
+async fn admitted_connection(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..200 {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\n\r\n")
+            .await
+            .expect("write request");
+        let mut head = vec![0u8; 1024];
+        let n = stream.read(&mut head).await.expect("read answer");
+        if head[..n].starts_with(b"HTTP/1.1 200") {
+            return stream;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no connection was admitted within 4 s");
 }
 
 /// Every sample line of a Prometheus/OpenMetrics text exposition, as
