@@ -1,14 +1,25 @@
-//! The operator's commands besides `serve`: `check` (integrity) and `du`
-//! (what the cache holds). They open the data directory themselves, so they
-//! run while no berth is serving from it; a running berth holds the store's
-//! lock and the command says so.
+//! The operator's commands besides `serve`: `check` (integrity), `du`
+//! (what the cache holds), and the air-gap trio `warm`, `export` and
+//! `import`. They open the data directory themselves, so they run while no
+//! berth is serving from it; a running berth holds the store's lock and the
+//! command says so (`warm --server` goes through the running berth instead).
+//! Each is a thin shell: the work is in `store`, `warm` and `bundle`.
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::bundle::export::{Exported, Output};
+use crate::bundle::import::Imported;
+use crate::bundle::layout::Kind;
+use crate::bundle::BundleError;
+use crate::progress::{bytes, Progress};
+use crate::reference::ImageRef;
 use crate::store::check::CheckReport;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+use crate::upstream::routing::Upstreams;
+use crate::warm::{self, WarmError, Warmed};
 use crate::{Config, Error};
 
 fn open(config: &Config) -> Result<Store, Error> {
@@ -117,4 +128,192 @@ pub fn du(config: &Config, json: bool) -> Result<(), Error> {
 fn rfc3339(ms: u64) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// The images of a `--file`: one reference a line; blank lines and `#`
+/// comments are skipped.
+pub fn image_list(path: &Path) -> Result<Vec<ImageRef>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(n, line)| (n, line.split('#').next().unwrap_or("").trim()))
+        .filter(|(_, line)| !line.is_empty())
+        .map(|(n, line)| {
+            line.parse()
+                .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))
+        })
+        .collect()
+}
+
+/// `berth warm`: fills the cache with `images`, in-process on the data
+/// directory, or through the berth serving at `server`. Returns whether
+/// every image was warmed.
+pub fn warm(
+    config: Config,
+    images: &[ImageRef],
+    options: &warm::Options,
+    server: Option<&str>,
+) -> Result<bool, WarmError> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| WarmError::Open(Error::Io(e)))?;
+    let listen = config.listen;
+    let progress = Progress::new("warming", 0);
+    let results = runtime.block_on(async {
+        match server {
+            Some(url) => Ok(warm::remote::Remote::new(url)?
+                .warm(images, options, &progress)
+                .await),
+            None => {
+                let local = warm::local::Local::open(config).map_err(|e| in_use_hint(e, listen))?;
+                local.warm(images, options, &progress).await
+            }
+        }
+    });
+    progress.finish();
+    let results = results?;
+    let mut out = std::io::stdout().lock();
+    let mut all = true;
+    for (image, result) in images.iter().zip(results) {
+        match result {
+            Ok(w) => {
+                let _ = writeln!(out, "warmed {image} {}", describe_warmed(&w));
+            }
+            Err(e) => {
+                all = false;
+                eprintln!("berth: cannot warm {image}: {e}");
+            }
+        }
+    }
+    Ok(all)
+}
+
+fn describe_warmed(w: &Warmed) -> String {
+    let digest = w.digest.as_ref().map(|d| d.to_string()).unwrap_or_default();
+    let mut text = format!(
+        "{digest}: {} manifests, {} blobs ({} fetched, {} already cached), {} referrers",
+        w.manifests,
+        w.blobs,
+        bytes(w.fetched_bytes),
+        bytes(w.cached_bytes),
+        w.referrers
+    );
+    if w.skipped_platforms > 0 {
+        text.push_str(&format!(", {} platforms left out", w.skipped_platforms));
+    }
+    text
+}
+
+fn in_use_hint(e: WarmError, listen: std::net::SocketAddr) -> WarmError {
+    match e {
+        WarmError::Store(StoreError::InUse { dir }) => WarmError::Usage(format!(
+            "{} is in use by a running berth: stop it, or warm through it with `berth warm --server http://{listen} ...`",
+            dir.display()
+        )),
+        other => other,
+    }
+}
+
+/// Opens the data directory for `export` and `import`, at once or not at all.
+fn open_exclusive(config: &Config) -> Result<Store, BundleError> {
+    crate::store::ensure_free(&config.data_dir).map_err(|e| match e {
+        StoreError::InUse { dir } => BundleError::Usage(format!(
+            "{} is in use by a running berth: stop it first (one data directory serves one berth)",
+            dir.display()
+        )),
+        other => other.into(),
+    })?;
+    let (store, _) = Store::open_with(&config.data_dir, &config.cache, &config.storage)?;
+    Ok(store)
+}
+
+fn upstreams(config: &Config) -> Result<Upstreams, BundleError> {
+    Upstreams::new(&config.upstreams).map_err(|e| BundleError::Usage(e.to_string()))
+}
+
+/// `berth export`: writes a bundle of `images` (everything when empty),
+/// only what changed since `since` when given. The summary goes to stderr:
+/// stdout may be the bundle itself.
+pub fn export(
+    config: &Config,
+    images: &[ImageRef],
+    since: Option<&str>,
+    output: &Path,
+) -> Result<Exported, BundleError> {
+    let since_ms = since
+        .map(crate::bundle::since_ms)
+        .transpose()
+        .map_err(BundleError::Usage)?;
+    let store = open_exclusive(config)?;
+    let progress = Progress::new("exporting", 0);
+    let exported = crate::bundle::export::export(
+        &store,
+        &upstreams(config)?,
+        images,
+        since_ms,
+        &Output::new(output),
+        &progress,
+    );
+    progress.finish();
+    let exported = exported?;
+    for note in &exported.notes {
+        eprintln!("note: {note}");
+    }
+    let tags = exported
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Tag { .. }))
+        .count();
+    let lists = exported
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Referrers { .. }))
+        .count();
+    eprintln!(
+        "exported {} entries ({tags} tags, {lists} referrers lists, {} by digest only) to {}: {} files, {}",
+        exported.entries.len(),
+        exported.entries.len() - tags - lists,
+        output.display(),
+        exported.blobs,
+        bytes(exported.bytes)
+    );
+    Ok(exported)
+}
+
+/// `berth import`: verifies the bundle at `input` (`-` for stdin) whole,
+/// then adds it to the cache.
+pub fn import(config: &Config, input: &Path) -> Result<Imported, BundleError> {
+    let store = open_exclusive(config)?;
+    let upstreams = upstreams(config)?;
+    let imported = if input == Path::new("-") {
+        let progress = Progress::new("importing", 0);
+        let result =
+            crate::bundle::import::import(&store, &upstreams, std::io::stdin().lock(), &progress);
+        progress.finish();
+        result?
+    } else {
+        let file = std::fs::File::open(input).map_err(|e| BundleError::Io {
+            what: format!("cannot open {}", input.display()),
+            source: e,
+        })?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let progress = Progress::new("importing", size);
+        let reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let result = crate::bundle::import::import(&store, &upstreams, reader, &progress);
+        progress.finish();
+        result?
+    };
+    for note in &imported.notes {
+        eprintln!("note: {note}");
+    }
+    println!(
+        "imported {} entries ({} tags) from {}: {} new blobs and {} new manifests ({}), {} blobs already cached",
+        imported.entries,
+        imported.tags,
+        input.display(),
+        imported.new_blobs,
+        imported.new_manifests,
+        bytes(imported.new_bytes),
+        imported.known_blobs
+    );
+    Ok(imported)
 }

@@ -14,17 +14,21 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod commands;
 pub mod config;
 pub mod digest;
 pub mod error;
 pub mod fill;
+pub mod graph;
 pub mod http;
 pub mod metrics;
+pub mod progress;
 pub mod reference;
 pub mod referrers;
 pub mod store;
 pub mod upstream;
+pub mod warm;
 
 use std::future::Future;
 use std::sync::Arc;

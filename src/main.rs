@@ -51,6 +51,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pull images, every platform and their referrers (signatures, SBOMs)
+    /// into the cache ahead of need. Opens the data directory itself (no
+    /// berth may serve from it), or goes through a running berth (--server).
+    Warm {
+        /// Images as [upstream/]repository[:tag|@digest], e.g.
+        /// ghcr.io/org/app:1.0 or library/alpine@sha256:...
+        images: Vec<berth::reference::ImageRef>,
+        /// Also warm the images listed in this file, one a line (# comments).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Only these platforms of a multi-platform image (os/arch[/variant];
+        /// repeatable or comma-separated). Default: all of them.
+        #[arg(long = "platform", value_delimiter = ',')]
+        platforms: Vec<berth::graph::Platform>,
+        /// Leave referrers (signatures, SBOMs, attestations) out.
+        #[arg(long)]
+        no_referrers: bool,
+        /// Pull through the berth serving at this URL (http://host:port)
+        /// instead of opening the data directory.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Write what the cache holds (or the images named, with everything
+    /// they reference) as an OCI image layout in a tar, for `berth import`
+    /// on a disconnected site. Run it while berth is stopped.
+    Export {
+        /// The bundle to write (`-` for standard output).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Only what was stored, used or learnt since then: an RFC 3339
+        /// time (2024-05-01T12:00:00Z) or a duration back from now (24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Images as [upstream/]repository[:tag|@digest]; all when none.
+        images: Vec<berth::reference::ImageRef>,
+    },
+    /// Verify a bundle written by `berth export` whole, then add its
+    /// content, tags and referrers to the cache. Run it while berth is stopped.
+    Import {
+        /// The bundle (`-` for standard input).
+        bundle: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +120,44 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
+        Command::Warm {
+            mut images,
+            file,
+            platforms,
+            no_referrers,
+            server,
+        } => {
+            if let Some(file) = file {
+                match berth::commands::image_list(&file) {
+                    Ok(listed) => images.extend(listed),
+                    Err(e) => return usage(&e),
+                }
+            }
+            if images.is_empty() {
+                return usage("name at least one image to warm, or --file");
+            }
+            let options = berth::warm::Options {
+                platforms,
+                no_referrers,
+            };
+            match berth::commands::warm(config, &images, &options, server.as_deref()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Export {
+            output,
+            since,
+            images,
+        } => match berth::commands::export(&config, &images, since.as_deref(), &output) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Command::Import { bundle } => match berth::commands::import(&config, &bundle) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
     }
 }
 
@@ -95,7 +175,13 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn fail(e: berth::Error) -> ExitCode {
+fn usage(message: &str) -> ExitCode {
+    eprintln!("berth: {message}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// A command that could not do its work: exit code 2.
+fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("berth: {e}");
     ExitCode::from(2)
 }

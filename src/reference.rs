@@ -110,6 +110,59 @@ impl fmt::Display for Reference {
     }
 }
 
+/// An image as an operator names it on the command line:
+/// `[upstream/]repository[:tag|@digest]`, e.g. `ghcr.io/org/app:1.0`,
+/// `library/alpine` (tag `latest`) or `registry.test/app@sha256:...`. The
+/// name is routed like a request path (`Upstreams::resolve`), so every form
+/// a client may pull by is accepted here too.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageRef {
+    pub name: String,
+    pub reference: Reference,
+}
+
+impl std::str::FromStr for ImageRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (name, reference) = match s.split_once('@') {
+            Some((name, digest)) => {
+                let digest = digest
+                    .parse()
+                    .map_err(|e: DigestError| format!("{s}: {e}"))?;
+                (name, Reference::Digest(digest))
+            }
+            // A `:` after the last `/` starts a tag; one before it is a port.
+            None => match s.rsplit_once(':') {
+                Some((name, tag)) if !tag.contains('/') => {
+                    if !validate_tag(tag) {
+                        return Err(format!("{s}: {tag:?} is not a valid tag"));
+                    }
+                    (name, Reference::Tag(tag.to_owned()))
+                }
+                _ => (s, Reference::Tag("latest".to_owned())),
+            },
+        };
+        if name.is_empty() || name.starts_with('/') || name.ends_with('/') {
+            return Err(format!("{s}: no repository name"));
+        }
+        Ok(ImageRef {
+            name: name.to_owned(),
+            reference,
+        })
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.reference {
+            Reference::Tag(t) => write!(f, "{}:{t}", self.name),
+            Reference::Digest(d) => write!(f, "{}@{d}", self.name),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +218,21 @@ mod tests {
             Reference::parse("bad tag"),
             Err(ReferenceError::Tag(_))
         ));
+    }
+
+    #[test]
+    fn image_refs_name_a_tag_or_a_digest() {
+        let r: ImageRef = "ghcr.io/org/app:1.0".parse().expect("valid");
+        assert_eq!(r.name, "ghcr.io/org/app");
+        assert_eq!(r.reference, Reference::Tag("1.0".into()));
+        let r: ImageRef = "registry.internal:5000/app".parse().expect("valid");
+        assert_eq!(r.name, "registry.internal:5000/app");
+        assert_eq!(r.reference, Reference::Tag("latest".into()));
+        let digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let r: ImageRef = format!("alpine@{digest}").parse().expect("valid");
+        assert_eq!(r.to_string(), format!("alpine@{digest}"));
+        assert!("app:bad tag".parse::<ImageRef>().is_err());
+        assert!("app@sha256:00".parse::<ImageRef>().is_err());
+        assert!(":1.0".parse::<ImageRef>().is_err());
     }
 }

@@ -248,7 +248,7 @@ fn header_str<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 /// The media type to serve a manifest with: the upstream's `Content-Type`
 /// when it names a manifest type, else the document's own `mediaType`, else
 /// what its shape says (OCI manifests may omit `mediaType`).
-fn media_type_of(content_type: Option<&str>, bytes: &[u8]) -> String {
+pub fn media_type_of(content_type: Option<&str>, bytes: &[u8]) -> String {
     use oci_spec::image::MediaType;
     let known = [
         MediaType::ImageIndex.to_string(),

@@ -34,6 +34,39 @@ impl TempFile {
     pub fn file(&self) -> &Arc<File> {
         &self.file
     }
+
+    /// Closes the file but keeps it in `tmp/` for a later commit: an import
+    /// stages every blob of a bundle before committing any, and must not
+    /// hold a descriptor open per blob meanwhile.
+    pub fn into_staged(mut self) -> Staged {
+        self.committed = true;
+        Staged {
+            path: std::mem::take(&mut self.path),
+            committed: false,
+        }
+    }
+}
+
+/// A complete, closed file in `tmp/` waiting to be committed; removed when
+/// dropped uncommitted (and by start-up recovery after a crash).
+#[derive(Debug)]
+pub struct Staged {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl Drop for TempFile {
@@ -93,6 +126,17 @@ impl Files {
         fs::rename(&temp.path, &target)?;
         temp.committed = true;
         // The rename is durable only once the directory is.
+        File::open(dir)?.sync_all()
+    }
+
+    /// `commit` for a staged file.
+    pub fn commit_staged(&self, mut staged: Staged, digest: &Digest) -> io::Result<()> {
+        File::open(&staged.path)?.sync_all()?;
+        let target = self.path_of(digest);
+        let dir = target.parent().unwrap_or(&self.blobs);
+        fs::create_dir_all(dir)?;
+        fs::rename(&staged.path, &target)?;
+        staged.committed = true;
         File::open(dir)?.sync_all()
     }
 
@@ -179,6 +223,27 @@ mod tests {
             files.list().expect("list"),
             vec![(files.path_of(&digest), Some(digest))]
         );
+        assert_eq!(files.clear_temp().expect("clear"), 0);
+    }
+
+    #[test]
+    fn staged_files_are_kept_until_committed_or_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = Files::open(dir.path()).expect("open");
+        let temp = files.temp().expect("temp");
+        (&*temp.file).write_all(b"staged").expect("write");
+        let staged = temp.into_staged();
+        let path = staged.path().to_owned();
+        assert!(path.exists());
+        drop(staged);
+        assert!(!path.exists());
+        let temp = files.temp().expect("temp");
+        (&*temp.file).write_all(b"staged").expect("write");
+        let digest = Algorithm::Sha256.digest(b"staged");
+        files
+            .commit_staged(temp.into_staged(), &digest)
+            .expect("commit");
+        assert_eq!(fs::read(files.path_of(&digest)).expect("read"), b"staged");
         assert_eq!(files.clear_temp().expect("clear"), 0);
     }
 }

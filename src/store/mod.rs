@@ -14,7 +14,9 @@
 pub mod check;
 pub mod files;
 pub mod hot;
+pub mod inventory;
 pub mod lifecycle;
+mod lock;
 pub mod report;
 
 use std::path::Path;
@@ -24,9 +26,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use self::files::{Files, TempFile};
+use self::files::{Files, Staged, TempFile};
 use self::hot::{Hot, HotKey, HotValue};
 use self::lifecycle::{Kind, Lifecycle};
+pub use self::lock::ensure_free;
 use crate::config::{CacheConfig, StorageConfig};
 use crate::digest::{Digest, Hasher};
 
@@ -47,6 +50,8 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("the data directory holds storage format {found}, newer than this berth understands ({supported}); use a newer berth or another data directory")]
     SchemaTooNew { found: u32, supported: u32 },
+    #[error("{} is in use by a running berth (one data directory serves one berth)", dir.display())]
+    InUse { dir: std::path::PathBuf },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -194,7 +199,7 @@ impl Store {
         storage: &StorageConfig,
     ) -> Result<(Store, Recovery), StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
-        let db = open_db(&dir.join("db"))?;
+        let db = lock::open_db(&dir.join("db"))?;
         check_schema(&db)?;
         let inner = Inner {
             lifecycle: Lifecycle::open(&db, dir, storage)?,
@@ -336,19 +341,50 @@ impl Store {
             let mut bytes = vec![0u8; size as usize];
             std::os::unix::fs::FileExt::read_exact_at(&**temp.file(), &mut bytes, 0)
                 .map_err(io_err(format!("cannot read back blob {digest}")))?;
-            self.inner
-                .blob_data
-                .insert(digest.to_string(), bytes.as_slice())?;
-            self.inner.hot.insert(
-                HotKey::Blob(digest.clone()),
-                HotValue::Blob(Bytes::from(bytes)),
-            );
+            self.put_inline(digest, bytes)?;
         } else {
             self.inner
                 .files
                 .commit(temp, digest)
                 .map_err(io_err(format!("cannot commit blob {digest}")))?;
         }
+        self.record_blob(digest, size, inline)
+    }
+
+    /// `commit_blob` for a blob staged (and verified) by an import.
+    pub fn commit_staged(
+        &self,
+        digest: &Digest,
+        staged: Staged,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let inline = size <= self.inner.inline_max;
+        if inline {
+            let bytes = std::fs::read(staged.path())
+                .map_err(io_err(format!("cannot read back blob {digest}")))?;
+            self.put_inline(digest, bytes)?;
+        } else {
+            self.inner
+                .files
+                .commit_staged(staged, digest)
+                .map_err(io_err(format!("cannot commit blob {digest}")))?;
+        }
+        self.record_blob(digest, size, inline)
+    }
+
+    fn put_inline(&self, digest: &Digest, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.inner
+            .blob_data
+            .insert(digest.to_string(), bytes.as_slice())?;
+        self.inner.hot.insert(
+            HotKey::Blob(digest.clone()),
+            HotValue::Blob(Bytes::from(bytes)),
+        );
+        Ok(())
+    }
+
+    /// The record goes last: it never points at content that is not there.
+    fn record_blob(&self, digest: &Digest, size: u64, inline: bool) -> Result<(), StoreError> {
         let record = BlobRecord {
             size,
             inline,
@@ -472,6 +508,12 @@ impl Store {
         Ok(())
     }
 
+    /// `flush` for callers outside the async runtime.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
     /// Start-up repair: temp files from interrupted fills go; records whose
     /// file is gone or of the wrong size go; files without a record are
     /// re-hashed and adopted when they match their name, removed otherwise.
@@ -540,34 +582,6 @@ fn hash_file(path: &Path, expected: &Digest) -> Option<(Digest, u64)> {
         }
         hasher.update(&buf[..n]);
         total += n as u64;
-    }
-}
-
-/// How long start-up waits for another holder of the database to let go.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
-
-/// Opens the sled database, waiting briefly for its lock: a berth that
-/// just stopped in the same process releases it a moment after `run`
-/// returns. A lock still held after that is another berth on the same data
-/// directory, which is refused with a message that says so.
-fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
-    let started = std::time::Instant::now();
-    loop {
-        match sled::Config::new().path(path).open() {
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                if started.elapsed() > LOCK_WAIT {
-                    return Err(StoreError::Io {
-                        what: format!(
-                            "{} is in use by another berth (one data directory serves one berth)",
-                            path.display()
-                        ),
-                        source: e,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => return Ok(other?),
-        }
     }
 }
 
