@@ -158,14 +158,10 @@ fn read(store: &Store, input: impl Read, progress: &Progress) -> Result<Bundle, 
         .map_err(|e| BundleError::refused("the bundle", format!("not a tar archive: {e}")))?;
     let mut buffer = vec![0u8; READ_BUFFER];
     let (mut layout_ok, mut index, mut blobs) = (false, None, HashMap::new());
-    let mut last = "the start of the bundle".to_owned();
+    let mut last = String::new();
     for entry in entries {
-        let mut entry = entry.map_err(|e| {
-            BundleError::refused(
-                format!("the entry after {last}"),
-                format!("unreadable: {e}"),
-            )
-        })?;
+        let mut entry = entry
+            .map_err(|e| BundleError::refused(after(&last), format!("unreadable header: {e}")))?;
         let path = entry_path(&entry, &last)?;
         last = path.clone();
         let kind = entry.header().entry_type();
@@ -232,14 +228,20 @@ fn finish_read(
     Ok(Bundle { index, blobs })
 }
 
+/// How a message names the entry that follows `last` (empty: none yet).
+fn after(last: &str) -> String {
+    if last.is_empty() {
+        "the first entry (is it a tar archive?)".to_owned()
+    } else {
+        format!("the entry after {last}")
+    }
+}
+
 /// The entry's path, without a leading `./`.
 fn entry_path<R: Read>(entry: &tar::Entry<'_, R>, last: &str) -> Result<String, BundleError> {
-    let path = entry.path().map_err(|e| {
-        BundleError::refused(
-            format!("the entry after {last}"),
-            format!("unreadable name: {e}"),
-        )
-    })?;
+    let path = entry
+        .path()
+        .map_err(|e| BundleError::refused(after(last), format!("unreadable name: {e}")))?;
     let path = path.to_string_lossy();
     Ok(path.strip_prefix("./").unwrap_or(&path).to_owned())
 }

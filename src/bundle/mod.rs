@@ -51,8 +51,8 @@ pub enum BundleError {
 impl BundleError {
     fn refused(entry: impl Into<String>, reason: impl Into<String>) -> Self {
         BundleError::Refused {
-            entry: entry.into(),
-            reason: reason.into(),
+            entry: printable(&entry.into()),
+            reason: printable(&reason.into()),
         }
     }
 
@@ -61,3 +61,28 @@ impl BundleError {
         move |source| BundleError::Io { what, source }
     }
 }
+
+/// What a damaged bundle put in a message (a name, bytes a tar reader
+/// quoted), fit for a terminal: anything but printable ASCII (which every
+/// name berth writes is) shown as `?`, and at most [`MAX_QUOTED`]
+/// characters.
+fn printable(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_QUOTED)
+        .map(|c| {
+            if !(c == ' ' || c.is_ascii_graphic()) {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if text.chars().nth(MAX_QUOTED).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// The longest text from a bundle repeated in a message.
+const MAX_QUOTED: usize = 160;

@@ -32,6 +32,17 @@ pub async fn copy_all_with(
     dest: &Path,
     src_options: &[&str],
 ) -> Result<String, String> {
+    let mut args = vec!["copy", "--all", "--retry-times", "0"];
+    args.extend_from_slice(src_options);
+    let source = format!("docker://{source}");
+    let dest = format!("dir:{}", dest.display());
+    args.extend([source.as_str(), dest.as_str()]);
+    run(&args).await
+}
+
+/// skopeo with `args`, in a configuration of its own; its stdout, or an
+/// error with the command and its output.
+pub async fn run(args: &[&str]) -> Result<String, String> {
     let config = tempfile::Builder::new()
         .prefix("berth-skopeo-")
         .tempdir()
@@ -62,10 +73,7 @@ pub async fn copy_all_with(
         // A hang guard, far above any copy here, so a stuck berth fails the
         // test instead of hanging it.
         .args(["--command-timeout", "300s"])
-        .args(["copy", "--all", "--retry-times", "0"])
-        .args(src_options)
-        .arg(format!("docker://{source}"))
-        .arg(format!("dir:{}", dest.display()))
+        .args(args)
         .env("HOME", root)
         .env("XDG_CONFIG_HOME", root)
         .env("XDG_RUNTIME_DIR", root)
@@ -94,7 +102,8 @@ pub async fn copy_all_with(
         Ok(stdout)
     } else {
         Err(format!(
-            "skopeo copy docker://{source} failed ({}):\n{stderr}{stdout}",
+            "skopeo {} failed ({}):\n{stderr}{stdout}",
+            args.join(" "),
             output.status
         ))
     }
