@@ -296,9 +296,7 @@ async fn limits_answer_503_instead_of_hanging() {
 async fn admitted_connection(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for _ in 0..200 {
-        let mut stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         stream
             .write_all(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\n\r\n")
             .await
