@@ -504,6 +504,11 @@ async fn sigterm_lets_a_large_transfer_finish_and_logs_are_json() {
     assert_eq!(request["status"], 200);
     assert_eq!(request["cache"], "miss");
     assert_eq!(request["upstream"], "registry.test");
+    // Written when the body ended: what the client got, and the whole
+    // transfer's duration, which spans the 300 ms pause above.
+    assert_eq!(request["bytes"], layer.bytes.len());
+    assert_eq!(request["body"], "complete");
+    assert!(request["elapsed_ms"].as_u64() >= Some(300), "{request}");
 
     // After the restart the layer is whole in the cache, upstream or not.
     registry.stop();

@@ -2,6 +2,7 @@
 //! (`route`), the handlers for each kind of content, and turning whatever
 //! happens into a response, logged once.
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod blobs;
@@ -66,51 +67,29 @@ async fn handle_api<B>(app: App, req: Request<B>) -> Response<Body> {
     if let Some(ns) = namespace(&req).and_then(|ns| HeaderValue::from_str(&ns).ok()) {
         resp.headers_mut().insert("oci-namespace", ns);
     }
-    let bytes = if head {
-        0
-    } else {
-        resp.headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    count(&app, noted.route, resp.status(), outcome, bytes);
-    tracing::info!(
-        %method,
-        path = req.uri().path(),
-        status = resp.status().as_u16(),
-        bytes,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        cache = outcome.map_or("-", outcome::Outcome::label),
-        upstream = noted.upstream.as_ref().map_or("-", |u| u.name()),
-        "request"
-    );
-    resp
-}
-
-fn count(
-    app: &App,
-    route: &'static str,
-    status: StatusCode,
-    outcome: Option<outcome::Outcome>,
-    bytes: u64,
-) {
-    let families = app.metrics().get();
-    families
+    app.metrics()
+        .get()
         .requests
         .get_or_create(&crate::metrics::RequestLabels {
-            route,
-            status: status.as_u16(),
+            route: noted.route,
+            status: resp.status().as_u16(),
         })
         .inc();
-    if let (Some(outcome), true) = (outcome, status.is_success()) {
-        let source = if outcome.hit { "cache" } else { "upstream" };
-        families
-            .served_bytes
-            .get_or_create(&crate::metrics::SourceLabels { source })
-            .inc_by(bytes);
-    }
+    let access = access::Access {
+        app,
+        method,
+        path: req.uri().path().to_owned(),
+        status: resp.status().as_u16(),
+        started,
+        outcome,
+        upstream: noted.upstream.as_ref().map(|u| u.name().to_owned()),
+    };
+    let length = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    resp.map(|body| access.wrap(body, length))
 }
 
 async fn dispatch<B>(app: &App, req: &Request<B>, head: bool) -> Result<Response<Body>, ApiError> {
