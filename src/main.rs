@@ -97,7 +97,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let _logs = init_logging(cli.log_format);
     let config = match berth::Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(errors) => {
@@ -162,17 +162,27 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr: human-readable (coloured on a terminal), or JSON.
-fn init_logging(format: LogFormat) {
+/// A writer thread takes them from a bounded queue and writes them in
+/// batches, one `write` for all the lines that queued up meanwhile, so a
+/// busy server does not make a syscall per request line. Requests wait
+/// rather than lose lines when the queue is full. The returned guard
+/// flushes the queue when dropped: keep it until the end of `main`.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("berth-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 fn usage(message: &str) -> ExitCode {

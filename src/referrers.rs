@@ -148,7 +148,7 @@ impl Referrers {
                 (Some(record), FillError::Upstream(u)) if u.is_failing() => {
                     tracing::warn!(?target, %digest, error = %u, "upstream failing; serving the last known referrers");
                     self.metrics.stale("referrers");
-                    Ok(Arc::new(record.descriptors))
+                    Ok(Arc::new(record.descriptors.clone()))
                 }
                 _ => Err(e),
             },

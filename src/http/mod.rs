@@ -139,7 +139,15 @@ fn namespace<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// The headers every manifest and blob response carries.
-fn content_headers(builder: http::response::Builder, digest: &Digest) -> http::response::Builder {
+fn content_headers(
+    mut builder: http::response::Builder,
+    digest: &Digest,
+) -> http::response::Builder {
+    // Room for every header a manifest or blob response gets, so that the
+    // map is allocated once rather than grown three times per request.
+    if let Some(headers) = builder.headers_mut() {
+        headers.reserve(12);
+    }
     builder
         .header("docker-content-digest", digest.to_string())
         .header(header::ETAG, format!("\"{digest}\""))

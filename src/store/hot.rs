@@ -1,4 +1,5 @@
-//! The hot tier: manifests, tag resolutions and small blobs in memory,
+//! The hot tier: manifests, tag resolutions, referrers lists and small
+//! blobs in memory,
 //! bounded in bytes, in front of sled. It is a read-through copy only; sled
 //! stays the truth, so losing the hot tier loses nothing.
 
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use moka::sync::Cache;
 
-use super::{Manifest, TagMapping};
+use super::{Manifest, ReferrersRecord, TagMapping};
 use crate::digest::Digest;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -15,6 +16,7 @@ pub enum HotKey {
     Manifest(Digest),
     Blob(Digest),
     Tag(Vec<u8>),
+    Referrers(Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -22,6 +24,8 @@ pub enum HotValue {
     Manifest(Arc<Manifest>),
     Blob(Bytes),
     Tag(TagMapping),
+    /// Read on every manifest GET (for `OCI-Referrers`), so kept parsed.
+    Referrers(Arc<ReferrersRecord>),
 }
 
 /// Rough per-entry bookkeeping cost, so that many tiny entries still count.
@@ -33,6 +37,7 @@ impl HotValue {
             HotValue::Manifest(m) => m.bytes.len() + m.media_type.len(),
             HotValue::Blob(b) => b.len(),
             HotValue::Tag(_) => 0,
+            HotValue::Referrers(r) => r.descriptors.len() * 256,
         };
         u32::try_from(payload + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
     }

@@ -466,17 +466,25 @@ impl Store {
         upstream: &str,
         repo: &str,
         digest: &Digest,
-    ) -> Result<Option<ReferrersRecord>, StoreError> {
+    ) -> Result<Option<Arc<ReferrersRecord>>, StoreError> {
         let key = scoped_key(upstream, repo, &digest.to_string());
+        let hot_key = HotKey::Referrers(key.clone());
+        if let Some(HotValue::Referrers(r)) = self.inner.hot.get(&hot_key) {
+            return Ok(Some(r));
+        }
         let Some(raw) = self.inner.referrers.get(&key)? else {
             return Ok(None);
         };
-        serde_json::from_slice(&raw)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
+        let record: ReferrersRecord =
+            serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt {
                 key: format!("referrers of {digest} in {repo}"),
                 reason: e.to_string(),
-            })
+            })?;
+        let record = Arc::new(record);
+        self.inner
+            .hot
+            .insert(hot_key, HotValue::Referrers(record.clone()));
+        Ok(Some(record))
     }
 
     pub fn put_referrers(
@@ -487,7 +495,13 @@ impl Store {
         record: &ReferrersRecord,
     ) -> Result<(), StoreError> {
         let key = scoped_key(upstream, repo, &digest.to_string());
-        self.inner.referrers.insert(key, encode_json(record))?;
+        self.inner
+            .referrers
+            .insert(key.clone(), encode_json(record))?;
+        self.inner.hot.insert(
+            HotKey::Referrers(key),
+            HotValue::Referrers(Arc::new(record.clone())),
+        );
         Ok(())
     }
 
