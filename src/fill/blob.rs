@@ -54,6 +54,15 @@ impl BlobFill {
         }
     }
 
+    /// Waits until the fill's task has ended, which is after readers got
+    /// their verified end: the blob is committed to the store by then, or
+    /// could not be kept.
+    pub async fn finished(&self) {
+        let mut rx = self.progress.clone();
+        // The task owns the sender: `changed` fails once it has returned.
+        while rx.changed().await.is_ok() {}
+    }
+
     /// A reader from `start` to `end` (exclusive), following the transfer.
     pub fn reader(&self, start: u64, end: Option<u64>) -> BlobReader {
         let resume = Resume {
@@ -224,23 +233,19 @@ impl BlobFills {
         families.fills_in_flight.inc();
         let started = std::time::Instant::now();
         let outcome = match self.transfer(&target, &digest, &temp, &tx).await {
-            Ok(size) => match self.commit(&target, &digest, temp, size).await {
-                Ok(()) => Ok(size),
-                Err(e) => {
-                    // Verified bytes that could not be kept: the readers
-                    // still get them from the open file; nothing is cached.
-                    if matches!(&e, FillError::Store(s) if is_disk_full(s)) {
-                        self.disk_full(&digest);
-                    }
-                    tracing::error!(%digest, ?target, error = %e, "a verified blob could not be cached");
-                    Ok(size)
-                }
-            },
+            Ok(size) => {
+                // Readers may finish now: every byte is in the file and
+                // matched the digest. Durability (fsync, rename, record) is
+                // the cache's business, not the waiting clients'.
+                tx.send_replace(Progress::Done { size });
+                self.commit_verified(&target, &digest, temp, size).await
+            }
             Err(e) => Err(e),
         };
         // Leave the table before announcing the end: a client that retries
         // as soon as its transfer failed must start a new fill, not join
-        // this dead one. (On success the store already has the blob.)
+        // this dead one. (On success the store has the blob by now, or
+        // could not keep it.)
         self.inner
             .table
             .lock()
@@ -253,7 +258,7 @@ impl BlobFills {
             .observe(started.elapsed().as_secs_f64());
         match outcome {
             Ok(size) => {
-                tracing::debug!(%digest, ?target, size, "blob cached");
+                tracing::debug!(%digest, ?target, size, "blob fill done");
                 tx.send_replace(Progress::Done { size });
             }
             Err(_) if matches!(*tx.borrow(), Progress::DiskFull(_)) => self.disk_full(&digest),
@@ -320,6 +325,24 @@ impl BlobFills {
             });
         }
         Ok(written)
+    }
+
+    /// Commits a verified blob; a failure to keep it is logged (and a full
+    /// disk handled), not the readers' concern: they have their bytes.
+    async fn commit_verified(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        temp: TempFile,
+        size: u64,
+    ) -> Result<u64, FillError> {
+        if let Err(e) = self.commit(target, digest, temp, size).await {
+            if matches!(&e, FillError::Store(s) if is_disk_full(s)) {
+                self.disk_full(digest);
+            }
+            tracing::error!(%digest, ?target, error = %e, "a verified blob could not be cached");
+        }
+        Ok(size)
     }
 
     async fn commit(

@@ -35,7 +35,8 @@ pub enum Progress {
         written: u64,
         total: Option<u64>,
     },
-    /// Verified and committed.
+    /// Every byte is in the file and matched the digest (committing it to
+    /// the store may still be under way).
     Done {
         size: u64,
     },

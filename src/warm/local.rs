@@ -83,6 +83,7 @@ impl Local {
             size += chunk.len() as u64;
             progress.advance(chunk.len() as u64);
         }
+        fill.finished().await;
         Ok(size)
     }
 }
