@@ -1,0 +1,1 @@
+"""berthbench: the benchmark harness behind bench/run (see bench/README.md)."""

@@ -1,0 +1,509 @@
+"""bench/run: berth side by side with distribution's proxy mode and an nginx
+cache, on loopback, in one run; a Markdown table on stdout and JSON.
+
+Each repetition starts every mirror afresh (empty cache) for each cold
+scenario, in front of the same seeded upstream, and runs the scenarios
+against the three in turn, so that the machine's noise falls on all of them
+alike. Figures are reported, never asserted: the table says, per row,
+berth's ratio to the best peer and whether the issue's target was met.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import mirrors, procs, pull, tools
+from . import upstream as up
+
+MIB = 1 << 20
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH_DIR = os.path.join(REPO_ROOT, "bench")
+
+# The issue's content and load for the full run; --quick shrinks everything
+# but keeps every scenario and every mirror.
+PROFILES = {
+    "full": {
+        "layers": [512 * MIB] + [16 * MIB] * 8, "small_images": 500, "clients": 32,
+        "reps": 3, "load_seconds": 8, "rate": 50 * MIB, "deadline": 150,
+    },
+    "quick": {
+        "layers": [40 * MIB] + [2 * MIB] * 8, "small_images": 40, "clients": 8,
+        "reps": 1, "load_seconds": 2, "rate": 40 * MIB, "deadline": 40,
+    },
+}
+
+# Debian packages, by the command the harness runs.
+NEEDED = {"docker-registry": "docker-registry", "nginx": "nginx", "wrk": "wrk",
+          "h2load": "nghttp2-client", "curl": "curl", "openssl": "openssl"}
+
+ACCEPT = "application/vnd.oci.image.manifest.v1+json"
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run in under 3 minutes (smaller content, 1 repetition)")
+    parser.add_argument("--berth", help="berth binary to measure (default: cargo build --release)")
+    parser.add_argument("--output", default=None,
+                        help="JSON results file (default: bench/results-<profile>.json)")
+    parser.add_argument("--reps", type=int, help="repetitions (default: 3, --quick: 1)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    profile = dict(PROFILES["quick" if args.quick else "full"])
+    if args.reps:
+        profile["reps"] = args.reps
+    name = "quick" if args.quick else "full"
+    output = args.output or os.path.join(BENCH_DIR, f"results-{name}.json")
+
+    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    ensure_tools()
+    berth = args.berth or build_berth()
+    procs.install_sigterm_handler()
+    work = tempfile.mkdtemp(prefix="berth-bench-")
+    started = time.monotonic()
+    try:
+        bench = Bench(work, berth, profile, name)
+        bench.run()
+        report = bench.report()
+    finally:
+        procs.stop_all()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report["seconds"] = round(time.monotonic() - started, 1)
+    with open(output, "w") as f:
+        json.dump(report, f, indent=2)
+    print(markdown(report))
+    print(f"\nJSON: {output}; {report['seconds']:.0f} s in all.")
+    return 0 if report["checks"]["digests_ok"] else 1
+
+
+def ensure_tools():
+    """Install what is missing from Debian, without asking anything."""
+    missing = sorted({pkg for cmd, pkg in NEEDED.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    print(f"==> installing {' '.join(missing)}", file=sys.stderr)
+    root = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for argv in (["apt-get", "update", "-q"],
+                 ["apt-get", "install", "-y", "-q", "--no-install-recommends"] + missing):
+        subprocess.run(root + argv, check=True, stdin=subprocess.DEVNULL, env=env)
+
+
+def build_berth():
+    print("==> cargo build --release --bin berth", file=sys.stderr)
+    subprocess.run(["cargo", "build", "--release", "--bin", "berth"], cwd=REPO_ROOT,
+                   check=True, stdin=subprocess.DEVNULL)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO_ROOT, "target"))
+    return os.path.join(target, "release", "berth")
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    """One run: the upstream, its content, the mirrors, and every figure."""
+
+    def __init__(self, work, berth_binary, profile, name):
+        self.work, self.p, self.name = work, profile, name
+        self.berth_binary = berth_binary
+        self.mirrors = mirrors.all_mirrors(os.path.join(work, "mirrors"), berth_binary)
+        os.makedirs(os.path.join(work, "mirrors"))
+        self.tls = self._certificate()
+        self.berth_tls = mirrors.Berth(os.path.join(work, "mirrors"), berth_binary, tls=self.tls)
+        self.figures = {}   # row key -> mirror key -> [per-repetition value]
+        self.wrong = []     # answers with wrong bytes or errors (not cut-offs)
+        self.cut_off = []   # clients stopped by the deadline
+        self.upstream = None
+        self.large = None
+        self.small = []
+
+    # --- set-up ---------------------------------------------------------------
+
+    def _certificate(self):
+        d = os.path.join(self.work, "tls")
+        os.makedirs(d)
+        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", key, "-out", cert], check=True,
+                       stdin=subprocess.DEVNULL, capture_output=True)
+        return cert, key
+
+    def seed(self):
+        d = os.path.join(self.work, "upstream")
+        os.makedirs(d)
+        self.upstream = up.Upstream(d)
+        self.upstream.start()
+        layers = self.p["layers"]
+        log(f"seeding the upstream: {sum(layers) // MIB} MiB image "
+            f"({len(layers)} layers), {self.p['small_images']} small images")
+        files = os.path.join(self.work, "layers")
+        os.makedirs(files)
+        self.large, paths = up.push_large_image(self.upstream.port, files, layers)
+        # The first (largest) layer stays, for the loopback ceiling.
+        largest = self.large.layers[0][0]
+        for digest, path in paths.items():
+            if digest != largest:
+                os.remove(path)
+        self.ceiling_file = paths[largest]
+        self.small = up.push_small_images(self.upstream.port, self.p["small_images"])
+
+    def run(self):
+        self.seed()
+        self.ceiling = tools.loopback_ceiling(self.ceiling_file)
+        self.p["ceiling"] = self.ceiling
+        for rep in range(self.p["reps"]):
+            log(f"repetition {rep + 1} of {self.p['reps']}")
+            for mirror in self.mirrors:
+                self.cold_single_then_warm(mirror)
+            for mirror in self.mirrors:
+                self.cold_concurrent(mirror, throttled=False)
+            for mirror in self.mirrors:
+                self.cold_concurrent(mirror, throttled=True)
+            self.berth_over_tls()
+
+    def note(self, row, mirror, value):
+        self.figures.setdefault(row, {}).setdefault(mirror, []).append(value)
+
+    def check_results(self, what, results):
+        for r in results:
+            if r.get("timed_out"):
+                self.cut_off.append(f"{what}: {r['error']}")
+            elif not r.get("ok"):
+                self.wrong.append(f"{what}: {r.get('error')}")
+
+    # --- scenarios --------------------------------------------------------------
+
+    def cold_single_then_warm(self, mirror):
+        """Scenario 1 on a fresh mirror, then 3, 4 (and 6 for berth) on the
+        cache it filled."""
+        key = mirror.key
+        mirror.start(self.upstream.url)
+        try:
+            r = pull.pull_once(mirror.url, self.large.repo, self.large.tag, self.large.digest,
+                               deadline_s=self.p["deadline"] * 4)
+            self.check_results(f"{mirror.label} cold pull", [r])
+            if r["ok"]:
+                self.note("cold1", key, r["done"])
+            self.warm_manifests(mirror)
+            with procs.RssSampler(mirror.proc) as rss:
+                self.blob_throughput(mirror, key, "1.1")
+            self.note("rss_warm", key, rss.peak_mib)
+            self.manifest_load(mirror, key, "1.1")
+            if key == "berth":
+                self.blob_throughput(mirror, "berth-h2c", "h2c")
+                self.manifest_load(mirror, "berth-h2c", "h2c")
+        finally:
+            mirror.stop()
+
+    def cold_concurrent(self, mirror, throttled):
+        """Scenario 2: every client starts a pull of the large image at once
+        on a fresh mirror; peak RSS meanwhile (scenario 5)."""
+        n, key = self.p["clients"], mirror.key
+        relay = self.start_relay() if throttled else None
+        mirror.start(relay[1] if relay else self.upstream.url)
+        mark = self.upstream.log_mark()
+        try:
+            with procs.RssSampler(mirror.proc) as rss:
+                wall, results = pull.run_clients(n, mirror.url, self.large.repo, self.large.tag,
+                                                 self.large.digest, self.p["deadline"])
+        finally:
+            mirror.stop()
+            if relay:
+                relay[0].stop()
+        what = f"{mirror.label} {n} cold pulls" + (" throttled" if throttled else "")
+        self.check_results(what, results)
+        traffic = self.upstream.traffic_since(mark)
+        suffix = "_slow" if throttled else ""
+        self.note("cold_n_upstream" + suffix, key, traffic["bytes"] / self.large.size)
+        done = [r["done"] for r in results if r["ok"]]
+        self.note("cold_n_ok" + suffix, key, len(done) / n)
+        if len(done) == n:
+            self.note("cold_n" + suffix, key, wall)
+        if throttled:
+            ttfbs = [r["ttfb"] for r in results if r["ttfb"] is not None]
+            if ttfbs:
+                self.note("slow_ttfb_first", key, min(ttfbs))
+                self.note("slow_ttfb_last", key, max(ttfbs))
+                self.note("slow_ttfb_bound", key, max(ttfbs) / max(2 * min(ttfbs), 0.05))
+            if len(done) == n:
+                self.note("slow_done_vs_link", key, max(done) / (self.large.size / self.p["rate"]))
+        else:
+            self.note("rss_cold", key, rss.peak_mib)
+
+    def start_relay(self):
+        """The throttled uplink between a mirror and the upstream."""
+        port = procs.free_port()
+        stats = os.path.join(self.work, f"relay-{port}.json")
+        proc = procs.Proc("relay", [sys.executable, "-m", "berthbench.relay", "--port",
+                                    str(port), "--target-port", str(self.upstream.port),
+                                    "--rate", str(self.p["rate"]), "--stats", stats],
+                          log_path=os.path.join(self.work, "relay.log"), cwd=BENCH_DIR)
+        procs.wait_port(proc, port)
+        return proc, f"http://127.0.0.1:{port}"
+
+    def warm_manifests(self, mirror):
+        """Every small image's manifest by tag and by digest, and the large
+        image's blobs are already in: the mirror's cache is warm."""
+        puller = pull.Puller(mirror.url, time.monotonic() + 300, self.cafile(mirror))
+        for img in self.small:
+            for ref in (img.tag, img.digest):
+                puller.fetch(f"/v2/{img.repo}/manifests/{ref}", img.digest, None,
+                             headers={"Accept": ACCEPT})
+
+    def cafile(self, mirror):
+        return self.tls[0] if mirror.scheme == "https" else None
+
+    def blob_throughput(self, mirror, key, http):
+        """Scenario 3: every blob of the large image from the warm cache, by 1
+        client and by n at once (curl)."""
+        urls = [f"{mirror.url}/v2/{self.large.repo}/blobs/{d}" for d, _ in self.large.blobs]
+        for clients, row in ((1, "warm_blob_1"), (self.p["clients"], "warm_blob_n")):
+            r = tools.curl_throughput([urls] * clients, http=http, cafile=self.cafile(mirror))
+            expected = clients * sum(size for _, size in self.large.blobs)
+            if r["failures"] or r["bytes"] != expected:
+                self.wrong.append(f"{mirror.label} warm blobs over {http}: "
+                                  f"{r['bytes']} of {expected} bytes {r['failures'][:2]}")
+            else:
+                self.note(row, key, r["gibps"])
+
+    def manifest_load(self, mirror, key, http):
+        """Scenario 4: warm manifest GETs at 64 connections, by tag and by
+        digest."""
+        by = {"tag": [f"/v2/{i.repo}/manifests/{i.tag}" for i in self.small],
+              "digest": [f"/v2/{i.repo}/manifests/{i.digest}" for i in self.small]}
+        d = tempfile.mkdtemp(dir=self.work)
+        for kind, paths in by.items():
+            if http == "1.1":
+                r = tools.wrk(mirror.url, paths, ACCEPT, d, seconds=self.p["load_seconds"])
+            else:
+                r = tools.h2load(mirror.url, paths, ACCEPT, d, seconds=self.p["load_seconds"])
+            if "error" in r or r["errors"]:
+                self.wrong.append(f"{mirror.label} manifests by {kind} over {http}: "
+                                  f"{r.get('error') or r['error_detail']}")
+                continue
+            self.note(f"manifest_{kind}_rps", key, r["rps"])
+            self.note(f"manifest_{kind}_p99", key, r["p99_ms"])
+
+    def berth_over_tls(self):
+        """Scenario 6 over TLS (HTTP/2 by ALPN)."""
+        mirror = self.berth_tls
+        mirror.start(self.upstream.url)
+        try:
+            r = pull.pull_once(mirror.url, self.large.repo, self.large.tag, self.large.digest,
+                               deadline_s=self.p["deadline"] * 4, cafile=self.tls[0])
+            self.check_results("berth (TLS) cold pull", [r])
+            self.warm_manifests(mirror)
+            self.blob_throughput(mirror, "berth-tls", "h2")
+            self.manifest_load(mirror, "berth-tls", "h2")
+        finally:
+            mirror.stop()
+
+    # --- the report -------------------------------------------------------------
+
+    def report(self):
+        rows = [row.evaluate(self.figures, self.p) for row in ROWS]
+        rows = [r for r in rows if r]
+        berth_ok = all(v == 1.0 for v in self.figures.get("cold_n_ok", {}).get("berth", [0]))
+        return {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "profile": self.name,
+            "machine": machine(),
+            "content": {"large_image_bytes": self.large.size,
+                        "large_layers": self.p["layers"], "small_images": len(self.small),
+                        "clients": self.p["clients"], "repetitions": self.p["reps"],
+                        "throttle_bytes_per_s": self.p["rate"]},
+            "loopback_ceiling_gibps": self.ceiling,
+            "rows": rows,
+            "checks": {"digests_ok": not self.wrong and berth_ok,
+                       "wrong_answers": self.wrong, "cut_off_by_deadline": self.cut_off},
+        }
+
+
+def machine():
+    mem = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) / (1 << 20)
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cores": os.cpu_count(), "memory_gib": round(mem, 1), "cpu": cpu,
+            "kernel": platform.release()}
+
+
+PEERS = ("registry", "nginx")
+LABELS = {"berth": "berth", "registry": "distribution proxy", "nginx": "nginx cache",
+          "berth-h2c": "berth h2c", "berth-tls": "berth TLS (h2)"}
+
+
+class Row:
+    """One line of the table: a figure per mirror, berth's ratio to the best
+    peer, and the issue's target for it."""
+
+    def __init__(self, key, title, unit, higher_better, target=None, berth_key="berth"):
+        self.key, self.title, self.unit = key, title, unit
+        self.higher_better = higher_better
+        self.target = target
+        self.berth_key = berth_key
+
+    def evaluate(self, figures, profile):
+        per = figures.get(self.key)
+        if not per:
+            return None
+        values = {m: summary(v) for m, v in per.items()}
+        berth = values.get(self.berth_key)
+        peers = [values[p]["median"] for p in PEERS if p in values]
+        best = (max if self.higher_better else min)(peers) if peers else None
+        ratio = berth["median"] / best if berth and best else None
+        target, met = self.target(values, profile) if self.target and berth else ("", None)
+        return {"key": self.key, "title": self.title, "unit": self.unit,
+                "better": "higher" if self.higher_better else "lower", "values": values,
+                "berth_vs_best_peer": ratio, "target": target, "met": met}
+
+
+def summary(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "runs": values}
+
+
+def med(values, key):
+    return values[key]["median"] if key in values else None
+
+
+def at_most(limit_of, text):
+    def check(values, profile):
+        b, limit = med(values, "berth"), limit_of(values, profile)
+        return text, (b is not None and limit is not None and b <= limit)
+    return check
+
+
+def ratio_target(min_vs_registry, min_vs_nginx, key="berth"):
+    def check(values, _profile):
+        b, r, n = med(values, key), med(values, "registry"), med(values, "nginx")
+        ok = b is not None and (r is None or b >= min_vs_registry * r) and \
+            (n is None or b >= min_vs_nginx * n)
+        return f"≥ {min_vs_registry}× distribution, ≥ {min_vs_nginx}× nginx", ok
+    return check
+
+
+def blob_target(values, profile):
+    text, ok = ratio_target(1.5, 1.0)(values, profile)
+    within = med(values, "berth") >= 0.5 * profile["ceiling"]
+    return text + ", ≥ 0.5× loopback ceiling", ok and within
+
+
+def rows():
+    return [
+        Row("cold1", "1. cold pull, 1 client", "s", False),
+        Row("cold_n", "2. cold pull, N clients: wall", "s", False,
+            lambda v, p: ("≤ 0.5× distribution",
+                          med(v, "registry") is not None and med(v, "berth") <= 0.5 * med(v, "registry"))),
+        Row("cold_n_upstream", "2. cold pull, N clients: upstream bytes ÷ image size", "×", False,
+            at_most(lambda v, p: 1.001, "= 1.00")),
+        Row("cold_n_ok", "2. cold pull, N clients: share of clients with the right bytes", "", True,
+            lambda v, p: ("every client", med(v, "berth") == 1.0)),
+        Row("cold_n_slow", "2. throttled uplink, N clients: wall", "s", False),
+        Row("cold_n_upstream_slow", "2. throttled: upstream bytes ÷ image size", "×", False,
+            at_most(lambda v, p: 1.001, "= 1.00")),
+        Row("cold_n_ok_slow", "2. throttled: share of clients with the right bytes", "", True,
+            lambda v, p: ("every client", med(v, "berth") == 1.0)),
+        Row("slow_ttfb_first", "2. throttled: first client's time to first layer byte", "s", False),
+        Row("slow_ttfb_last", "2. throttled: last client's time to first layer byte", "s", False),
+        Row("slow_ttfb_bound", "2. throttled: last TTFB ÷ max(2× first TTFB, 50 ms)", "×", False,
+            at_most(lambda v, p: 1.0, "≤ 1.0")),
+        Row("slow_done_vs_link", "2. throttled: last completion ÷ (image size ÷ link rate)", "×",
+            False, at_most(lambda v, p: 1.1, "≤ 1.1")),
+        Row("warm_blob_1", "3. warm blobs, 1 client", "GiB/s", True, blob_target),
+        Row("warm_blob_n", "3. warm blobs, N clients", "GiB/s", True, blob_target),
+        Row("manifest_tag_rps", "4. warm manifests by tag, 64 connections", "req/s", True,
+            ratio_target(3, 1.0)),
+        Row("manifest_tag_p99", "4. warm manifests by tag: p99", "ms", False,
+            at_most(lambda v, p: 5.0, "< 5 ms")),
+        Row("manifest_digest_rps", "4. warm manifests by digest, 64 connections", "req/s", True,
+            ratio_target(3, 1.0)),
+        Row("manifest_digest_p99", "4. warm manifests by digest: p99", "ms", False,
+            at_most(lambda v, p: 5.0, "< 5 ms")),
+        Row("rss_cold", "5. peak RSS during scenario 2", "MiB", False,
+            lambda v, p: ("below distribution's",
+                          med(v, "registry") is not None and med(v, "berth") < med(v, "registry"))),
+        Row("rss_warm", "5. peak RSS during scenario 3", "MiB", False,
+            lambda v, p: ("below distribution's",
+                          med(v, "registry") is not None and med(v, "berth") < med(v, "registry"))),
+    ]
+
+
+ROWS = rows()
+
+
+def cell(value, unit):
+    if value is None:
+        return "–"
+    if unit == "req/s":
+        return f"{value:,.0f}"
+    if unit in ("MiB",):
+        return f"{value:.0f}"
+    if unit == "":
+        return f"{value:.2f}"
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def markdown(report):
+    """The table: median (min–max) per mirror, berth's ratio to the best peer."""
+    m = report["machine"]
+    columns = ["berth", "berth-h2c", "berth-tls", "registry", "nginx"]
+    lines = [
+        f"berth benchmark ({report['profile']} run), {report['date']}, "
+        f"{m['cores']} cores, {m['memory_gib']} GiB, {m['cpu']}, Linux {m['kernel']}",
+        "",
+        f"Large image {report['content']['large_image_bytes'] / MIB:.0f} MiB, "
+        f"{report['content']['small_images']} small images, N = "
+        f"{report['content']['clients']} clients, {report['content']['repetitions']} "
+        f"repetition(s): median (min–max). Throttled uplink "
+        f"{report['content']['throttle_bytes_per_s'] / MIB:.0f} MiB/s. Loopback ceiling "
+        f"(curl from a sendfile(2) sender, largest layer): "
+        f"{report['loopback_ceiling_gibps']:.2f} GiB/s.",
+        "",
+        "| scenario | unit | " + " | ".join(LABELS[c] for c in columns) +
+        " | berth ÷ best peer | target | met |",
+        "|---|---|" + "---|" * len(columns) + "---|---|---|",
+    ]
+    for row in report["rows"]:
+        cells = []
+        for c in columns:
+            v = row["values"].get(c)
+            if v is None:
+                cells.append("")
+            elif v["min"] == v["max"]:
+                cells.append(cell(v["median"], row["unit"]))
+            else:
+                cells.append(f"{cell(v['median'], row['unit'])} "
+                             f"({cell(v['min'], row['unit'])}–{cell(v['max'], row['unit'])})")
+        ratio = row["berth_vs_best_peer"]
+        arrow = "↑" if row["better"] == "higher" else "↓"
+        ratio = f"{ratio:.2f} {arrow}" if ratio is not None else ""
+        met = {True: "yes", False: "**no**", None: ""}[row["met"]]
+        lines.append(f"| {row['title']} | {row['unit']} | " + " | ".join(cells) +
+                     f" | {ratio} | {row['target']} | {met} |")
+    checks = report["checks"]
+    lines += ["", f"Every answer right: {'yes' if checks['digests_ok'] else 'NO'}"]
+    for w in checks["wrong_answers"][:10]:
+        lines.append(f"- wrong: {w}")
+    if checks["cut_off_by_deadline"]:
+        lines.append(f"Clients cut off by the deadline: {len(checks['cut_off_by_deadline'])} "
+                     f"(first: {checks['cut_off_by_deadline'][0]})")
+    return "\n".join(lines)
