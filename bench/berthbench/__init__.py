@@ -1,1 +1,1 @@
-"""berthbench: the benchmark harness behind bench/run (see bench/README.md)."""
+"""berthbench: the benchmark harness behind bench/run (see "Performance" in the README)."""
