@@ -16,7 +16,12 @@ fn the_quick_benchmark_runs_and_every_answer_is_right() {
     let json = dir.path().join("results.json");
     let repo = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(format!("{repo}/bench/run"))
-        .args(["--quick", "--berth", env!("CARGO_BIN_EXE_berth"), "--output"])
+        .args([
+            "--quick",
+            "--berth",
+            env!("CARGO_BIN_EXE_berth"),
+            "--output",
+        ])
         .arg(&json)
         .stdin(Stdio::null())
         .output()

@@ -150,10 +150,12 @@ class Bench:
         files = os.path.join(self.work, "layers")
         os.makedirs(files)
         self.large, paths = up.push_large_image(self.upstream.port, files, layers)
-        # The layer files stay: clients compare what they get with them,
-        # and the largest is the loopback ceiling's payload.
-        self.refdir = files
-        self.ceiling_file = paths[self.large.layers[0][0]]
+        # The largest layer stays, as the loopback ceiling's payload.
+        largest = self.large.layers[0][0]
+        for digest, path in paths.items():
+            if digest != largest:
+                os.remove(path)
+        self.ceiling_file = paths[largest]
         self.small = up.push_small_images(self.upstream.port, self.p["small_images"])
 
     def run(self):
@@ -189,7 +191,7 @@ class Bench:
         mirror.start(self.upstream.url)
         try:
             r = pull.pull_once(mirror.url, self.large.repo, self.large.tag, self.large.digest,
-                               deadline_s=self.p["deadline"] * 4, refdir=self.refdir)
+                               deadline_s=self.p["deadline"] * 4)
             self.check_results(f"{mirror.label} cold pull", [r])
             if r["ok"]:
                 self.note("cold1", key, r["done"])
@@ -219,7 +221,7 @@ class Bench:
                 deadline = max(30.0, 6 * self.large.size / self.p["rate"])
             with procs.RssSampler(mirror.proc) as rss:
                 wall, results = pull.run_clients(n, mirror.url, self.large.repo, self.large.tag,
-                                                 self.large.digest, deadline, self.refdir)
+                                                 self.large.digest, deadline)
         finally:
             mirror.stop()
             if relay:

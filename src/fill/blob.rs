@@ -282,9 +282,40 @@ impl BlobFills {
         let mut resp = upstream.blob(Method::GET, &target.repo, digest).await?;
         let total = announced_length(&resp);
         tx.send_replace(Progress::Streaming { written: 0, total });
-        let mut hasher = Hasher::new(digest.algorithm());
         let mut written = 0u64;
-        while let Some(first) = upstream.next_chunk(&mut resp).await? {
+        // A batch is written and hashed on a blocking thread while the next
+        // one arrives from upstream: receiving and hashing overlap instead
+        // of taking turns.
+        let mut hashing = Hashing::Idle(Box::new(Hasher::new(digest.algorithm())));
+        let hasher = loop {
+            let next = upstream.next_chunk(&mut resp).await?;
+            let hasher = match hashing {
+                Hashing::Idle(hasher) => *hasher,
+                Hashing::Busy(task, len) => {
+                    let (hasher, result) = task
+                        .await
+                        .map_err(|e| FillError::Io(std::io::Error::other(e)))?;
+                    match result {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                            let handover = Handover {
+                                written,
+                                total,
+                                hasher,
+                            };
+                            tx.send_replace(Progress::DiskFull(Arc::new(handover)));
+                            return Err(FillError::Io(e));
+                        }
+                        Err(e) => return Err(FillError::Io(e)),
+                    }
+                    written += len;
+                    tx.send_replace(Progress::Streaming { written, total });
+                    hasher
+                }
+            };
+            let Some(first) = next else {
+                break hasher;
+            };
             let batch = gather(first, &mut resp);
             if total.is_some_and(|t| written + batch.len() as u64 > t) {
                 return Err(FillError::Overlong {
@@ -293,22 +324,11 @@ impl BlobFills {
                 });
             }
             let len = batch.len() as u64;
-            hasher = match write_and_hash(temp.file().clone(), hasher, batch, written).await? {
-                (hasher, Ok(())) => hasher,
-                (hasher, Err(e)) if e.kind() == std::io::ErrorKind::StorageFull => {
-                    let handover = Handover {
-                        written,
-                        total,
-                        hasher,
-                    };
-                    tx.send_replace(Progress::DiskFull(Arc::new(handover)));
-                    return Err(FillError::Io(e));
-                }
-                (_, Err(e)) => return Err(FillError::Io(e)),
-            };
-            written += len;
-            tx.send_replace(Progress::Streaming { written, total });
-        }
+            hashing = Hashing::Busy(
+                write_and_hash(temp.file().clone(), hasher, batch, written),
+                len,
+            );
+        };
         if let Some(expected) = total.filter(|t| written < *t) {
             return Err(FillError::Truncated {
                 upstream: upstream.name().to_owned(),
@@ -381,12 +401,12 @@ fn gather(first: Bytes, resp: &mut reqwest::Response) -> Bytes {
 /// Hashing and writing are blocking work; both happen off the runtime. The
 /// batch is hashed only once it is written, so that the hash state always
 /// covers exactly the bytes in the file (a hand-over resumes from there).
-async fn write_and_hash(
+fn write_and_hash(
     file: Arc<std::fs::File>,
     mut hasher: Hasher,
     batch: Bytes,
     offset: u64,
-) -> Result<(Hasher, std::io::Result<()>), FillError> {
+) -> WriteTask {
     tokio::task::spawn_blocking(move || {
         let written = std::os::unix::fs::FileExt::write_all_at(&*file, &batch, offset);
         if written.is_ok() {
@@ -394,8 +414,17 @@ async fn write_and_hash(
         }
         (hasher, written)
     })
-    .await
-    .map_err(|e| FillError::Io(std::io::Error::other(e)))
+}
+
+/// A batch being written and hashed: the hash state after it, and how the
+/// write went.
+type WriteTask = tokio::task::JoinHandle<(Hasher, std::io::Result<()>)>;
+
+/// The fill's hash state: in hand, or with the batch being written (of
+/// that many bytes).
+enum Hashing {
+    Idle(Box<Hasher>),
+    Busy(WriteTask, u64),
 }
 
 fn is_disk_full(e: &StoreError) -> bool {
