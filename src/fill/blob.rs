@@ -63,6 +63,12 @@ impl BlobFill {
         while rx.changed().await.is_ok() {}
     }
 
+    /// Whether every byte is in the temp file and matched the digest (the
+    /// fill may still be committing it).
+    pub fn is_verified(&self) -> bool {
+        matches!(*self.progress.borrow(), Progress::Done { .. })
+    }
+
     /// A reader from `start` to `end` (exclusive), following the transfer.
     pub fn reader(&self, start: u64, end: Option<u64>) -> BlobReader {
         let resume = Resume {

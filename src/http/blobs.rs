@@ -43,13 +43,21 @@ pub async fn get(
     if head {
         return head_uncached(app, target, digest).await;
     }
-    app.record("blob", false);
     let source = app
         .blobs()
         .fetch(target, digest)
         .await
-        .map_err(|e| ApiError::from_fill(&e, ContentKind::Blob))?;
-    match source {
+        .map_err(|e| ApiError::from_fill(&e, ContentKind::Blob));
+    // A fill whose bytes are all in and verified (it is only committing)
+    // serves this request from disk like the store would: a hit. Failed
+    // lookups count as misses too.
+    let hit = match &source {
+        Ok(BlobSource::Cached(_)) => true,
+        Ok(BlobSource::Filling(fill)) => fill.is_verified(),
+        Err(_) => false,
+    };
+    app.record("blob", hit);
+    match source? {
         BlobSource::Cached(content) => {
             if !linked {
                 confirm(app, target, digest).await?;
