@@ -22,6 +22,7 @@ pub mod error;
 pub mod fill;
 pub mod graph;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod progress;
 pub mod reference;

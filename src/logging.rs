@@ -1,0 +1,235 @@
+//! Where log lines go: an in-memory buffer that a thread of its own writes
+//! to stderr in batches.
+//!
+//! A server that logs a line per request must not pay a syscall, or a
+//! thread wake-up, per line on the worker that answers the request. Handing
+//! each line over a channel to a writer thread (tracing-appender's
+//! non-blocking writer) still woke that thread once per line: by `perf`, the
+//! futex wakes and context switches were the largest cost berth controls on
+//! a warm manifest GET. Here a line is appended to a buffer under a short
+//! lock; the writer, woken by the first line of a batch, waits
+//! [`FLUSH_EVERY`] (or until [`BATCH`] bytes are waiting) and writes them
+//! all at once: at most two wake-ups per batch, whatever the request rate.
+//!
+//! Lines are never dropped: when the writer falls [`MAX_PENDING`] bytes
+//! behind, loggers wait for it. Dropping the [`Guard`] writes what is left;
+//! only a process killed outright (SIGKILL) loses the last lines.
+
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// The longest a line waits in memory.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Waiting bytes that wake the writer before its timer.
+pub const BATCH: usize = 64 * 1024;
+/// Waiting bytes past which loggers wait for the writer.
+pub const MAX_PENDING: usize = 8 * 1024 * 1024;
+
+struct Pending {
+    bytes: Vec<u8>,
+    closing: bool,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Wakes the writer: a batch is ready, or the guard is closing.
+    ready: Condvar,
+    /// Wakes loggers waiting for room.
+    drained: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A logger that panicked mid-append leaves bytes, not broken state.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The writer the `tracing` subscriber formats into (one `write` per line).
+#[derive(Clone)]
+pub struct Batched {
+    shared: Arc<Shared>,
+}
+
+/// Writes what is still buffered when dropped, and stops the writer thread.
+pub struct Guard {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Starts the writer thread over `out`.
+pub fn batched(out: impl Write + Send + 'static) -> std::io::Result<(Batched, Guard)> {
+    let shared = Arc::new(Shared {
+        pending: Mutex::new(Pending {
+            bytes: Vec::with_capacity(BATCH),
+            closing: false,
+        }),
+        ready: Condvar::new(),
+        drained: Condvar::new(),
+    });
+    let writer = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("berth-log".into())
+        .spawn(move || write_batches(&writer, out))?;
+    Ok((
+        Batched {
+            shared: shared.clone(),
+        },
+        Guard {
+            shared,
+            thread: Some(thread),
+        },
+    ))
+}
+
+fn write_batches(shared: &Shared, mut out: impl Write) {
+    let mut spare = Vec::with_capacity(BATCH);
+    loop {
+        let closing = {
+            let mut pending = shared.lock();
+            // Idle: sleep until the first line (no timer ticks meanwhile).
+            while pending.bytes.is_empty() && !pending.closing {
+                pending = shared
+                    .ready
+                    .wait(pending)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            // Then give the batch until its timer, or until it is full.
+            if pending.bytes.len() < BATCH && !pending.closing {
+                pending = shared
+                    .ready
+                    .wait_timeout(pending, FLUSH_EVERY)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            std::mem::swap(&mut pending.bytes, &mut spare);
+            shared.drained.notify_all();
+            pending.closing
+        };
+        if !spare.is_empty() {
+            // Nowhere to report a failing stderr; the lines are lost, the
+            // server goes on.
+            let _ = out.write_all(&spare).and_then(|()| out.flush());
+            spare.clear();
+        }
+        if closing && shared.lock().bytes.is_empty() {
+            return;
+        }
+    }
+}
+
+impl Batched {
+    fn append(&self, line: &[u8]) {
+        let mut pending = self.shared.lock();
+        while pending.bytes.len() >= MAX_PENDING && !pending.closing {
+            pending = self
+                .shared
+                .drained
+                .wait(pending)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        let first = pending.bytes.is_empty();
+        pending.bytes.extend_from_slice(line);
+        // The writer sleeps until a first line starts a batch, and is woken
+        // again only if the batch fills before its timer.
+        if first || pending.bytes.len() >= BATCH {
+            self.shared.ready.notify_one();
+        }
+    }
+}
+
+impl Write for &Batched {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.append(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Batched {
+    type Writer = &'a Batched;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.ready.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Write` whose bytes the test can read.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("sink").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_line_is_written_in_order_by_the_time_the_guard_is_dropped() {
+        let sink = Sink::default();
+        let (writer, guard) = batched(sink.clone()).expect("start");
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000 {
+                        (&writer)
+                            .write_all(format!("{t} {i}\n").as_bytes())
+                            .expect("write");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("logger");
+        }
+        drop(guard);
+        let text = String::from_utf8(sink.0.lock().expect("sink").clone()).expect("utf-8");
+        let mut next = [0usize; 4];
+        for line in text.lines() {
+            let (t, i) = line.split_once(' ').expect("a line");
+            let (t, i): (usize, usize) = (t.parse().expect("t"), i.parse().expect("i"));
+            assert_eq!(i, next[t], "thread {t}'s lines out of order or missing");
+            next[t] += 1;
+        }
+        assert_eq!(next, [20_000; 4]);
+    }
+
+    #[test]
+    fn a_lone_line_is_written_within_the_flush_interval() {
+        let sink = Sink::default();
+        let (writer, _guard) = batched(sink.clone()).expect("start");
+        (&writer).write_all(b"one line\n").expect("write");
+        let deadline = std::time::Instant::now() + FLUSH_EVERY * 40;
+        while sink.0.lock().expect("sink").is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(&sink.0.lock().expect("sink")[..], b"one line\n");
+    }
+}
