@@ -6,12 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-// Many small, short-lived allocations per request (header maps, body
-// frames, log lines) from two or more worker threads: mimalloc's per-thread
-// free lists cost about half what glibc's malloc did on a warm manifest GET.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for a configuration error (EX_USAGE / EX_CONFIG family, as sysexits.h).
 const EXIT_CONFIG: u8 = 64;
 
