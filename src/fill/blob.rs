@@ -63,12 +63,6 @@ impl BlobFill {
         while rx.changed().await.is_ok() {}
     }
 
-    /// Whether every byte is in the temp file and matched the digest (the
-    /// fill may still be committing it).
-    pub fn is_verified(&self) -> bool {
-        matches!(*self.progress.borrow(), Progress::Done { .. })
-    }
-
     /// A reader from `start` to `end` (exclusive), following the transfer.
     pub fn reader(&self, start: u64, end: Option<u64>) -> BlobReader {
         let resume = Resume {
@@ -91,6 +85,20 @@ pub enum BlobSource {
     Cached(BlobContent),
     /// Being fetched; read it as it arrives.
     Filling(Arc<BlobFill>),
+}
+
+impl BlobSource {
+    /// Whether the bytes are all here and verified: committed, or in the
+    /// temp file of a fill that is only committing them. Either way the
+    /// request is answered from disk, a cache hit.
+    pub fn is_verified(&self) -> bool {
+        match self {
+            BlobSource::Cached(_) => true,
+            BlobSource::Filling(fill) => {
+                matches!(*fill.progress.borrow(), Progress::Done { .. })
+            }
+        }
+    }
 }
 
 /// The table of running blob fills, keyed by digest.

@@ -48,15 +48,8 @@ pub async fn get(
         .fetch(target, digest)
         .await
         .map_err(|e| ApiError::from_fill(&e, ContentKind::Blob));
-    // A fill whose bytes are all in and verified (it is only committing)
-    // serves this request from disk like the store would: a hit. Failed
-    // lookups count as misses too.
-    let hit = match &source {
-        Ok(BlobSource::Cached(_)) => true,
-        Ok(BlobSource::Filling(fill)) => fill.is_verified(),
-        Err(_) => false,
-    };
-    app.record("blob", hit);
+    // A failed lookup counts as a miss.
+    app.record("blob", source.as_ref().is_ok_and(BlobSource::is_verified));
     match source? {
         BlobSource::Cached(content) => {
             if !linked {
