@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::FutureExt;
 use http::Method;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::passthrough::{Handover, Resume};
-use super::reader::{BlobReader, Progress};
+use super::reader::{BlobReader, Progress, Recent};
 use super::FillError;
 use crate::digest::{Digest, Hasher};
 use crate::metrics::{KindLabels, Metrics};
@@ -22,6 +22,8 @@ use crate::upstream::routing::Target;
 
 /// Upstream chunks are gathered up to this size before one write to disk.
 const WRITE_BATCH: usize = 1024 * 1024;
+/// And up to this many (one `pwritev`, well below `IOV_MAX`).
+const WRITE_BATCH_CHUNKS: usize = 256;
 
 /// A blob fill in progress.
 pub struct BlobFill {
@@ -295,7 +297,12 @@ impl BlobFills {
         let upstream = &target.upstream;
         let mut resp = upstream.blob(Method::GET, &target.repo, digest).await?;
         let total = announced_length(&resp);
-        tx.send_replace(Progress::Streaming { written: 0, total });
+        let mut recent = Recent::default();
+        tx.send_replace(Progress::Streaming {
+            written: 0,
+            total,
+            recent: recent.clone(),
+        });
         let mut written = 0u64;
         // A batch is written and hashed on a blocking thread while the next
         // one arrives from upstream: receiving and hashing overlap instead
@@ -306,7 +313,7 @@ impl BlobFills {
             let hasher = match hashing {
                 Hashing::Idle(hasher) => *hasher,
                 Hashing::Busy(task, len) => {
-                    let (hasher, result) = task
+                    let (hasher, result, batch) = task
                         .await
                         .map_err(|e| FillError::Io(std::io::Error::other(e)))?;
                     match result {
@@ -322,8 +329,13 @@ impl BlobFills {
                         }
                         Err(e) => return Err(FillError::Io(e)),
                     }
+                    recent = recent.then(written, &batch);
                     written += len;
-                    tx.send_replace(Progress::Streaming { written, total });
+                    tx.send_replace(Progress::Streaming {
+                        written,
+                        total,
+                        recent: recent.clone(),
+                    });
                     hasher
                 }
             };
@@ -331,13 +343,13 @@ impl BlobFills {
                 break hasher;
             };
             let batch = gather(first, &mut resp);
-            if total.is_some_and(|t| written + batch.len() as u64 > t) {
+            let len: u64 = batch.iter().map(|chunk| chunk.len() as u64).sum();
+            if total.is_some_and(|t| written + len > t) {
                 return Err(FillError::Overlong {
                     upstream: upstream.name().to_owned(),
                     expected: total.unwrap_or(0),
                 });
             }
-            let len = batch.len() as u64;
             hashing = Hashing::Busy(
                 write_and_hash(temp.file().clone(), hasher, batch, written),
                 len,
@@ -399,17 +411,23 @@ impl BlobFills {
 }
 
 /// Adds whatever further chunks have already arrived, without waiting, so
-/// that a fast upstream gets large writes and a slow one prompt ones.
-fn gather(first: Bytes, resp: &mut reqwest::Response) -> Bytes {
-    let mut batch = BytesMut::from(&first[..]);
-    while batch.len() < WRITE_BATCH {
+/// that a fast upstream gets large writes and a slow one prompt ones. The
+/// chunks are kept as they came (no copy): one vectored write takes them,
+/// and readers at the live edge share them.
+fn gather(first: Bytes, resp: &mut reqwest::Response) -> Vec<Bytes> {
+    let mut size = first.len();
+    let mut batch = vec![first];
+    while size < WRITE_BATCH && batch.len() < WRITE_BATCH_CHUNKS {
         match resp.chunk().now_or_never() {
-            Some(Ok(Some(more))) => batch.extend_from_slice(&more),
+            Some(Ok(Some(more))) => {
+                size += more.len();
+                batch.push(more);
+            }
             // Pending, the end, or an error: the next `next_chunk` sees it.
             _ => break,
         }
     }
-    batch.freeze()
+    batch
 }
 
 /// Hashing and writing are blocking work; both happen off the runtime. The
@@ -418,21 +436,48 @@ fn gather(first: Bytes, resp: &mut reqwest::Response) -> Bytes {
 fn write_and_hash(
     file: Arc<std::fs::File>,
     mut hasher: Hasher,
-    batch: Bytes,
+    batch: Vec<Bytes>,
     offset: u64,
 ) -> WriteTask {
     tokio::task::spawn_blocking(move || {
-        let written = std::os::unix::fs::FileExt::write_all_at(&*file, &batch, offset);
+        let written = write_all_vectored_at(&file, &batch, offset);
         if written.is_ok() {
-            hasher.update(&batch);
+            for chunk in &batch {
+                hasher.update(chunk);
+            }
         }
-        (hasher, written)
+        (hasher, written, batch)
     })
 }
 
-/// A batch being written and hashed: the hash state after it, and how the
-/// write went.
-type WriteTask = tokio::task::JoinHandle<(Hasher, std::io::Result<()>)>;
+/// `pwritev` until every chunk is in the file at `offset`.
+fn write_all_vectored_at(
+    file: &std::fs::File,
+    chunks: &[Bytes],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> =
+        chunks.iter().map(|c| std::io::IoSlice::new(c)).collect();
+    let mut rest = &mut slices[..];
+    // Drops empty chunks at the front: a write of nothing returns 0.
+    std::io::IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match rustix::io::pwritev(file, rest, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                offset += n as u64;
+                std::io::IoSlice::advance_slices(&mut rest, n);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A batch being written and hashed: the hash state after it, how the
+/// write went, and the batch itself (for the readers' recent window).
+type WriteTask = tokio::task::JoinHandle<(Hasher, std::io::Result<()>, Vec<Bytes>)>;
 
 /// The fill's hash state: in hand, or with the batch being written (of
 /// that many bytes).

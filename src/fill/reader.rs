@@ -8,6 +8,10 @@
 //! a client can never receive a complete body of wrong bytes: on failure the
 //! stream ends in an error and the connection is cut short.
 //!
+//! A reader at the live edge takes its bytes from the fill's recent batches
+//! in memory (`Recent`) instead of reading back what was just written: the
+//! same bytes, published at the same moment, without a copy per reader.
+//!
 //! When the fill stops because the disk is full, the reader sends what the
 //! file holds and fetches the rest itself (`passthrough`), still verified.
 
@@ -25,15 +29,74 @@ use super::FillError;
 /// How much a reader reads from disk at a time.
 const READ_CHUNK: u64 = 512 * 1024;
 
+/// How many of a fill's latest bytes stay in memory for readers at the live
+/// edge; a reader further behind reads the file.
+const RECENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The latest chunks a fill wrote (and hashed), with their offsets: what a
+/// reader that keeps up with the transfer takes without touching the file.
+#[derive(Clone, Default)]
+pub struct Recent {
+    chunks: Arc<[(u64, Bytes)]>,
+}
+
+impl Recent {
+    /// This window with `batch`, written at `offset`, added at the end; the
+    /// oldest chunks leave once more than `RECENT_BYTES` would be kept
+    /// (the newest batch always stays whole).
+    pub fn then(&self, offset: u64, batch: &[Bytes]) -> Recent {
+        let mut kept: usize = batch.iter().map(Bytes::len).sum();
+        let older = self.chunks.iter().rev().take_while(|(_, chunk)| {
+            kept += chunk.len();
+            kept <= RECENT_BYTES
+        });
+        let mut chunks: Vec<(u64, Bytes)> = older.cloned().collect();
+        chunks.reverse();
+        let mut at = offset;
+        for chunk in batch.iter().filter(|c| !c.is_empty()) {
+            chunks.push((at, chunk.clone()));
+            at += chunk.len() as u64;
+        }
+        Recent {
+            chunks: chunks.into(),
+        }
+    }
+
+    /// The bytes from `pos` up to `limit` (exclusive) that one chunk of the
+    /// window holds, or `None` when `pos` is not in it.
+    fn get(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        let i = self.chunks.partition_point(|(offset, _)| *offset <= pos);
+        let (offset, chunk) = self.chunks.get(i.checked_sub(1)?)?;
+        let from = usize::try_from(pos - offset).ok()?;
+        let to = usize::try_from(limit.saturating_sub(*offset))
+            .ok()?
+            .min(chunk.len());
+        (from < to).then(|| chunk.slice(from..to))
+    }
+}
+
+impl std::fmt::Debug for Recent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.chunks.first(), self.chunks.last()) {
+            (Some((start, _)), Some((at, last))) => {
+                write!(f, "Recent({start}..{})", at + last.len() as u64)
+            }
+            _ => f.write_str("Recent(empty)"),
+        }
+    }
+}
+
 /// A fill's progress, published to its readers.
 #[derive(Debug, Clone)]
 pub enum Progress {
     /// Waiting for the upstream's response headers.
     Connecting,
-    /// `written` bytes are durably in the file; `total` is what the upstream announced.
+    /// `written` bytes are in the file and hashed; `total` is what the
+    /// upstream announced; `recent` holds the latest of them in memory.
     Streaming {
         written: u64,
         total: Option<u64>,
+        recent: Recent,
     },
     /// Every byte is in the file and matched the digest (committing it to
     /// the store may still be under way).
@@ -95,10 +158,12 @@ impl BlobReader {
     pub async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
         loop {
             let progress = self.progress.borrow_and_update().clone();
-            let (available, finished) = match progress {
-                Progress::Connecting => (0, false),
-                Progress::Streaming { written, .. } => (written, false),
-                Progress::Done { size } => (size, true),
+            let (available, finished, recent) = match progress {
+                Progress::Connecting => (0, false, None),
+                Progress::Streaming {
+                    written, recent, ..
+                } => (written, false, Some(recent)),
+                Progress::Done { size } => (size, true, None),
                 Progress::Failed(e) => return Some(Err(io::Error::other(e.to_string()))),
                 Progress::DiskFull(handover) => return self.next_handed_over(&handover).await,
             };
@@ -108,6 +173,10 @@ impl BlobReader {
                 limit = limit.saturating_sub(1);
             }
             if self.pos < limit {
+                if let Some(bytes) = recent.and_then(|r| r.get(self.pos, limit)) {
+                    self.pos += bytes.len() as u64;
+                    return Some(Ok(bytes));
+                }
                 return Some(self.read(limit).await);
             }
             if finished {
@@ -286,6 +355,7 @@ mod tests {
         tx.send_replace(Progress::Streaming {
             written: 4,
             total: Some(4),
+            recent: Recent::default(),
         });
         assert_eq!(
             &r.next_chunk().await.expect("chunk").expect("ok")[..],
@@ -302,11 +372,57 @@ mod tests {
         assert!(r.next_chunk().await.is_none());
     }
 
+    #[test]
+    fn the_recent_window_keeps_the_latest_bytes_and_slices_them() {
+        let one = Recent::default().then(0, &[Bytes::from_static(b"abc"), Bytes::new()]);
+        let two = one.then(3, &[Bytes::from_static(b"de"), Bytes::from_static(b"fgh")]);
+        assert_eq!(two.get(0, 8).as_deref(), Some(&b"abc"[..]));
+        assert_eq!(two.get(1, 2).as_deref(), Some(&b"b"[..]));
+        assert_eq!(two.get(4, 8).as_deref(), Some(&b"e"[..]));
+        assert_eq!(two.get(6, 7).as_deref(), Some(&b"g"[..]));
+        assert_eq!(two.get(8, 9), None, "past the window");
+        assert_eq!(two.get(5, 5), None, "an empty span");
+        let big = Bytes::from(vec![7u8; RECENT_BYTES]);
+        let three = two.then(8, std::slice::from_ref(&big));
+        assert_eq!(three.get(0, 8), None, "the older chunks left");
+        assert_eq!(
+            three.get(8, 9).as_deref(),
+            Some(&[7u8][..]),
+            "a batch stays whole"
+        );
+        let end = 8 + big.len() as u64;
+        let four = three.then(end, &[Bytes::from_static(b"z")]);
+        assert_eq!(four.get(8, 9), None, "over the budget");
+        assert_eq!(four.get(end, end + 1).as_deref(), Some(&b"z"[..]));
+        assert_eq!(format!("{four:?}"), format!("Recent({end}..{})", end + 1));
+        assert_eq!(format!("{:?}", Recent::default()), "Recent(empty)");
+    }
+
+    #[tokio::test]
+    async fn a_reader_at_the_live_edge_takes_the_bytes_from_memory() {
+        // The file holds other bytes than the window: what the reader
+        // returns shows where it read from.
+        let file = file_with(b"ABCDEF");
+        let recent = Recent::default().then(2, &[Bytes::from_static(b"cdef")]);
+        let (_tx, rx) = watch::channel(Progress::Streaming {
+            written: 6,
+            total: Some(8),
+            recent,
+        });
+        let mut r = BlobReader::following(Some(file), rx, 0, Some(8), None);
+        let first = r.next_chunk().await.expect("chunk").expect("ok");
+        assert_eq!(&first[..], b"ABCDEF", "behind the window: from the file");
+        let mut r = BlobReader::following(r.file.clone(), r.progress.clone(), 3, Some(8), None);
+        let live = r.next_chunk().await.expect("chunk").expect("ok");
+        assert_eq!(&live[..], b"def", "at the live edge: from memory");
+    }
+
     #[tokio::test]
     async fn an_empty_body_ends_only_once_verified() {
         let (tx, rx) = watch::channel(Progress::Streaming {
             written: 0,
             total: Some(0),
+            recent: Recent::default(),
         });
         let mut r = BlobReader::following(Some(file_with(b"")), rx, 0, Some(0), None);
         let waiter = tokio::spawn(async move { r.next_chunk().await.map(|c| c.is_ok()) });
@@ -324,6 +440,7 @@ mod tests {
         let (tx, rx) = watch::channel(Progress::Streaming {
             written: 4,
             total: Some(4),
+            recent: Recent::default(),
         });
         let r = BlobReader::following(Some(file), rx, 0, Some(4), None);
         tx.send_replace(Progress::Failed(Arc::new(FillError::Io(io::Error::other(
