@@ -59,6 +59,7 @@ fn the_quick_benchmark_runs_and_every_answer_is_right() {
     // Every scenario produced a figure for berth.
     for key in [
         "cold1",
+        "cold1_cpu",
         "cold_n",
         "cold_n_slow",
         "warm_blob_1",

@@ -78,6 +78,20 @@ class Proc:
                 pids.append(int(entry))
         return pids
 
+    def cpu_seconds(self):
+        """User and system CPU time the whole group has used so far."""
+        ticks = 0
+        for pid in self.group_pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            # Fields 14 and 15 (utime, stime), counted from 1.
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def rss_kib(self):
         """Resident memory of the whole group, KiB (sum of VmRSS)."""
         return sum(_status_kib(pid, "VmRSS") for pid in self.group_pids())
