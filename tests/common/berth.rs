@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 
 /// Long enough for any drain in these tests; only a guard against a hang.
 const STOP_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a start may take to open the store, and a stop to let go of it.
+const LOCK_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct Berth {
     data_dir: TempDir,
@@ -49,7 +51,7 @@ impl Berth {
             addr,
             running: None,
         };
-        berth.launch(listener);
+        berth.launch(listener).await;
         berth
     }
 
@@ -89,6 +91,18 @@ impl Berth {
             Ok(Ok(Err(e))) => panic!("berth::run returned an error: {e}"),
             Ok(Ok(Ok(()))) => {}
         }
+        // sled lets go of the data directory's lock a moment after `run`
+        // returns; a test that hands the directory to the `berth` binary
+        // next (warm, import, check) must not find it still held.
+        let until = tokio::time::Instant::now() + LOCK_DEADLINE;
+        while ::berth::store::ensure_free(self.data_dir.path()).is_err() {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "berth still holds {} {LOCK_DEADLINE:?} after it stopped",
+                self.data_dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stop, then start again on the same address and data directory.
@@ -97,7 +111,7 @@ impl Berth {
         let listener = TcpListener::bind(self.addr)
             .await
             .unwrap_or_else(|e| panic!("rebind berth's address {}: {e}", self.addr));
-        self.launch(listener);
+        self.launch(listener).await;
     }
 
     /// Stop, then start again on the same address and data directory with
@@ -110,10 +124,14 @@ impl Berth {
         let listener = TcpListener::bind(self.addr)
             .await
             .unwrap_or_else(|e| panic!("rebind berth's address {}: {e}", self.addr));
-        self.launch(listener);
+        self.launch(listener).await;
     }
 
-    fn launch(&mut self, listener: TcpListener) {
+    /// Runs berth on `listener` and returns once it holds its data
+    /// directory (or `run` ended early, which `stop` reports). Requests
+    /// would wait in the listener's backlog anyway, but a test that runs
+    /// the `berth` binary next (expecting "in use") must not be first.
+    async fn launch(&mut self, listener: TcpListener) {
         let config = ::berth::Config::from_toml(&self.config)
             .unwrap_or_else(|e| panic!("berth rejected the test config: {e}\n{}", self.config));
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -121,6 +139,13 @@ impl Berth {
             // A dropped sender (the test ended) is a shutdown too.
             let _ = signal.await;
         }));
+        let until = tokio::time::Instant::now() + LOCK_DEADLINE;
+        while ::berth::store::ensure_free(self.data_dir.path()).is_ok()
+            && !task.is_finished()
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         self.running = Some(Running { shutdown, task });
     }
 }
