@@ -65,16 +65,9 @@ class Proc:
         workers)."""
         pids = []
         for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            # Field 5 (pgrp) follows the ")" that closes the command name.
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) == self.pid:
+            fields = _stat_fields(entry) if entry.isdigit() else None
+            # Field 5 of stat(5), pgrp, is the third after the name.
+            if fields and int(fields[2]) == self.pid:
                 pids.append(int(entry))
         return pids
 
@@ -82,14 +75,10 @@ class Proc:
         """User and system CPU time the whole group has used so far."""
         ticks = 0
         for pid in self.group_pids():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            # Fields 14 and 15 (utime, stime), counted from 1.
-            ticks += int(fields[11]) + int(fields[12])
+            fields = _stat_fields(pid)
+            # Fields 14 and 15 of stat(5): utime and stime.
+            if fields:
+                ticks += int(fields[11]) + int(fields[12])
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def rss_kib(self):
@@ -102,6 +91,18 @@ class Proc:
                 return "".join(f.readlines()[-lines:])
         except OSError:
             return ""
+
+
+def _stat_fields(pid):
+    """/proc/<pid>/stat after the command name (field 3 onwards), or None
+    for a process that is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The name may hold spaces and parentheses: it ends at the last ")".
+    return stat[stat.rindex(")") + 2:].split()
 
 
 def _status_kib(pid, field):
