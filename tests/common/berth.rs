@@ -95,7 +95,10 @@ impl Berth {
         // returns; a test that hands the directory to the `berth` binary
         // next (warm, import, check) must not find it still held.
         let until = tokio::time::Instant::now() + LOCK_DEADLINE;
-        while ::berth::store::ensure_free(self.data_dir.path()).is_err() {
+        while matches!(
+            ::berth::store::ensure_free(self.data_dir.path()),
+            Err(::berth::store::StoreError::InUse { .. })
+        ) {
             assert!(
                 tokio::time::Instant::now() < until,
                 "berth still holds {} {LOCK_DEADLINE:?} after it stopped",
