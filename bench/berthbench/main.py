@@ -291,7 +291,7 @@ class Bench:
             expected = clients * sum(size for _, size in self.large.blobs)
             if r["failures"] or r["bytes"] != expected:
                 self.failed(mirror, f"{mirror.label} warm blobs over {http}: "
-                                  f"{r['bytes']} of {expected} bytes {r['failures'][:2]}")
+                                    f"{r['bytes']} of {expected} bytes {r['failures'][:2]}")
             else:
                 self.note(row, key, r["gibps"])
 
@@ -308,7 +308,7 @@ class Bench:
                 r = tools.h2load(mirror.url, paths, ACCEPT, d, seconds=self.p["load_seconds"])
             if "error" in r or r["errors"]:
                 self.failed(mirror, f"{mirror.label} manifests by {kind} over {http}: "
-                                  f"{r.get('error') or r['error_detail']}")
+                                    f"{r.get('error') or r['error_detail']}")
                 continue
             self.note(f"manifest_{kind}_rps", key, r["rps"])
             self.note(f"manifest_{kind}_p99", key, r["p99_ms"])
