@@ -312,7 +312,7 @@ impl BlobFills {
             let next = upstream.next_chunk(&mut resp).await?;
             let hasher = match hashing {
                 Hashing::Idle(hasher) => *hasher,
-                Hashing::Busy(task, len) => {
+                Hashing::Busy(task) => {
                     let (hasher, result, batch) = task
                         .await
                         .map_err(|e| FillError::Io(std::io::Error::other(e)))?;
@@ -330,7 +330,7 @@ impl BlobFills {
                         Err(e) => return Err(FillError::Io(e)),
                     }
                     recent = recent.then(written, &batch);
-                    written += len;
+                    written += batch_len(&batch);
                     tx.send_replace(Progress::Streaming {
                         written,
                         total,
@@ -343,17 +343,13 @@ impl BlobFills {
                 break hasher;
             };
             let batch = gather(first, &mut resp);
-            let len: u64 = batch.iter().map(|chunk| chunk.len() as u64).sum();
-            if total.is_some_and(|t| written + len > t) {
+            if total.is_some_and(|t| written + batch_len(&batch) > t) {
                 return Err(FillError::Overlong {
                     upstream: upstream.name().to_owned(),
                     expected: total.unwrap_or(0),
                 });
             }
-            hashing = Hashing::Busy(
-                write_and_hash(temp.file().clone(), hasher, batch, written),
-                len,
-            );
+            hashing = Hashing::Busy(write_and_hash(temp.file().clone(), hasher, batch, written));
         };
         if let Some(expected) = total.filter(|t| written < *t) {
             return Err(FillError::Truncated {
@@ -479,11 +475,14 @@ fn write_all_vectored_at(
 /// write went, and the batch itself (for the readers' recent window).
 type WriteTask = tokio::task::JoinHandle<(Hasher, std::io::Result<()>, Vec<Bytes>)>;
 
-/// The fill's hash state: in hand, or with the batch being written (of
-/// that many bytes).
+/// The fill's hash state: in hand, or with the batch being written.
 enum Hashing {
     Idle(Box<Hasher>),
-    Busy(WriteTask, u64),
+    Busy(WriteTask),
+}
+
+fn batch_len(batch: &[Bytes]) -> u64 {
+    batch.iter().map(|chunk| chunk.len() as u64).sum()
 }
 
 fn is_disk_full(e: &StoreError) -> bool {

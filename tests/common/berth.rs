@@ -95,10 +95,7 @@ impl Berth {
         // returns; a test that hands the directory to the `berth` binary
         // next (warm, import, check) must not find it still held.
         let until = tokio::time::Instant::now() + LOCK_DEADLINE;
-        while matches!(
-            ::berth::store::ensure_free(self.data_dir.path()),
-            Err(::berth::store::StoreError::InUse { .. })
-        ) {
+        while self.data_dir_in_use() {
             assert!(
                 tokio::time::Instant::now() < until,
                 "berth still holds {} {LOCK_DEADLINE:?} after it stopped",
@@ -130,6 +127,14 @@ impl Berth {
         self.launch(listener).await;
     }
 
+    /// Whether a berth (this one) holds the data directory's lock.
+    fn data_dir_in_use(&self) -> bool {
+        matches!(
+            ::berth::store::ensure_free(self.data_dir.path()),
+            Err(::berth::store::StoreError::InUse { .. })
+        )
+    }
+
     /// Runs berth on `listener` and returns once it holds its data
     /// directory (or `run` ended early, which `stop` reports). Requests
     /// would wait in the listener's backlog anyway, but a test that runs
@@ -143,9 +148,7 @@ impl Berth {
             let _ = signal.await;
         }));
         let until = tokio::time::Instant::now() + LOCK_DEADLINE;
-        while ::berth::store::ensure_free(self.data_dir.path()).is_ok()
-            && !task.is_finished()
-            && tokio::time::Instant::now() < until
+        while !self.data_dir_in_use() && !task.is_finished() && tokio::time::Instant::now() < until
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
