@@ -20,7 +20,7 @@ use common::content::{Blob, Fixture, Pusher};
 use common::http::{client, get_digest};
 use common::registry::Registry;
 use common::skopeo::copy_and_verify;
-use common::{digest_hex, free_port};
+use common::{blob_file, free_port};
 
 /// Kill rounds; each adds new blobs to fill.
 const ROUNDS: usize = 22;
@@ -92,8 +92,7 @@ fn files(dir: &Path) -> Vec<(PathBuf, u64)> {
 }
 
 fn committed(data: &Path, blob: &Blob) -> bool {
-    let hex = digest_hex(&blob.digest);
-    data.join("blobs/sha256").join(&hex[..2]).join(hex).exists()
+    blob_file(data, &blob.digest).exists()
 }
 
 /// Where round `round` kills berth: when a fill has this many bytes in

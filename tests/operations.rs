@@ -389,7 +389,19 @@ async fn metrics_move_from_a_miss_to_a_hit() {
             "berth_upstream_requests_total{upstream=\"registry.test\",status=\"200\"}"
         ) >= 1.0
     );
-    assert!(sample(&after, "berth_disk_used_bytes") >= len);
+    // The gauge counts committed bytes; a fill commits (fsync, rename,
+    // record) after its clients have their verified bytes, so the commit
+    // may still be under way when the second pull ends.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut used = sample(&after, "berth_disk_used_bytes");
+    while used < len && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        used = sample(&scrape().await, "berth_disk_used_bytes");
+    }
+    assert!(
+        used >= len,
+        "disk used {used} after the commit of {len} bytes"
+    );
     assert!(
         sample(
             &after,
@@ -520,12 +532,7 @@ async fn sigterm_lets_a_large_transfer_finish_and_logs_are_json() {
         .expect("berth check");
     assert!(check.status.success(), "{check:?}");
     assert!(String::from_utf8_lossy(&check.stdout).contains(" 0 bad"));
-    let hex = common::digest_hex(&layer.digest);
-    let stored = dir
-        .path()
-        .join("data/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex);
+    let stored = common::blob_file(&dir.path().join("data"), &layer.digest);
     assert!(stored.exists(), "the drained fill was committed");
 }
 

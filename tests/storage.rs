@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use common::berth::Berth;
 use common::content::{Blob, Fixture, Pusher};
-use common::digest_hex;
 use common::http::{client, get_digest};
 use common::registry::Registry;
 use common::skopeo::copy_and_verify;
+use common::{blob_file, committed};
 
 /// Polls of the data directory while eviction runs in the background, and
 /// the pause between two: a hang guard, not a timing check.
@@ -41,11 +41,6 @@ fn write_config(berth: &Berth, dir: &Path) -> PathBuf {
 }
 
 /// Where berth keeps a blob that is stored as a file.
-fn blob_file(data_dir: &Path, digest: &str) -> PathBuf {
-    let hex = digest_hex(digest);
-    data_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
-}
-
 /// Bytes of every blob file under `data_dir/blobs`.
 fn blob_files_size(data_dir: &Path) -> u64 {
     fn walk(dir: &Path) -> u64 {
@@ -87,13 +82,17 @@ async fn eviction_keeps_the_cache_under_max_size_and_the_recently_used_content()
 
     // Three images fit (3 MiB and some); using the first again makes the
     // second the least recently used.
+    // Each pull's commit is awaited, so that the store sees the uses in
+    // the order the pulls made them.
     for image in &images[..3] {
         copy_and_verify(&berth.host(), image, out.path(), "first").await;
+        committed(&data, &layer(image).digest).await;
     }
     copy_and_verify(&berth.host(), &images[0], out.path(), "again").await;
     assert_eq!(registry.blob_gets(&layer(&images[0]).digest), 1, "a hit");
-    // The fourth passes the high watermark (3.6 MiB).
+    // The fourth passes the high watermark (3.6 MiB) when it is committed.
     copy_and_verify(&berth.host(), &images[3], out.path(), "fourth").await;
+    committed(&data, &layer(&images[3]).digest).await;
 
     let evicted = blob_file(&data, &layer(&images[1]).digest);
     let mut settled = false;
@@ -290,7 +289,7 @@ async fn a_full_disk_still_serves_the_client_and_caches_nothing() {
     let out = tempfile::tempdir().expect("temp dir");
     copy_and_verify(&berth.host(), &small, out.path(), "fits").await;
     let small_layer = layer(&small);
-    assert!(blob_file(&data, &small_layer.digest).exists(), "cached");
+    committed(&data, &small_layer.digest).await;
     berth.stop().await;
 
     let config = write_config(&berth, out.path());

@@ -14,7 +14,7 @@ use common::content::{Fixture, Pusher};
 use common::http::{client, header, oci_error};
 use common::registry::Registry;
 use common::skopeo::{copy_all, copy_and_verify, verify_dir};
-use common::{digest_hex, sha256_digest};
+use common::{committed, digest_hex, sha256_digest};
 use reqwest::StatusCode;
 
 const USER: &str = "mirror";
@@ -63,11 +63,21 @@ async fn site() -> Site {
     }
 }
 
-/// Files in berth's blob tier whose name is `digest`'s hex.
-fn stored_copies(data_dir: &Path, digest: &str) -> usize {
+/// Files anywhere under berth's data directory whose name is `digest`'s
+/// hex: one however many upstreams and repositories share the blob.
+fn stored_copies(dir: &Path, digest: &str) -> usize {
     let hex = digest_hex(digest);
-    let path = data_dir.join("blobs/sha256").join(&hex[..2]).join(hex);
-    usize::from(path.exists())
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => stored_copies(&e.path(), digest),
+            Ok(_) => usize::from(e.file_name() == hex),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,6 +126,7 @@ async fn every_routing_form_reaches_its_upstream_and_shared_digests_are_stored_o
     // The shared layer was fetched once, by the hub fill, and is stored
     // once; the private registry was only asked to confirm it holds it.
     let layer = shared_hub.largest_blob().digest.clone();
+    committed(site.berth.data_dir(), &layer).await;
     assert_eq!(stored_copies(site.berth.data_dir(), &layer), 1);
     site.hub.stop();
     site.private.stop();

@@ -48,3 +48,26 @@ pub fn digest_hex(digest: &str) -> &str {
         .strip_prefix("sha256:")
         .unwrap_or_else(|| panic!("not a sha256 digest: {digest}"))
 }
+
+/// Where berth's file tier keeps the blob `digest` under `data_dir`.
+pub fn blob_file(data_dir: &std::path::Path, digest: &str) -> std::path::PathBuf {
+    let hex = digest_hex(digest);
+    data_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+/// Waits until the blob `digest` is in berth's file tier under `data_dir`.
+/// A fill commits (fsync, rename, record) after its clients have their
+/// verified bytes, so a test that looks at the disk right after a pull
+/// waits for the commit; 30 s without it is a failure, not slowness.
+pub async fn committed(data_dir: &std::path::Path, digest: &str) {
+    let path = blob_file(data_dir, digest);
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{digest} was never committed to {}",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
