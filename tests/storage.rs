@@ -40,7 +40,6 @@ fn write_config(berth: &Berth, dir: &Path) -> PathBuf {
     path
 }
 
-/// Where berth keeps a blob that is stored as a file.
 /// Bytes of every blob file under `data_dir/blobs`.
 fn blob_files_size(data_dir: &Path) -> u64 {
     fn walk(dir: &Path) -> u64 {
@@ -81,9 +80,8 @@ async fn eviction_keeps_the_cache_under_max_size_and_the_recently_used_content()
     let data = berth.data_dir().to_owned();
 
     // Three images fit (3 MiB and some); using the first again makes the
-    // second the least recently used.
-    // Each pull's commit is awaited, so that the store sees the uses in
-    // the order the pulls made them.
+    // second the least recently used. Each pull's commit is awaited, so
+    // that the store sees the uses in the order the pulls made them.
     for image in &images[..3] {
         copy_and_verify(&berth.host(), image, out.path(), "first").await;
         committed(&data, &layer(image).digest).await;
