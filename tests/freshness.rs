@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::berth::Berth;
 use common::content::{Fixture, Pusher, ACCEPT_ALL_MANIFESTS};
@@ -105,24 +105,6 @@ fn retagged(fixture: &Fixture, seed: &str) -> Fixture {
     }
 }
 
-/// Wait until the registry's access log holds at least `count` lines for
-/// `method path`; returns how many it holds then. Panics after a minute.
-async fn wait_for_log(registry: &Registry, method: &str, path: &str, count: usize) -> usize {
-    let deadline = Instant::now() + HANG_GUARD;
-    loop {
-        let seen = registry.requests_to(method, path);
-        if seen >= count {
-            return seen;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{count} × {method} {path} never reached the registry's access log (have {seen}):\n{}",
-            registry.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Tag TTL against a real upstream
 // ---------------------------------------------------------------------------
@@ -165,7 +147,7 @@ async fn a_retag_is_seen_after_the_tag_ttl_and_an_unchanged_tag_costs_only_a_hea
 
     // Nothing changes upstream from here on. Berth has fetched the tag twice
     // (A, then B); wait until the log says so before counting.
-    let gets_before = wait_for_log(&registry, "GET", tag_path, 2).await;
+    let gets_before = registry.wait_for_requests("GET", tag_path, 2).await;
     let heads_before = registry.requests_to("HEAD", tag_path);
     tokio::time::sleep(TAG_TTL + PAST_IT).await;
     let unchanged = get_manifest(&berth, "test/app", "v1").await;

@@ -117,9 +117,9 @@ async fn eviction_keeps_the_cache_under_max_size_and_the_recently_used_content()
 
     // Evicted content comes back on demand, from upstream.
     copy_and_verify(&berth.host(), &images[1], out.path(), "refetched").await;
-    assert_eq!(registry.blob_gets(&layer(&images[1]).digest), 2);
     berth.stop().await;
     registry.stop();
+    assert_eq!(registry.blob_gets(&layer(&images[1]).digest), 2);
 
     // berth du sees the bound held, per repository.
     let config = write_config(&berth, out.path());
@@ -151,7 +151,7 @@ async fn eviction_keeps_the_cache_under_max_size_and_the_recently_used_content()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_is_found_by_check_and_fetched_again_after_repair() {
-    let registry = Registry::start();
+    let mut registry = Registry::start();
     let image = Fixture::big_image("test/flipped", "v1", 3 << 20);
     Pusher::to(&registry).push(&image).await.expect("push");
     let mut berth = Berth::start("", &registry.url()).await;
@@ -189,8 +189,9 @@ async fn a_flipped_byte_is_found_by_check_and_fetched_again_after_repair() {
 
     berth.restart().await;
     copy_and_verify(&berth.host(), &image, out.path(), "after-repair").await;
-    assert_eq!(registry.blob_gets(digest), 2, "fetched again from upstream");
     berth.stop().await;
+    registry.stop();
+    assert_eq!(registry.blob_gets(digest), 2, "fetched again from upstream");
 }
 
 /// A tmpfs of `size` mounted for the test and unmounted when dropped.
@@ -269,7 +270,7 @@ async fn a_full_disk_still_serves_the_client_and_caches_nothing() {
         "nothing that did not fit was committed"
     );
     assert_eq!(
-        registry.blob_gets(digest),
+        registry.wait_for_blob_gets(digest, 4).await,
         4,
         "not cached, so each pull went upstream: the fill's GET, stopped by \
          the full disk, then the rest of the blob from where the file ended"

@@ -190,6 +190,41 @@ impl Registry {
             .count()
     }
 
+    /// Waits until [`Registry::blob_gets`] reaches `count`, and returns it:
+    /// the registry writes a request's line when its response has ended,
+    /// a moment after the client has the bytes. Panics after a minute.
+    pub async fn wait_for_blob_gets(&self, digest: &str, count: usize) -> usize {
+        self.wait_for_count(count, &format!("GETs of {digest}"), || {
+            self.blob_gets(digest)
+        })
+        .await
+    }
+
+    /// Waits until [`Registry::requests_to`] reaches `count`, and returns
+    /// it; panics after a minute.
+    pub async fn wait_for_requests(&self, method: &str, path: &str, count: usize) -> usize {
+        self.wait_for_count(count, &format!("{method} {path}"), || {
+            self.requests_to(method, path)
+        })
+        .await
+    }
+
+    async fn wait_for_count(&self, count: usize, what: &str, seen: impl Fn() -> usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = seen();
+            if now >= count {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{count} × {what} never reached the registry's access log (have {now}):\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Everything the registry has written: its logs and its access log.
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
