@@ -20,7 +20,7 @@ use common::content::{Blob, Fixture, Pusher};
 use common::http::{client, get_digest};
 use common::registry::Registry;
 use common::skopeo::copy_and_verify;
-use common::{blob_file, free_port};
+use common::{blob_file, files_under, free_port};
 
 /// Kill rounds; each adds new blobs to fill.
 const ROUNDS: usize = 22;
@@ -76,21 +76,6 @@ async fn start(layout: &Layout) -> Child {
     }
 }
 
-/// Files in a directory tree, with their sizes.
-fn files(dir: &Path) -> Vec<(PathBuf, u64)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .flat_map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => files(&e.path()),
-            Ok(m) => vec![(e.path(), m.len())],
-            Err(_) => Vec::new(),
-        })
-        .collect()
-}
-
 fn committed(data: &Path, blob: &Blob) -> bool {
     blob_file(data, &blob.digest).exists()
 }
@@ -108,7 +93,7 @@ async fn wait_for_kill_point(data: &Path, round: usize, fresh: &[&Blob]) {
     let tmp = data.join("tmp");
     loop {
         let reached = match kill_point(round) {
-            Some(bytes) => files(&tmp).iter().any(|(_, len)| *len >= bytes),
+            Some(bytes) => files_under(&tmp).iter().any(|(_, len)| *len >= bytes),
             None => fresh.iter().any(|b| committed(data, b)),
         };
         if reached {
@@ -162,7 +147,7 @@ async fn sigkill_during_fills_leaves_only_verified_content() {
 
     for round in 0..ROUNDS {
         let mut child = start(&layout).await;
-        let leftovers = files(&layout.data.join("tmp"));
+        let leftovers = files_under(&layout.data.join("tmp"));
         assert!(
             leftovers.is_empty(),
             "round {round}: an interrupted fill survived the restart: {leftovers:?}"

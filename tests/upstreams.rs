@@ -14,7 +14,7 @@ use common::content::{Fixture, Pusher};
 use common::http::{client, header, oci_error};
 use common::registry::Registry;
 use common::skopeo::{copy_all, copy_and_verify, verify_dir};
-use common::{committed, digest_hex, sha256_digest};
+use common::{committed, digest_hex, files_under, sha256_digest};
 use reqwest::StatusCode;
 
 const USER: &str = "mirror";
@@ -67,17 +67,10 @@ async fn site() -> Site {
 /// hex: one however many upstreams and repositories share the blob.
 fn stored_copies(dir: &Path, digest: &str) -> usize {
     let hex = digest_hex(digest);
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => stored_copies(&e.path(), digest),
-            Ok(_) => usize::from(e.file_name() == hex),
-            Err(_) => 0,
-        })
-        .sum()
+    files_under(dir)
+        .iter()
+        .filter(|(path, _)| path.file_name().is_some_and(|name| name == hex))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::passthrough::{Handover, Resume};
-use super::reader::{BlobReader, Progress, Recent};
+use super::reader::{batch_len, BlobReader, Progress, Recent};
 use super::FillError;
 use crate::digest::{Digest, Hasher};
 use crate::metrics::{KindLabels, Metrics};
@@ -479,10 +479,6 @@ type WriteTask = tokio::task::JoinHandle<(Hasher, std::io::Result<()>, Vec<Bytes
 enum Hashing {
     Idle(Box<Hasher>),
     Busy(WriteTask),
-}
-
-fn batch_len(batch: &[Bytes]) -> u64 {
-    batch.iter().map(|chunk| chunk.len() as u64).sum()
 }
 
 fn is_disk_full(e: &StoreError) -> bool {

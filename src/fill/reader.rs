@@ -31,7 +31,7 @@ const READ_CHUNK: u64 = 512 * 1024;
 
 /// How many of a fill's latest bytes stay in memory for readers at the live
 /// edge; a reader further behind reads the file.
-const RECENT_BYTES: usize = 4 * 1024 * 1024;
+const RECENT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The latest chunks a fill wrote (and hashed), with their offsets: what a
 /// reader that keeps up with the transfer takes without touching the file.
@@ -45,9 +45,9 @@ impl Recent {
     /// oldest chunks leave once more than `RECENT_BYTES` would be kept
     /// (the newest batch always stays whole).
     pub fn then(&self, offset: u64, batch: &[Bytes]) -> Recent {
-        let mut kept: usize = batch.iter().map(Bytes::len).sum();
+        let mut kept = batch_len(batch);
         let older = self.chunks.iter().rev().take_while(|(_, chunk)| {
-            kept += chunk.len();
+            kept += chunk.len() as u64;
             kept <= RECENT_BYTES
         });
         let mut chunks: Vec<(u64, Bytes)> = older.cloned().collect();
@@ -73,6 +73,11 @@ impl Recent {
             .min(chunk.len());
         (from < to).then(|| chunk.slice(from..to))
     }
+}
+
+/// The bytes in a batch of chunks.
+pub fn batch_len(batch: &[Bytes]) -> u64 {
+    batch.iter().map(|chunk| chunk.len() as u64).sum()
 }
 
 impl std::fmt::Debug for Recent {
@@ -382,7 +387,7 @@ mod tests {
         assert_eq!(two.get(6, 7).as_deref(), Some(&b"g"[..]));
         assert_eq!(two.get(8, 9), None, "past the window");
         assert_eq!(two.get(5, 5), None, "an empty span");
-        let big = Bytes::from(vec![7u8; RECENT_BYTES]);
+        let big = Bytes::from(vec![7u8; RECENT_BYTES as usize]);
         let three = two.then(8, std::slice::from_ref(&big));
         assert_eq!(three.get(0, 8), None, "the older chunks left");
         assert_eq!(

@@ -94,15 +94,11 @@ impl Berth {
         // sled lets go of the data directory's lock a moment after `run`
         // returns; a test that hands the directory to the `berth` binary
         // next (warm, import, check) must not find it still held.
-        let until = tokio::time::Instant::now() + LOCK_DEADLINE;
-        while self.data_dir_in_use() {
-            assert!(
-                tokio::time::Instant::now() < until,
-                "berth still holds {} {LOCK_DEADLINE:?} after it stopped",
-                self.data_dir.path().display()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        assert!(
+            super::eventually(LOCK_DEADLINE, || !self.data_dir_in_use()).await,
+            "berth still holds {} {LOCK_DEADLINE:?} after it stopped",
+            self.data_dir.path().display()
+        );
     }
 
     /// Stop, then start again on the same address and data directory.
@@ -147,11 +143,11 @@ impl Berth {
             // A dropped sender (the test ended) is a shutdown too.
             let _ = signal.await;
         }));
-        let until = tokio::time::Instant::now() + LOCK_DEADLINE;
-        while !self.data_dir_in_use() && !task.is_finished() && tokio::time::Instant::now() < until
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // Not asserted: `stop` reports a `run` that ended early.
+        super::eventually(LOCK_DEADLINE, || {
+            self.data_dir_in_use() || task.is_finished()
+        })
+        .await;
         self.running = Some(Running { shutdown, task });
     }
 }

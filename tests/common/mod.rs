@@ -55,19 +55,45 @@ pub fn blob_file(data_dir: &std::path::Path, digest: &str) -> std::path::PathBuf
     data_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
 }
 
+/// Files in a directory tree, with their sizes.
+pub fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => files_under(&e.path()),
+            Ok(m) => vec![(e.path(), m.len())],
+            Err(_) => Vec::new(),
+        })
+        .collect()
+}
+
+/// Polls `done` every 10 ms until it holds or `limit` has passed; whether
+/// it came to hold. The limit is a hang guard, not a timing check.
+pub async fn eventually(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until the blob `digest` is in berth's file tier under `data_dir`.
 /// A fill commits (fsync, rename, record) after its clients have their
 /// verified bytes, so a test that looks at the disk right after a pull
 /// waits for the commit; 30 s without it is a failure, not slowness.
 pub async fn committed(data_dir: &std::path::Path, digest: &str) {
     let path = blob_file(data_dir, digest);
-    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !path.exists() {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{digest} was never committed to {}",
-            path.display()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    assert!(
+        eventually(std::time::Duration::from_secs(30), || path.exists()).await,
+        "{digest} was never committed to {}",
+        path.display()
+    );
 }

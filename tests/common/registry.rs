@@ -210,19 +210,18 @@ impl Registry {
     }
 
     async fn wait_for_count(&self, count: usize, what: &str, seen: impl Fn() -> usize) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let now = seen();
-            if now >= count {
-                return now;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{count} × {what} never reached the registry's access log (have {now}):\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut now = 0;
+        let reached = super::eventually(Duration::from_secs(60), || {
+            now = seen();
+            now >= count
+        })
+        .await;
+        assert!(
+            reached,
+            "{count} × {what} never reached the registry's access log (have {now}):\n{}",
+            self.log()
+        );
+        now
     }
 
     /// Everything the registry has written: its logs and its access log.
