@@ -23,6 +23,7 @@ pub mod fill;
 pub mod graph;
 pub mod http;
 pub mod logging;
+pub mod manifest;
 pub mod metrics;
 pub mod progress;
 pub mod reference;
@@ -82,7 +83,7 @@ impl App {
             store.clone(),
             fills.clone(),
             metrics.clone(),
-            config.limits.max_fills,
+            &config.limits,
         );
         let manifests = ManifestFills::new(store.clone(), fills.clone());
         let referrers = Referrers::new(store.clone(), fills.clone(), metrics.clone());

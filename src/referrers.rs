@@ -22,7 +22,7 @@ use crate::fill::FillError;
 use crate::metrics::Metrics;
 use crate::store::{ReferrersRecord, Store};
 use crate::upstream::routing::Target;
-use crate::upstream::{next_page_query, UpstreamError};
+use crate::upstream::{next_page_query, Accept, UpstreamError};
 
 pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 /// Pages of a paginated upstream answer followed before giving up.
@@ -303,10 +303,10 @@ impl Referrers {
     /// The referrers tag's index; no tag, or anything but an index, is none.
     async fn listed_by_tag(target: &Target, digest: &Digest) -> Result<Vec<Value>, FillError> {
         let upstream = &target.upstream;
-        let accept = http::HeaderValue::from_static(INDEX_MEDIA_TYPE);
+        let accept = Accept::These(Some(http::HeaderValue::from_static(INDEX_MEDIA_TYPE)));
         let tag = fallback_tag(digest);
         match upstream
-            .manifest(Method::GET, &target.repo, &tag, Some(&accept), None)
+            .manifest(Method::GET, &target.repo, &tag, accept, None)
             .await
         {
             Ok(resp) => Ok(read_index(upstream, resp).await?.unwrap_or_default()),
