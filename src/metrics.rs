@@ -62,6 +62,7 @@ pub struct Families {
     pub hot_bytes: Gauge,
     pub connections: Gauge,
     pub refused: Family<KindLabels, Counter>,
+    pub store_writable: Gauge,
 }
 
 #[derive(Clone)]
@@ -100,6 +101,7 @@ impl Metrics {
             hot_bytes: Gauge::default(),
             connections: Gauge::default(),
             refused: Family::default(),
+            store_writable: Gauge::default(),
         };
         let mut r = Registry::with_prefix("berth");
         r.register(
@@ -187,6 +189,11 @@ impl Metrics {
             "connections",
             "Client connections open now",
             f.connections.clone(),
+        );
+        r.register(
+            "store_writable",
+            "1 while the store takes writes; 0 while it cannot (a full disk): pulls pass through uncached",
+            f.store_writable.clone(),
         );
         r.register(
             "refused",

@@ -20,7 +20,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::fill::single_flight::SingleFlight;
 use crate::fill::FillError;
 use crate::metrics::Metrics;
-use crate::store::{ReferrersRecord, Store};
+use crate::store::{best_effort, ReferrersRecord, Store};
 use crate::upstream::routing::Target;
 use crate::upstream::{next_page_query, Accept, UpstreamError};
 
@@ -210,9 +210,11 @@ impl Referrers {
             .run(list_key(target, digest), move || async move {
                 let descriptors = this.fetch(&t, &d).await.map_err(Arc::new)?;
                 let record = ReferrersRecord::new(descriptors);
-                this.store
-                    .put_referrers(t.upstream.name(), &t.repo, &d, &record)
-                    .map_err(|e| Arc::new(e.into()))?;
+                best_effort(
+                    this.store
+                        .put_referrers(t.upstream.name(), &t.repo, &d, &record),
+                    "a referrers list",
+                );
                 Ok(Arc::new(record.descriptors))
             })
             .await;

@@ -17,7 +17,7 @@ use crate::config::Limits;
 use crate::digest::{Digest, Hasher};
 use crate::metrics::{KindLabels, Metrics};
 use crate::store::files::TempFile;
-use crate::store::{BlobContent, Store, StoreError};
+use crate::store::{best_effort, BlobContent, Store};
 use crate::upstream::announced_length;
 use crate::upstream::routing::Target;
 
@@ -179,10 +179,12 @@ impl BlobFills {
                 .blob(Method::HEAD, &target.repo, digest)
                 .await
                 .map_err(|e| Arc::new(e.into()))?;
-            self.inner
-                .store
-                .add_link(target.upstream.name(), &target.repo, digest)
-                .map_err(|e| Arc::new(e.into()))?;
+            best_effort(
+                self.inner
+                    .store
+                    .add_link(target.upstream.name(), &target.repo, digest),
+                "a repository link",
+            );
         }
         Ok(BlobSource::Filling(fill))
     }
@@ -196,7 +198,7 @@ impl BlobFills {
         };
         let temp = match self.inner.store.temp_file() {
             Ok(temp) => temp,
-            Err(e) if is_disk_full(&e) => return Ok(self.pass_through(target, digest)),
+            Err(e) if e.is_disk_full() => return Ok(self.pass_through(target, digest)),
             Err(e) => return Err(e.into()),
         };
         let (tx, progress) = watch::channel(Progress::Connecting);
@@ -393,7 +395,7 @@ impl BlobFills {
         size: u64,
     ) -> Result<u64, FillError> {
         if let Err(e) = self.commit(target, digest, temp, size).await {
-            if matches!(&e, FillError::Store(s) if is_disk_full(s)) {
+            if matches!(&e, FillError::Store(s) if s.is_disk_full()) {
                 self.disk_full(digest);
             }
             tracing::error!(%digest, ?target, error = %e, "a verified blob could not be cached");
@@ -564,8 +566,4 @@ type WriteTask = tokio::task::JoinHandle<(Hasher, std::io::Result<()>, Vec<Bytes
 enum Hashing {
     Idle(Box<Hasher>),
     Busy(WriteTask),
-}
-
-fn is_disk_full(e: &StoreError) -> bool {
-    matches!(e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
 }

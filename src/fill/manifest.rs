@@ -25,7 +25,7 @@ use super::FillError;
 use crate::digest::{Algorithm, Digest};
 use crate::manifest::{validate, MediaTypes};
 use crate::reference::Reference;
-use crate::store::{Manifest, Store, TagMapping};
+use crate::store::{best_effort, Manifest, Store, TagMapping};
 use crate::upstream;
 use crate::upstream::routing::Target;
 
@@ -208,15 +208,30 @@ impl ManifestFills {
                 reason: e.to_string(),
             })?;
         let store = &self.inner.store;
-        let manifest = store.put_manifest(Manifest {
+        let manifest = Manifest {
             digest: digest.clone(),
             media_type,
             bytes,
-        })?;
-        store.add_link(upstream.name(), repo, &digest)?;
+        };
+        // A store that cannot write (a full disk) still answers the
+        // clients: the verified manifest, uncached.
+        let manifest = match store.put_manifest(manifest.clone()) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "manifest served without caching");
+                return Ok(Arc::new(manifest));
+            }
+        };
+        best_effort(
+            store.add_link(upstream.name(), repo, &digest),
+            "a repository link",
+        );
         if let (true, Reference::Tag(tag)) = (canonical, reference) {
             let mapping = TagMapping::new(&digest, etag);
-            store.put_tag(upstream.name(), repo, tag, mapping)?;
+            best_effort(
+                store.put_tag(upstream.name(), repo, tag, mapping),
+                "a tag mapping",
+            );
         }
         Ok(manifest)
     }
@@ -264,7 +279,10 @@ impl ManifestFills {
         if let Some(etag) = header_str(&resp, "etag") {
             renewed.etag = Some(etag.to_owned());
         }
-        store.put_tag(upstream.name(), repo, tag, renewed)?;
+        best_effort(
+            store.put_tag(upstream.name(), repo, tag, renewed),
+            "a tag mapping",
+        );
         Ok(Some(cached))
     }
 }
