@@ -99,7 +99,7 @@ impl UpstreamConfig {
             max_stale: None,
             negative_ttl: Duration::from_secs(30),
             offline: false,
-            referrers_ttl: Duration::from_secs(60),
+            referrers_ttl: Duration::from_secs(15),
             capability_ttl: Duration::from_secs(600),
             referrers_tag_translation: true,
             connect_timeout: Duration::from_secs(10),
