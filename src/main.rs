@@ -36,7 +36,8 @@ enum LogFormat {
 enum Command {
     /// Serve the registry API (the default).
     Serve,
-    /// Check the configuration and print it; exit 64 if it is invalid.
+    /// Check the configuration and print the effective one (defaults and
+    /// environment overrides included) as TOML; exit 64 if it is invalid.
     CheckConfig,
     /// Re-hash every cached blob and manifest and report any that do not
     /// match their digest (exit 1); run it while berth is stopped.
@@ -106,10 +107,13 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => {
-            println!("{config:#?}");
-            ExitCode::SUCCESS
-        }
+        Command::CheckConfig => match config.to_toml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
         Command::Serve => serve(config),
         Command::Check { repair } => match berth::commands::check(&config, repair) {
             Ok(true) => ExitCode::SUCCESS,
