@@ -57,9 +57,12 @@ pub struct UpstreamConfig {
     pub insecure_skip_verify: bool,
     /// How long a tag → digest mapping is trusted before asking upstream again.
     pub tag_ttl: Duration,
-    /// How long past `tag_ttl` a tag may still be served while the upstream
-    /// fails; `None` is without limit.
+    /// How long past `tag_ttl` (or `tag_list_ttl`) a tag (or a tag list)
+    /// may still be served while the upstream fails; `None` is without limit.
     pub max_stale: Option<Duration>,
+    /// How long a repository's whole tag list is served before berth asks
+    /// the upstream again.
+    pub tag_list_ttl: Duration,
     /// How long an upstream "not found" for a manifest or tag is remembered.
     pub negative_ttl: Duration,
     /// Never contact this upstream: serve what is cached, refuse the rest.
@@ -97,6 +100,7 @@ impl UpstreamConfig {
             insecure_skip_verify: false,
             tag_ttl: Duration::from_secs(300),
             max_stale: None,
+            tag_list_ttl: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(30),
             offline: false,
             referrers_ttl: Duration::from_secs(15),
@@ -201,6 +205,7 @@ pub(super) fn parse(f: &mut Fields) -> Option<UpstreamConfig> {
     up.insecure_skip_verify = f.get("insecure_skip_verify").unwrap_or(false);
     up.tag_ttl = f.duration("tag_ttl").unwrap_or(up.tag_ttl);
     up.max_stale = f.duration("max_stale");
+    up.tag_list_ttl = f.duration("tag_list_ttl").unwrap_or(up.tag_list_ttl);
     up.negative_ttl = f.duration("negative_ttl").unwrap_or(up.negative_ttl);
     up.offline = f.get("offline").unwrap_or(false);
     up.referrers_ttl = f.duration("referrers_ttl").unwrap_or(up.referrers_ttl);

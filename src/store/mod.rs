@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod lifecycle;
 mod lock;
 pub mod report;
+pub mod tag_lists;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -187,6 +188,8 @@ struct Inner {
     tags: sled::Tree,
     links: sled::Tree,
     referrers: sled::Tree,
+    /// Whole tag lists, per repository (`tag_lists`).
+    tag_lists: sled::Tree,
     files: Files,
     hot: Hot,
     inline_max: u64,
@@ -222,6 +225,7 @@ impl Store {
             tags: db.open_tree("tags")?,
             links: db.open_tree("links")?,
             referrers: db.open_tree("referrers")?,
+            tag_lists: db.open_tree("tag_lists")?,
             files: Files::open(dir).map_err(io_err(format!(
                 "cannot create the blob directories in {}",
                 dir.display()
