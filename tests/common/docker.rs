@@ -220,19 +220,19 @@ impl Dockerd {
         self.sink.clear();
     }
 
-    /// `docker <args>` against this daemon, with its own CLI configuration
-    /// and no proxy.
-    pub async fn docker(&self, args: &[&str]) -> Output {
-        let mut cmd = tokio::process::Command::new("docker");
-        cmd.args(args)
-            .env(
-                "DOCKER_HOST",
-                format!("unix://{}", self.path("docker.sock").display()),
-            )
-            .env("DOCKER_CONFIG", self.cli_config())
-            .env("DOCKER_CLI_HINTS", "false")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+    /// `program` with the environment of this daemon's CLI: `DOCKER_HOST`
+    /// its socket, `DOCKER_CONFIG` its own directory, no proxy; killed
+    /// when dropped. For `docker` itself, and scripts that run it.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.env(
+            "DOCKER_HOST",
+            format!("unix://{}", self.path("docker.sock").display()),
+        )
+        .env("DOCKER_CONFIG", self.cli_config())
+        .env("DOCKER_CLI_HINTS", "false")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
         for var in [
             "DOCKER_CONTEXT",
             "DOCKER_TLS_VERIFY",
@@ -244,6 +244,13 @@ impl Dockerd {
         for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
             cmd.env_remove(var).env_remove(var.to_ascii_lowercase());
         }
+        cmd
+    }
+
+    /// `docker <args>` against this daemon ([`Dockerd::command`]).
+    pub async fn docker(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command("docker");
+        cmd.args(args);
         tokio::time::timeout(COMMAND_DEADLINE, cmd.output())
             .await
             .unwrap_or_else(|_| panic!("docker {args:?} hung for {COMMAND_DEADLINE:?}"))
