@@ -35,6 +35,8 @@ pub struct Trees {
     pub referrers: sled::Tree,
     /// `keys::repo` → `census::Counts`, merged.
     pub census: sled::Tree,
+    /// `keys::scoped(upstream, repo, "")` → a whole tag list (`tag_lists`).
+    pub tag_lists: sled::Tree,
     /// Settings and state: schema version, max size, the clean-stop mark.
     pub meta: sled::Tree,
 }
@@ -51,6 +53,7 @@ impl Trees {
             tag_refs: db.open_tree("tag_refs")?,
             referrers: db.open_tree("referrers2")?,
             census,
+            tag_lists: db.open_tree("tag_lists")?,
             meta: db.open_tree("meta")?,
             db,
         })

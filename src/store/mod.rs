@@ -29,6 +29,7 @@ mod migrate;
 pub mod records;
 pub mod recovery;
 pub mod report;
+pub mod tag_lists;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

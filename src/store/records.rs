@@ -132,6 +132,10 @@ impl TagMapping {
 pub struct ReferrersRecord {
     pub descriptors: Vec<serde_json::Value>,
     pub fetched_at_ms: u64,
+    /// The digest of the referrers tag's index the list was read from (the
+    /// tag schema), so that a `HEAD` of the tag can tell it is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_digest: Option<String>,
 }
 
 impl ReferrersRecord {
@@ -139,6 +143,15 @@ impl ReferrersRecord {
         ReferrersRecord {
             descriptors,
             fetched_at_ms: now_ms(),
+            tag_digest: None,
+        }
+    }
+
+    /// The same list, confirmed by the upstream just now.
+    pub fn renewed(&self) -> Self {
+        ReferrersRecord {
+            fetched_at_ms: now_ms(),
+            ..self.clone()
         }
     }
 

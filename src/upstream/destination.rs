@@ -99,6 +99,12 @@ impl AddressClass {
     }
 }
 
+impl serde::Serialize for AddressClass {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 /// One upstream's rules: its own hosts (always reachable, whatever their
 /// addresses) and the address classes targets may have.
 #[derive(Debug)]
