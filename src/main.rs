@@ -36,7 +36,8 @@ enum LogFormat {
 enum Command {
     /// Serve the registry API (the default).
     Serve,
-    /// Check the configuration and print it; exit 64 if it is invalid.
+    /// Check the configuration and print the effective one (defaults and
+    /// environment overrides included) as TOML; exit 64 if it is invalid.
     CheckConfig,
     /// Ask the berth serving this configuration for /healthz (over
     /// loopback, 5 s at most): exit 0 if it answers 200, 1 if not. The
@@ -110,10 +111,13 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => {
-            println!("{config:#?}");
-            ExitCode::SUCCESS
-        }
+        Command::CheckConfig => match config.to_toml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
         Command::Serve => serve(config),
         Command::Health => match berth::health::probe(&config) {
             Ok(()) => ExitCode::SUCCESS,

@@ -1356,6 +1356,49 @@ fn install_hosts_sh_passes_shellcheck_and_writes_berths_address() {
         );
         assert_eq!(out.status.code(), Some(64), "install-hosts.sh {bad}");
     }
+
+    // A berth that mirrors fewer registries gets only theirs.
+    let fewer = tempfile::tempdir().expect("temp dir");
+    let out = run(
+        Command::new("sh")
+            .arg(&script)
+            .args(["-r", "docker.io,quay.io", "-r", "ghcr.io"])
+            .arg("http://127.0.0.1:5000")
+            .arg(fewer.path()),
+        "install-hosts.sh -r",
+    );
+    assert!(
+        out.status.success(),
+        "install-hosts.sh -r: {}",
+        describe(&out)
+    );
+    let written: BTreeSet<String> = fs::read_dir(fewer.path())
+        .expect("list the written dir")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        written,
+        BTreeSet::from([
+            "docker.io".to_owned(),
+            "ghcr.io".to_owned(),
+            "quay.io".to_owned()
+        ])
+    );
+    for unknown in ["nowhere.example", "../etc"] {
+        let out = run(
+            Command::new("sh")
+                .arg(&script)
+                .args(["-r", unknown, "http://127.0.0.1:5000"])
+                .arg(fewer.path()),
+            "install-hosts.sh -r",
+        );
+        assert_eq!(out.status.code(), Some(64), "install-hosts.sh -r {unknown}");
+    }
 }
 
 /// Run install-hosts.sh: hosts.toml files for `url` under `dir`.
