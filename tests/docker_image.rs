@@ -17,6 +17,7 @@
 
 mod common;
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,9 @@ use common::runnable::{self, Kind};
 
 /// The image the test builds (its daemon is private: no clash).
 const TAG: &str = "berth";
+/// The name the containers know the upstream by (`--add-host`), so that
+/// berth in the image resolves a name, as it does Docker Hub's.
+const UPSTREAM_HOST: &str = "upstream.test";
 /// The named volume of the README's `docker run`.
 const VOLUME: &str = "berth-cache";
 /// The uid/gid the Dockerfile runs berth as.
@@ -87,15 +91,17 @@ fn config_file(dir: &Path, upstream_url: &str) -> std::path::PathBuf {
     path
 }
 
-/// The README's `docker run`, with the port published on loopback only
-/// and the configuration mounted.
-async fn run_berth(docker: &Dockerd, name: &str, port: u16, config: &Path) {
+/// The README's `docker run`, with the port published on loopback only,
+/// the configuration mounted, and [`UPSTREAM_HOST`] naming `upstream`.
+async fn run_berth(docker: &Dockerd, name: &str, port: u16, config: &Path, upstream: IpAddr) {
     docker
         .docker_ok(&[
             "run",
             "--detach",
             "--name",
             name,
+            "--add-host",
+            &format!("{UPSTREAM_HOST}:{upstream}"),
             "--publish",
             &format!("127.0.0.1:{port}:5000"),
             "--volume",
@@ -237,7 +243,8 @@ async fn the_documented_image_builds_and_serves_pulls_as_a_non_root_read_only_co
         .expect("run berth check-config");
     assert_eq!(in_image, String::from_utf8_lossy(&on_host.stdout));
 
-    // An upstream the container reaches: the host's address on the bridge.
+    // An upstream the container reaches: the host's address on the bridge,
+    // by name (the image resolves it from /etc/hosts).
     let app = runnable::runnable(
         Kind::Docker,
         "library/app",
@@ -250,10 +257,11 @@ async fn the_documented_image_builds_and_serves_pulls_as_a_non_root_read_only_co
         .push_all(&[app.clone(), tool.clone()])
         .await;
     let dir = tempfile::tempdir().expect("temp dir for the config");
-    let config = config_file(dir.path(), &registry.url());
+    let upstream_url = format!("http://{UPSTREAM_HOST}:{}", registry.port());
+    let config = config_file(dir.path(), &upstream_url);
 
     let port = common::free_port();
-    run_berth(&docker, "berth", port, &config).await;
+    run_berth(&docker, "berth", port, &config, bridge.gateway()).await;
     wait_serving(&docker, "berth", port).await;
     let state = inspect(&docker, "container", "berth").await;
     assert_eq!(state["HostConfig"]["ReadonlyRootfs"], true);
@@ -282,7 +290,7 @@ async fn the_documented_image_builds_and_serves_pulls_as_a_non_root_read_only_co
         assert!(du.contains(&fixture.repo), "berth du:\n{du}");
     }
     let port = common::free_port();
-    run_berth(&docker, "berth-again", port, &config).await;
+    run_berth(&docker, "berth-again", port, &config, bridge.gateway()).await;
     wait_serving(&docker, "berth-again", port).await;
     pull_and_run(&docker, port, &app, "app from berth in Docker").await;
     pull_and_run(&docker, port, &tool, "tool from berth in Docker").await;
