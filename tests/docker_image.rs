@@ -2,7 +2,9 @@
 //! documents it: `deploy/build-image.sh` builds `deploy/Dockerfile`, and
 //! `docker run` with a published port, a named data volume, a mounted
 //! configuration and a read-only root filesystem serves pulls, to a Docker
-//! Engine among others.
+//! Engine among others; it runs as 65532, becomes healthy by its
+//! HEALTHCHECK, drains a transfer in flight on `docker stop` and exits 0,
+//! and keeps its cache in the volume.
 //!
 //! The daemon is a private one (`common::docker`) whose containers sit on a
 //! bridge of the test's own, so that `-p` publishes berth's port on
@@ -178,6 +180,11 @@ async fn pull_and_run(docker: &Dockerd, port: u16, fixture: &Fixture, says: &str
 /// `docker stop` (SIGTERM): berth drains, flushes its store and exits 0.
 async fn stop_cleanly(docker: &Dockerd, name: &str) {
     docker.docker_ok(&["stop", name]).await;
+    exited_cleanly(docker, name).await;
+}
+
+/// The container exited 0 after flushing its store; removes it.
+async fn exited_cleanly(docker: &Dockerd, name: &str) {
     let state = inspect(docker, "container", name).await;
     let logs = docker.docker(&["logs", name]).await;
     assert_eq!(
@@ -192,6 +199,80 @@ async fn stop_cleanly(docker: &Dockerd, name: &str) {
         describe(&logs)
     );
     docker.docker_ok(&["rm", name]).await;
+}
+
+/// `docker stop` while a client is in the middle of a large blob, held
+/// there by not reading (TCP backpressure): berth gets SIGTERM, still
+/// sends the whole blob, then exits 0.
+async fn stop_during_a_transfer(docker: &Dockerd, name: &str, port: u16, big: &Fixture) {
+    let blob = big.largest_blob();
+    let url = format!(
+        "http://127.0.0.1:{port}/v2/{}/blobs/{}",
+        big.repo, blob.digest
+    );
+    let mut response = common::http::client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status(), 200, "GET {url}");
+    let mut body = Vec::with_capacity(blob.bytes.len());
+    let first = response.chunk().await.expect("the first bytes");
+    body.extend_from_slice(&first.expect("a first chunk"));
+
+    let mut stop = docker.command("docker");
+    let stop = stop.args(["stop", name]).spawn().expect("run docker stop");
+    let deadline = Instant::now() + SERVING_DEADLINE;
+    loop {
+        let logs = docker.docker(&["logs", name]).await;
+        if String::from_utf8_lossy(&logs.stderr).contains("SIGTERM received") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "docker stop never reached berth: {}",
+            describe(&logs)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        body.len() < blob.bytes.len(),
+        "the transfer ended before berth was stopped: choose a larger blob"
+    );
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .unwrap_or_else(|e| panic!("{url} was cut after {} bytes: {e}", body.len()))
+    {
+        body.extend_from_slice(&chunk);
+    }
+    assert_eq!(
+        common::sha256_digest(&body),
+        blob.digest,
+        "the blob sent while berth stopped"
+    );
+    let stopped = tokio::time::timeout(SERVING_DEADLINE, stop.wait_with_output())
+        .await
+        .expect("docker stop hung")
+        .expect("docker stop's status");
+    assert!(
+        stopped.status.success(),
+        "docker stop: {}",
+        describe(&stopped)
+    );
+    // berth logged the transfer, complete, after the signal: it drained.
+    let logs = docker.docker(&["logs", name]).await;
+    let logs = String::from_utf8_lossy(&logs.stderr).into_owned();
+    let lines: Vec<&str> = logs.lines().collect();
+    let signal = lines.iter().position(|l| l.contains("SIGTERM received"));
+    let sent = lines.iter().position(|l| {
+        l.contains(&format!("/blobs/{}", blob.digest)) && l.contains("body=\"complete\"")
+    });
+    assert!(
+        matches!((signal, sent), (Some(signal), Some(sent)) if sent > signal),
+        "berth did not finish the transfer after SIGTERM; its logs:\n{logs}"
+    );
+    exited_cleanly(docker, name).await;
 }
 
 /// The uid and gid of the container's main process (from /proc on the
@@ -252,9 +333,11 @@ async fn the_documented_image_builds_and_serves_pulls_as_a_non_root_read_only_co
         "app from berth in Docker",
     );
     let tool = runnable::runnable(Kind::Oci, "team/tool", "2.0", "tool from berth in Docker");
+    // Far more than the socket buffers between berth and the test hold.
+    let big = Fixture::big_image("library/big", "1.0", 64 << 20);
     let mut registry = Registry::start_on(bridge.gateway());
     Pusher::to(&registry)
-        .push_all(&[app.clone(), tool.clone()])
+        .push_all(&[app.clone(), tool.clone(), big.clone()])
         .await;
     let dir = tempfile::tempdir().expect("temp dir for the config");
     let upstream_url = format!("http://{UPSTREAM_HOST}:{}", registry.port());
@@ -271,7 +354,7 @@ async fn the_documented_image_builds_and_serves_pulls_as_a_non_root_read_only_co
     pull_and_run(&docker, port, &app, "app from berth in Docker").await;
     pull_and_run(&docker, port, &tool, "tool from berth in Docker").await;
     wait_healthy(&docker, "berth").await;
-    stop_cleanly(&docker, "berth").await;
+    stop_during_a_transfer(&docker, "berth", port, &big).await;
 
     // The cache is in the volume: a new container on it serves both
     // images with the upstream gone, and `berth du` lists them.
