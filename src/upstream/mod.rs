@@ -4,6 +4,7 @@
 //! turned into an `UpstreamError` that names the upstream.
 
 pub mod auth;
+pub mod ratelimit;
 pub mod routing;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use http::{HeaderValue, Method, StatusCode};
 use serde::Deserialize;
 
 use self::auth::{Auth, Credential};
+use self::ratelimit::RateLimit;
 use crate::config::UpstreamConfig;
 use crate::digest::Digest;
 
@@ -206,6 +208,7 @@ pub struct Upstream {
     http: reqwest::Client,
     auth: Auth,
     manifest_accept: HeaderValue,
+    rate_limit: RateLimit,
 }
 
 impl Upstream {
@@ -251,6 +254,7 @@ impl Upstream {
             HeaderValue::from_str(&manifest_accept()).map_err(|e| bad(e.to_string()))?;
         Ok(Upstream {
             config: config.clone(),
+            rate_limit: RateLimit::new(&config.name, &metrics),
             metrics,
             http,
             auth: Auth::new(config.name.clone(), basic),
@@ -264,6 +268,12 @@ impl Upstream {
 
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    /// What the upstream says of its rate limit, and whether berth pauses
+    /// revalidation for it.
+    pub fn rate_limit(&self) -> &RateLimit {
+        &self.rate_limit
     }
 
     /// `GET` (or `HEAD`) of a manifest by tag or digest, with berth's own
@@ -478,6 +488,9 @@ impl Upstream {
             }
             Ok(Ok(resp)) => Ok(resp),
         };
+        if let Ok(resp) = &result {
+            self.rate_limit.observe(resp.status(), resp.headers());
+        }
         let status = match &result {
             Ok(resp) => resp.status().as_u16().to_string(),
             Err(UpstreamError::Timeout { .. }) => "timeout".to_owned(),
