@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod body;
 pub mod destination;
+pub mod ratelimit;
 pub mod routing;
 
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use self::auth::{Auth, Credential};
 use self::body::{Bounds, ReadFailure};
 use self::destination::{Policy, Resolver};
+use self::ratelimit::RateLimit;
 use crate::config::UpstreamConfig;
 use crate::digest::Digest;
 use crate::manifest::MediaTypes;
@@ -218,6 +220,7 @@ pub struct Upstream {
     manifest_accept: HeaderValue,
     /// Where redirects and token realms may send berth.
     policy: Arc<Policy>,
+    rate_limit: RateLimit,
 }
 
 impl Upstream {
@@ -267,6 +270,7 @@ impl Upstream {
             .ok_or_else(|| bad("no media types to accept".to_owned()))?;
         Ok(Upstream {
             config: config.clone(),
+            rate_limit: RateLimit::new(&config.name, &metrics),
             metrics,
             http,
             auth: Auth::new(config.name.clone(), basic, policy.clone()),
@@ -281,6 +285,12 @@ impl Upstream {
 
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    /// What the upstream says of its rate limit, and whether berth pauses
+    /// revalidation for it.
+    pub fn rate_limit(&self) -> &RateLimit {
+        &self.rate_limit
     }
 
     /// `GET` (or `HEAD`) of a manifest by tag or digest, accepting what
@@ -508,6 +518,9 @@ impl Upstream {
             }
             Ok(Ok(resp)) => Ok(resp),
         };
+        if let Ok(resp) = &result {
+            self.rate_limit.observe(resp.status(), resp.headers());
+        }
         let status = match &result {
             Ok(resp) => resp.status().as_u16().to_string(),
             Err(UpstreamError::Timeout { .. }) => "timeout".to_owned(),

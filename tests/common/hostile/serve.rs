@@ -74,7 +74,12 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
                 .filter_map(|v| v.to_str().ok())
                 .collect::<Vec<_>>()
                 .join(",");
-            manifest(&shared, name, reference, head, &accept).await
+            if let Some(refused) = super::ratelimit::charge(&shared, head) {
+                return refused;
+            }
+            let mut response = manifest(&shared, name, reference, head, &accept).await;
+            super::ratelimit::stamp(&shared, &mut response);
+            response
         }
         "blobs" => blob(&shared, name, reference, head),
         "tags" => super::tags::page(&shared, name, request.uri().query()),
