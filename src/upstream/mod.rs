@@ -330,6 +330,24 @@ impl Upstream {
             .await
     }
 
+    /// `GET` of a client's `Range` of a blob (`bytes=...`, one range); the
+    /// upstream may answer `206` with it, or `200` with the whole blob.
+    pub async fn blob_range(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        range: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut headers = http::HeaderMap::new();
+        let range = HeaderValue::from_str(range).map_err(|e| UpstreamError::BadResponse {
+            upstream: self.name().to_owned(),
+            reason: e.to_string(),
+        })?;
+        headers.insert(http::header::RANGE, range);
+        self.send(Method::GET, repo, &format!("blobs/{digest}"), headers)
+            .await
+    }
+
     /// `GET` of a blob from byte `offset` on (a `Range` request when the
     /// offset is not zero; the upstream may still answer with the whole blob).
     pub async fn blob_from(
