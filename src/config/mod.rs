@@ -64,6 +64,9 @@ pub struct StorageConfig {
     pub high_watermark: f64,
     /// ...and removes least recently used content down to this fraction.
     pub low_watermark: f64,
+    /// Objects a second that reconciling after an unclean stop checks, so
+    /// that a large store is mended beside the clients, not ahead of them.
+    pub reconcile_rate: u64,
 }
 
 impl Default for StorageConfig {
@@ -72,6 +75,7 @@ impl Default for StorageConfig {
             max_size: None,
             high_watermark: 0.9,
             low_watermark: 0.8,
+            reconcile_rate: 20_000,
         }
     }
 }
@@ -319,6 +323,10 @@ fn parse_storage(f: &mut Fields) -> StorageConfig {
     if max_size == Some(0) {
         f.error("max_size", "must be more than zero");
     }
+    let reconcile_rate: u64 = f.get("reconcile_rate").unwrap_or(d.reconcile_rate);
+    if reconcile_rate == 0 {
+        f.error("reconcile_rate", "must be at least 1");
+    }
     let high: f64 = f.get("high_watermark").unwrap_or(d.high_watermark);
     let low: f64 = f.get("low_watermark").unwrap_or(d.low_watermark);
     if !(0.0 < low && low < high && high <= 1.0) {
@@ -333,6 +341,7 @@ fn parse_storage(f: &mut Fields) -> StorageConfig {
         max_size,
         high_watermark: high,
         low_watermark: low,
+        reconcile_rate,
     }
 }
 

@@ -30,24 +30,24 @@ pub struct CheckReport {
     pub repaired: usize,
 }
 
-/// Reads at most this many bytes a second (`None`: as fast as the disk).
+/// At most so many units (bytes, objects) a second; `None`: unbounded.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
-    bytes_per_second: Option<u64>,
+    per_second: Option<u64>,
     started: Instant,
 }
 
 impl Pace {
-    pub fn new(bytes_per_second: Option<u64>) -> Pace {
+    pub fn new(per_second: Option<u64>) -> Pace {
         Pace {
-            bytes_per_second: bytes_per_second.filter(|r| *r > 0),
+            per_second: per_second.filter(|r| *r > 0),
             started: Instant::now(),
         }
     }
 
-    /// Sleeps as long as reading `done` bytes so far is ahead of the pace.
-    fn wait(&self, done: u64) {
-        if let Some(rate) = self.bytes_per_second {
+    /// Sleeps as long as `done` units so far are ahead of the pace.
+    pub fn wait(&self, done: u64) {
+        if let Some(rate) = self.per_second {
             let due = Duration::from_secs_f64(done as f64 / rate as f64);
             if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
                 std::thread::sleep(ahead);
@@ -79,6 +79,7 @@ impl Store {
         let trees = self.trees()?;
         for entry in trees.objects.iter() {
             let (key, raw) = entry?;
+            self.visit();
             report.checked += 1;
             let Some((kind, digest)) = keys::parse_object(&key) else {
                 self.wrote(trees.objects.remove(&key))?;

@@ -332,6 +332,7 @@ impl Store {
                 break;
             }
             let entry = entry?;
+            self.visit();
             report.visited += 1;
             self.wrote(trees.lru.remove(&entry))?;
             let Some((_, kind, digest)) = keys::parse_lru(&entry) else {

@@ -115,6 +115,10 @@ struct Inner {
     lru: Lru,
     totals: census::Totals,
     dir: std::path::PathBuf,
+    /// Object records read since the store was opened: what tests and the
+    /// scale benchmark use to show that costs follow the work, not the size.
+    visited: std::sync::atomic::AtomicU64,
+    reconcile_rate: u64,
 }
 
 impl Store {
@@ -147,6 +151,8 @@ impl Store {
                 inline_max: cache.inline_max,
                 totals: census::Totals::default(),
                 dir: dir.to_owned(),
+                visited: Default::default(),
+                reconcile_rate: storage.reconcile_rate,
             }),
         };
         let mut opened = store.start()?;
@@ -162,8 +168,18 @@ impl Store {
         self.inner.meta.wrote(result)
     }
 
+    /// Object records read since the store was opened.
+    pub fn records_visited(&self) -> u64 {
+        self.inner.visited.load(Ordering::Relaxed)
+    }
+
+    fn visit(&self) {
+        self.inner.visited.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The record of a stored object.
     pub fn record(&self, kind: Kind, digest: &Digest) -> Result<Option<ObjectRecord>, StoreError> {
+        self.visit();
         let raw = self.trees()?.objects.get(keys::object(kind, digest))?;
         match raw {
             None => Ok(None),
@@ -640,3 +656,6 @@ fn hash_file(path: &Path, expected: &Digest) -> Option<(Digest, u64)> {
         total += n as u64;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,6 +11,7 @@
 use std::path::Path;
 
 use super::census::{Counts, Snapshot};
+use super::check::Pace;
 use super::keys::{self, Kind};
 use super::records::{encode_json, now_ms, ObjectRecord, TagMapping};
 use super::{hash_file, io_err, Store, StoreError};
@@ -141,8 +142,13 @@ impl Store {
         totals: &mut Snapshot,
     ) -> Result<(), StoreError> {
         let trees = self.trees()?;
+        let pace = Pace::new(Some(self.inner.reconcile_rate));
+        let mut seen = 0u64;
         for entry in trees.objects.iter() {
             let (key, raw) = entry?;
+            self.visit();
+            seen += 1;
+            pace.wait(seen);
             let parsed = keys::parse_object(&key).zip(ObjectRecord::decode(&raw));
             let Some(((kind, digest), record)) = parsed else {
                 self.wrote(trees.objects.remove(&key))?;
@@ -181,8 +187,12 @@ impl Store {
         let trees = self.trees()?;
         let files = &self.inner.files;
         let mut outcome = Ok(());
+        let pace = Pace::new(Some(self.inner.reconcile_rate));
+        let mut seen = 0u64;
         files
             .visit(kind, |path, digest| {
+                seen += 1;
+                pace.wait(seen);
                 let Some(digest) = digest else {
                     report.files_removed += 1;
                     return std::fs::remove_file(&path);

@@ -1,0 +1,321 @@
+//! The store's own tests: content in files, clean and unclean restarts,
+//! eviction that reads what it removes, and the conversion of format 1.
+
+use std::io::Write;
+
+use super::*;
+use crate::digest::Algorithm;
+
+fn cache() -> CacheConfig {
+    CacheConfig {
+        hot_size: 1 << 20,
+        inline_max: 8,
+        ..CacheConfig::default()
+    }
+}
+
+fn storage(max_size: u64) -> StorageConfig {
+    StorageConfig {
+        max_size: Some(max_size),
+        ..StorageConfig::default()
+    }
+}
+
+fn open(dir: &Path) -> (Store, Opened) {
+    Store::open_with(dir, &cache(), &storage(1 << 40)).expect("open")
+}
+
+fn commit(store: &Store, bytes: &[u8]) -> Digest {
+    let temp = store.temp_file().expect("temp");
+    (&**temp.file()).write_all(bytes).expect("write");
+    let digest = Algorithm::Sha256.digest(bytes);
+    store
+        .commit_blob(&digest, temp, bytes.len() as u64)
+        .expect("commit");
+    digest
+}
+
+fn manifest(n: usize) -> Manifest {
+    let bytes = Bytes::from(format!(r#"{{"schemaVersion":2,"n":{n}}}"#));
+    Manifest {
+        digest: Algorithm::Sha256.digest(&bytes),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        bytes,
+    }
+}
+
+#[test]
+fn content_lives_in_files_and_a_clean_restart_reads_no_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (small, large, m);
+    {
+        let (store, opened) = open(dir.path());
+        assert!(!opened.clean, "a new store has no clean-stop mark");
+        store.reconcile().expect("reconcile");
+        small = commit(&store, b"tiny");
+        large = commit(&store, b"larger than eight bytes");
+        m = store.put_manifest(manifest(1)).expect("put").digest.clone();
+        store
+            .put_tag("docker.io", "library/a", "1", TagMapping::new(&m, None))
+            .expect("tag");
+        store.add_link("docker.io", "library/a", &m).expect("link");
+        assert!(store.inner.files.path_of(Kind::Blob, &small).exists());
+        assert!(store.inner.files.path_of(Kind::Manifest, &m).exists());
+        store.close().expect("close");
+    }
+    let (store, opened) = open(dir.path());
+    assert!(opened.clean);
+    assert_eq!(
+        store.records_visited(),
+        0,
+        "a clean start reads no object record"
+    );
+    assert!(store.is_counted());
+    let report = store.report().expect("report");
+    assert_eq!((report.blobs, report.manifests, report.tags), (2, 1, 1));
+    assert!(
+        matches!(store.blob(&small).expect("read"), Some(BlobContent::Inline(b)) if &b[..] == b"tiny")
+    );
+    assert!(matches!(
+        store.blob(&large).expect("read"),
+        Some(BlobContent::File { size: 23, .. })
+    ));
+    assert_eq!(
+        store.manifest(&m).expect("read").expect("held").bytes,
+        manifest(1).bytes
+    );
+    assert!(store.has_link("docker.io", "library/a", &m).expect("link"));
+    assert!(!store.has_link("docker.io", "library/b", &m).expect("link"));
+    assert_eq!(
+        store
+            .tag("docker.io", "library/a", "1")
+            .expect("tag")
+            .map(|t| t.digest),
+        Some(m.to_string())
+    );
+}
+
+#[test]
+fn an_unclean_stop_serves_at_once_and_is_reconciled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (kept, lost, short, orphan);
+    {
+        let (store, _) = open(dir.path());
+        store.reconcile().expect("reconcile");
+        kept = commit(&store, b"kept kept kept kept");
+        lost = commit(&store, b"lost lost lost lost");
+        short = commit(&store, b"short short short short");
+        std::fs::remove_file(store.inner.files.path_of(Kind::Blob, &lost)).expect("rm");
+        std::fs::write(store.inner.files.path_of(Kind::Blob, &short), b"short").expect("cut");
+        // A committed file whose record was never written, and a file
+        // whose bytes do not match its name.
+        orphan = Algorithm::Sha256.digest(b"orphan orphan orphan");
+        let path = store.inner.files.path_of(Kind::Blob, &orphan);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, b"orphan orphan orphan").expect("write");
+        let bad = store
+            .inner
+            .files
+            .path_of(Kind::Blob, &Algorithm::Sha256.digest(b"x"));
+        std::fs::create_dir_all(bad.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&bad, b"not x").expect("write");
+        std::mem::forget(store.temp_file().expect("temp"));
+        // Dropped without close(): no clean-stop mark.
+    }
+    let (store, opened) = open(dir.path());
+    assert!(!opened.clean);
+    assert_eq!(opened.temp_files_removed, 1);
+    // Before reconciling, each object is checked as it is used.
+    assert!(store.blob(&kept).expect("read").is_some());
+    assert!(
+        store.blob(&lost).expect("read").is_none(),
+        "a missing file is never served"
+    );
+    assert!(
+        store.blob(&short).expect("read").is_none(),
+        "a file of the wrong size is never served"
+    );
+    let report = store.reconcile().expect("reconcile");
+    assert_eq!(
+        (report.files_adopted, report.files_removed),
+        (1, 1),
+        "{report:?}"
+    );
+    assert!(store.is_counted());
+    assert!(store.blob(&orphan).expect("read").is_some());
+    assert_eq!(
+        store.report().expect("report").blobs,
+        2,
+        "kept and the adopted orphan"
+    );
+}
+
+#[test]
+fn eviction_reads_about_what_it_removes_and_leaves_no_reference() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open_with(dir.path(), &cache(), &storage(1 << 40)).expect("open");
+    store.reconcile().expect("reconcile");
+    let mut digests = Vec::new();
+    for i in 0..300 {
+        let d = commit(
+            &store,
+            format!("blob number {i} with some bytes").as_bytes(),
+        );
+        store
+            .add_link("u", &format!("r{}", i % 7), &d)
+            .expect("link");
+        store
+            .put_tag("u", "r", &format!("t{i}"), TagMapping::new(&d, None))
+            .expect("tag");
+        store
+            .put_referrers("u", "r", &d, &ReferrersRecord::new(Vec::new()))
+            .expect("refs");
+        digests.push(d);
+    }
+    store.flush_access().expect("flush");
+    let total = store.report().expect("report").blobs;
+    assert_eq!(total, 300);
+    drop(store);
+    // The same store with a budget that holds about half of it.
+    let used = {
+        let (s, _) = Store::open_with(dir.path(), &cache(), &storage(1 << 40)).expect("open");
+        s.reconcile().expect("reconcile");
+        s.measure_overhead();
+        let used = s.used();
+        s.close().expect("close");
+        used
+    };
+    let per_blob = 4096;
+    let (store, opened) = Store::open_with(dir.path(), &cache(), &storage(used - 100 * per_blob))
+        .expect("open with a smaller budget");
+    assert!(opened.clean);
+    let used_at: Vec<u64> = digests
+        .iter()
+        .map(|d| store.used_at(Kind::Blob, d).expect("read").expect("held"))
+        .collect();
+    let before = store.records_visited();
+    let evicted = store.evict_if_needed().expect("evict");
+    let removed = evicted.blobs + evicted.manifests;
+    assert!(removed >= 100, "{evicted:?}");
+    assert!(
+        evicted.visited <= removed + 5,
+        "an eviction round reads about what it removes: {evicted:?}"
+    );
+    assert!(store.records_visited() - before <= removed as u64 + 5);
+    let (mut gone_at, mut kept_at) = (Vec::new(), Vec::new());
+    for (i, (d, at)) in digests.iter().zip(&used_at).enumerate() {
+        if store.has_blob(d).expect("has") {
+            kept_at.push(*at);
+            continue;
+        }
+        gone_at.push(*at);
+        assert!(
+            !store.has_link("u", "r0", d).expect("link")
+                && !store.has_link("u", "r3", d).expect("link")
+        );
+        assert!(store.referrers("u", "r", d).expect("refs").is_none());
+    }
+    assert_eq!(gone_at.len(), removed);
+    assert!(
+        gone_at.iter().max() <= kept_at.iter().min(),
+        "least recently used first"
+    );
+    let tags = store.tags_of("u", "r").expect("tags");
+    assert_eq!(
+        tags.len(),
+        300 - removed,
+        "tags of evicted content go with it"
+    );
+    let report = store.report().expect("report");
+    let linked: u64 = report.repositories.iter().map(|r| r.items).sum();
+    assert_eq!(
+        linked,
+        (300 - removed) as u64,
+        "the census follows: {report:?}"
+    );
+}
+
+#[test]
+fn a_format_1_directory_is_converted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = manifest(7);
+    let blob = b"a format one inline blob".to_vec();
+    let blob_digest = Algorithm::Sha256.digest(&blob);
+    {
+        let db = sled::open(dir.path().join("db")).expect("sled");
+        db.insert(b"schema_version", b"1").expect("schema");
+        let mut value = m.media_type.as_bytes().to_vec();
+        value.push(b'\n');
+        value.extend_from_slice(&m.bytes);
+        db.open_tree("manifests")
+            .expect("tree")
+            .insert(m.digest.to_string(), value)
+            .expect("m");
+        let record = serde_json::json!({"size": blob.len(), "inline": true, "stored_at_ms": 1});
+        db.open_tree("blobs")
+            .expect("tree")
+            .insert(
+                blob_digest.to_string(),
+                serde_json::to_vec(&record).expect("json"),
+            )
+            .expect("b");
+        db.open_tree("blob_data")
+            .expect("tree")
+            .insert(blob_digest.to_string(), blob.as_slice())
+            .expect("d");
+        let link = [
+            b"docker.io".as_slice(),
+            b"library/a",
+            m.digest.to_string().as_bytes(),
+        ]
+        .join(&0u8);
+        db.open_tree("links")
+            .expect("tree")
+            .insert(link, &[])
+            .expect("l");
+        db.open_tree("tags")
+            .expect("tree")
+            .insert(
+                [b"docker.io".as_slice(), b"library/a", b"1"].join(&0u8),
+                serde_json::to_vec(&TagMapping::new(&m.digest, None)).expect("json"),
+            )
+            .expect("t");
+        db.flush().expect("flush");
+    }
+    let (store, opened) = open(dir.path());
+    assert!(opened.migrated);
+    store.reconcile().expect("reconcile");
+    assert_eq!(
+        store
+            .manifest(&m.digest)
+            .expect("read")
+            .expect("held")
+            .bytes,
+        m.bytes
+    );
+    let content = store.blob(&blob_digest).expect("read").expect("held");
+    assert_eq!(content.size(), blob.len() as u64);
+    assert!(store
+        .has_link("docker.io", "library/a", &m.digest)
+        .expect("link"));
+    assert_eq!(store.report().expect("report").tags, 1);
+    let names = store.trees().expect("trees").db.tree_names();
+    assert!(
+        !names.iter().any(|n| &n[..] == b"blob_data"),
+        "format 1 trees are gone"
+    );
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = sled::open(dir.path().join("db")).expect("sled");
+        db.insert(b"schema_version", b"99").expect("insert");
+        db.flush().expect("flush");
+    }
+    assert!(matches!(
+        Store::open(dir.path(), &CacheConfig::default()),
+        Err(StoreError::SchemaTooNew { found: 99, .. })
+    ));
+}
