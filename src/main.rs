@@ -241,7 +241,14 @@ fn serve(config: berth::Config) -> ExitCode {
                 ))
             })?;
         let shutdown = shutdown_signal()?;
-        berth::run(config, listener, shutdown).await
+        let app = berth::App::new(config)?;
+        let result = berth::serve(app.clone(), listener, shutdown).await;
+        // The store is closed (flushed, marked clean) by now; tearing down
+        // its in-memory structures, sled's page table among them, would
+        // cost time that grows with what the cache holds. The process is
+        // about to exit, which frees it all at once.
+        std::mem::forget(app);
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

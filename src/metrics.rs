@@ -68,6 +68,7 @@ pub struct Families {
     pub connections: Gauge,
     pub refused: Family<KindLabels, Counter>,
     pub store_writable: Gauge,
+    pub store_records_visited: Gauge,
     pub ratelimit_limit: Family<UpstreamName, Gauge>,
     pub ratelimit_remaining: Family<UpstreamName, Gauge>,
     pub ratelimit_paused: Family<UpstreamName, Gauge>,
@@ -110,6 +111,7 @@ impl Metrics {
             connections: Gauge::default(),
             refused: Family::default(),
             store_writable: Gauge::default(),
+            store_records_visited: Gauge::default(),
             ratelimit_limit: Family::default(),
             ratelimit_remaining: Family::default(),
             ratelimit_paused: Family::default(),
@@ -205,6 +207,11 @@ impl Metrics {
             "store_writable",
             "1 while the store takes writes; 0 while it cannot (a full disk): pulls pass through uncached",
             f.store_writable.clone(),
+        );
+        r.register(
+            "store_records_visited",
+            "Object records the store has read since it opened (start-up after a clean stop reads none; eviction reads about what it removes)",
+            f.store_records_visited.clone(),
         );
         r.register(
             "refused",

@@ -163,23 +163,29 @@ impl Files {
 
     /// Writes a small document (a manifest) in place. No fsync: a document
     /// is re-hashed whenever it is read from its file, so one that a power
-    /// cut left incomplete is never served, only fetched again.
+    /// cut left incomplete (or lost) is never served, only fetched again.
     pub fn write_small(&self, kind: Kind, digest: &Digest, bytes: &[u8]) -> io::Result<u64> {
         let mut temp = self.temp()?;
         (&*temp.file).write_all(bytes)?;
-        let disk = self.place(&temp.path, kind, digest)?;
+        let disk = self.rename_into_place(&temp.path, kind, digest)?;
         temp.committed = true;
         Ok(disk)
     }
 
     /// Renames a complete file to its digest's place, durably.
     fn place(&self, from: &Path, kind: Kind, digest: &Digest) -> io::Result<u64> {
+        let disk = self.rename_into_place(from, kind, digest)?;
+        // The rename is durable only once the directory is.
+        let target = self.path_of(kind, digest);
+        File::open(target.parent().unwrap_or(self.dir(kind)))?.sync_all()?;
+        Ok(disk)
+    }
+
+    fn rename_into_place(&self, from: &Path, kind: Kind, digest: &Digest) -> io::Result<u64> {
         let target = self.path_of(kind, digest);
         let dir = target.parent().unwrap_or(self.dir(kind));
         fs::create_dir_all(dir)?;
         fs::rename(from, &target)?;
-        // The rename is durable only once the directory is.
-        File::open(dir)?.sync_all()?;
         Ok(disk_bytes(&fs::metadata(&target)?))
     }
 
