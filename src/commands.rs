@@ -31,9 +31,16 @@ fn open(config: &Config) -> Result<Store, Error> {
     )?)
 }
 
-/// Re-hashes every blob and manifest. Returns whether the store is clean
-/// (after repair, when asked to repair).
-pub fn check(config: &Config, repair: bool) -> Result<bool, Error> {
+/// Re-hashes every blob and manifest: in this process on a stopped store,
+/// or, with `online` (the rate, if any), in the running berth through its
+/// admin listener. Returns whether the store is clean (after repair, when
+/// asked to repair).
+pub fn check(config: &Config, repair: bool, online: Option<Option<u64>>) -> Result<bool, Error> {
+    if let Some(rate) = online {
+        let report = check_online(config, repair, rate)?;
+        print_check(&report, repair);
+        return Ok(report.problems.is_empty() || report.repaired == report.problems.len());
+    }
     let store = open(config)?;
     let total = store.stored_bytes();
     let report = if std::io::stderr().is_terminal() {
@@ -59,6 +66,73 @@ pub fn check(config: &Config, repair: bool) -> Result<bool, Error> {
     store.close()?;
     print_check(&report, repair);
     Ok(report.problems.is_empty() || report.repaired == report.problems.len())
+}
+
+/// Starts (or joins) the running berth's online check and follows it to
+/// its end.
+fn check_online(config: &Config, repair: bool, rate: Option<u64>) -> Result<CheckReport, Error> {
+    let fail = |what: String| Error::Io(std::io::Error::other(what));
+    let mut addr = config.admin_listen.ok_or_else(|| {
+        fail(
+            "check --online goes through the admin listener: set admin_listen in the configuration"
+                .into(),
+        )
+    })?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/check");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let mut start = client.post(&url).query(&[("repair", repair.to_string())]);
+        if let Some(rate) = rate {
+            start = start.query(&[("rate", rate.to_string())]);
+        }
+        let resp = start
+            .send()
+            .await
+            .map_err(|e| fail(format!("POST {url}: {}", crate::upstream::error_chain(&e))))?;
+        match resp.status() {
+            reqwest::StatusCode::ACCEPTED => {}
+            reqwest::StatusCode::CONFLICT => eprintln!("a check is already running; following it"),
+            other => return Err(fail(format!("POST {url}: {other}"))),
+        }
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        loop {
+            let status: crate::online_check::CheckStatus = client
+                .get(&url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| fail(format!("GET {url}: {}", crate::upstream::error_chain(&e))))?
+                .json()
+                .await
+                .map_err(|e| fail(format!("GET {url}: {e}")))?;
+            bar.set_length(status.total_bytes);
+            bar.set_position(status.bytes);
+            if !status.running {
+                bar.finish_and_clear();
+                if let Some(error) = status.error {
+                    return Err(fail(format!("the online check failed: {error}")));
+                }
+                return status
+                    .report
+                    .ok_or_else(|| fail("the online check left no report".into()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    })
 }
 
 fn print_check(report: &CheckReport, repair: bool) {

@@ -26,6 +26,7 @@ pub mod http;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+pub mod online_check;
 pub mod progress;
 pub mod reference;
 pub mod referrers;
@@ -69,6 +70,8 @@ struct AppInner {
     pull_auth: Option<http::auth::PullAuth>,
     /// Fills belong to the server, not to a connection; shutdown waits here.
     fills: TaskTracker,
+    /// `berth check --online`, one at a time.
+    online_check: Arc<online_check::OnlineCheck>,
 }
 
 impl App {
@@ -107,6 +110,7 @@ impl App {
                 metrics,
                 pull_auth,
                 fills,
+                online_check: Default::default(),
             }),
         })
     }
@@ -141,6 +145,11 @@ impl App {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The online integrity check of the store.
+    pub fn online_check(&self) -> &Arc<online_check::OnlineCheck> {
+        &self.inner.online_check
     }
 
     /// Who may pull, when pulls are not open to anyone.

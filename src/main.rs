@@ -44,11 +44,19 @@ enum Command {
     /// container image's HEALTHCHECK.
     Health,
     /// Re-hash every cached blob and manifest and report any that do not
-    /// match their digest (exit 1); run it while berth is stopped.
+    /// match their digest (exit 1): on a stopped store, or with --online in
+    /// the running berth, at a bounded rate.
     Check {
         /// Remove what does not match, so it is fetched again on demand.
         #[arg(long)]
         repair: bool,
+        /// Check the store of the running berth, through its admin
+        /// listener (admin_listen), beside its clients.
+        #[arg(long)]
+        online: bool,
+        /// With --online: read at most this much a second (e.g. 50MiB).
+        #[arg(long, requires = "online")]
+        rate: Option<bytesize::ByteSize>,
     },
     /// Show what the cache holds, by upstream and repository.
     Du {
@@ -126,7 +134,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { repair } => match berth::commands::check(&config, repair) {
+        Command::Check {
+            repair,
+            online,
+            rate,
+        } => match berth::commands::check(
+            &config,
+            repair,
+            online.then_some(rate.map(|r| r.as_u64())),
+        ) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => fail(e),

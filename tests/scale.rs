@@ -341,3 +341,44 @@ async fn berth_du_changes_nothing_and_answers_while_berth_serves() {
     du("while berth serves");
     assert!(stop(&mut berth).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_finds_and_repairs_a_flipped_byte_while_berth_serves() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let store = build(&data, 100, &StorageConfig::default());
+    let good = commit_blob(&store, &vec![7u8; 90 * 1024]);
+    let bad = commit_blob(&store, &vec![8u8; 90 * 1024]);
+    store.close().expect("close");
+    drop(store);
+    let path = common::blob_file(&data, &bad.to_string());
+    let mut bytes = std::fs::read(&path).expect("read the blob");
+    bytes[1000] ^= 1;
+    std::fs::write(&path, bytes).expect("flip a byte");
+
+    let admin = free_port();
+    let served = served(
+        dir.path(),
+        &data,
+        &format!("admin_listen = \"127.0.0.1:{admin}\""),
+    );
+    let mut berth = start(&served).await;
+    let out = common::berth::command()
+        .arg("--config")
+        .arg(&served.config)
+        .args(["check", "--online", "--rate", "10MiB", "--repair"])
+        .output()
+        .expect("run berth check --online");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "repaired, so clean: {out:?}");
+    assert!(text.contains(&format!("BAD blob {bad}")), "{text}");
+    assert!(text.contains("1 bad, 1 removed"), "{text}");
+    let blob = |d: &Digest| format!("/v2/{}/blobs/{d}", repo(0));
+    assert_eq!(get(&served, &blob(&good)).await.status(), 200);
+    assert_eq!(
+        get(&served, &blob(&bad)).await.status(),
+        404,
+        "the damaged blob is gone"
+    );
+    assert!(stop(&mut berth).await.success());
+}

@@ -1,8 +1,10 @@
 //! The operator's endpoints: `/metrics` (Prometheus text), `/healthz` (the
 //! process answers), `/readyz` (the store is open and answering) and `/du`
-//! (what `berth du` prints, as JSON). They
-//! live on the registry listener, or only on `admin_listen` when that is set,
-//! and are never confused with the registry API, which is all under `/v2/`.
+//! (what `berth du` prints, as JSON). They live on the registry listener,
+//! or only on `admin_listen` when that is set, and are never confused with
+//! the registry API, which is all under `/v2/`. `/check` (`berth check
+//! --online`: start with `POST`, follow with `GET`) is served on the admin
+//! listener only, since it makes the server read its whole store.
 
 use http::{header, Method, Request, Response, StatusCode};
 
@@ -34,6 +36,9 @@ pub fn handle<B>(app: &App, req: &Request<B>) -> Option<Response<Body>> {
 
 /// Answers everything on the admin listener: admin paths, else 404.
 pub fn handle_only<B>(app: &App, req: &Request<B>) -> Response<Body> {
+    if req.uri().path() == "/check" {
+        return check(app, req);
+    }
     handle(app, req).unwrap_or_else(|| {
         text(
             StatusCode::NOT_FOUND,
@@ -61,6 +66,43 @@ fn metrics(app: &App) -> String {
 
 fn clamp(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// `POST /check?rate=<bytes a second>&repair=true` starts an online check
+/// (409 while one runs); `GET /check` says how it goes.
+fn check<B>(app: &App, req: &Request<B>) -> Response<Body> {
+    let json = |status, value: &crate::online_check::CheckStatus| {
+        text(
+            status,
+            "application/json",
+            serde_json::to_string(value).unwrap_or_default(),
+        )
+    };
+    match *req.method() {
+        Method::GET | Method::HEAD => json(StatusCode::OK, &app.online_check().status()),
+        Method::POST => {
+            let (mut rate, mut repair) = (None, false);
+            for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+                match &*k {
+                    "rate" => rate = v.parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64()),
+                    "repair" => repair = v == "true",
+                    _ => {}
+                }
+            }
+            let (started, status) = app.online_check().start(app.store().clone(), rate, repair);
+            let code = if started {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::CONFLICT
+            };
+            json(code, &status)
+        }
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET or POST\n".into(),
+        ),
+    }
 }
 
 /// What `berth du` prints, from the running server's counts.

@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::keys::{self, Kind};
 use super::records::ObjectRecord;
@@ -15,14 +15,14 @@ use super::{Store, StoreError};
 use crate::digest::{Digest, Hasher};
 
 /// One stored item that is not what its digest says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
-    pub kind: &'static str,
+    pub kind: String,
     pub digest: String,
     pub reason: String,
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct CheckReport {
     pub checked: usize,
     pub bytes: u64,
@@ -96,7 +96,7 @@ impl Store {
             pace.wait(report.bytes);
             if let Err(reason) = verdict {
                 report.problems.push(Problem {
-                    kind: kind.name(),
+                    kind: kind.name().to_owned(),
                     digest: digest.to_string(),
                     reason,
                 });
