@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use self::fields::Fields;
-pub use self::serving::{AuthConfig, Limits, TlsConfig};
+pub use self::serving::{AuthConfig, Limits, StatusConfig, TlsConfig};
 pub use self::upstream::{RepoPatterns, UpstreamConfig, BUILTIN_UPSTREAMS};
 
 /// The whole runtime configuration of one berth process.
@@ -35,13 +35,14 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub cache: CacheConfig,
     pub storage: StorageConfig,
-    /// A separate listener for /metrics, /healthz and /readyz; without it
-    /// they are served on the registry listener.
+    /// A separate listener for /metrics, /healthz, /readyz and the status
+    /// page; without it they are served on the registry listener.
     pub admin_listen: Option<SocketAddr>,
     /// TLS on the registry listener; plain HTTP (and h2c) without it.
     pub tls: Option<TlsConfig>,
     pub limits: Limits,
     pub auth: AuthConfig,
+    pub status: StatusConfig,
 }
 
 /// How much disk the cache may use.
@@ -275,6 +276,9 @@ fn parse_config(f: &mut Fields) -> Config {
     let mut auth = f.section("auth");
     let auth_config = serving::parse_auth(&mut auth);
     f.absorb(auth);
+    let mut status = f.section("status");
+    let status_config = serving::parse_status(&mut status);
+    f.absorb(status);
     Config {
         listen: f
             .get("listen")
@@ -293,6 +297,7 @@ fn parse_config(f: &mut Fields) -> Config {
         tls: tls_config,
         limits: limits_config,
         auth: auth_config,
+        status: status_config,
     }
 }
 

@@ -51,3 +51,20 @@ pub enum FillError {
     #[error("cache write failed: {0}")]
     Io(#[from] std::io::Error),
 }
+
+impl FillError {
+    /// Why the fill failed, as a metric label: `verification` when the
+    /// upstream's bytes did not match their digest or announced size,
+    /// `upstream` when the upstream failed to send them.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FillError::DigestMismatch { .. }
+            | FillError::Truncated { .. }
+            | FillError::Overlong { .. } => "verification",
+            FillError::Upstream(_) => "upstream",
+            FillError::TooLarge { .. } => "too_large",
+            FillError::Store(_) | FillError::Io(_) => "storage",
+            _ => "other",
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! process answers) and `/readyz` (the store is open and answering). They
 //! live on the registry listener, or only on `admin_listen` when that is set,
 //! and are never confused with the registry API, which is all under `/v2/`.
+//! The admin listener also serves the status page (`crate::status`).
 
 use http::{header, Method, Request, Response, StatusCode};
 
@@ -32,7 +33,10 @@ pub fn handle<B>(app: &App, req: &Request<B>) -> Option<Response<Body>> {
 
 /// Answers everything on the admin listener: admin paths, else 404.
 pub fn handle_only<B>(app: &App, req: &Request<B>) -> Response<Body> {
-    handle(app, req).unwrap_or_else(|| {
+    use crate::status::serve::{self as status_page, Listener};
+    handle(app, req)
+        .or_else(|| status_page::handle(app, req, Listener::Admin))
+        .unwrap_or_else(|| {
         text(
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -51,6 +55,16 @@ fn metrics(app: &App) -> String {
     let (entries, bytes) = app.store().hot_usage();
     families.hot_entries.set(clamp(entries));
     families.hot_bytes.set(clamp(bytes));
+    for upstream in app.upstreams().all() {
+        if let Some(up) = upstream.activity().contact().reachable {
+            families
+                .upstream_up
+                .get_or_create(&crate::metrics::UpstreamNameLabels {
+                    upstream: upstream.name().to_owned(),
+                })
+                .set(i64::from(up));
+        }
+    }
     app.metrics().encode()
 }
 

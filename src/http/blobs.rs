@@ -67,13 +67,10 @@ pub async fn get(
                 // once verified.
                 let resp = content_headers(Response::builder().status(StatusCode::OK), digest)
                     .header(header::CONTENT_TYPE, "application/octet-stream");
-                return finish(resp, body::stream(fill.reader(0, None).into_stream()));
+                return finish(resp, body::stream(fill.client_stream(0, None)));
             };
             let (resp, start, end) = ranged(digest, total, range)?;
-            finish(
-                resp,
-                body::stream(fill.reader(start, Some(end)).into_stream()),
-            )
+            finish(resp, body::stream(fill.client_stream(start, Some(end))))
         }
     }
 }

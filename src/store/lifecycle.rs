@@ -49,6 +49,9 @@ pub(super) struct Lifecycle {
     meta: sled::Tree,
     pending: Mutex<HashMap<String, u64>>,
     used: AtomicU64,
+    /// Blobs and manifests held, kept beside `used` for the status page.
+    blobs_held: AtomicU64,
+    manifests_held: AtomicU64,
     limit: u64,
     high: u64,
     low: u64,
@@ -114,6 +117,8 @@ impl Lifecycle {
             meta,
             pending: Mutex::new(HashMap::new()),
             used: AtomicU64::new(0),
+            blobs_held: AtomicU64::new(0),
+            manifests_held: AtomicU64::new(0),
             limit,
             high: (limit as f64 * config.high_watermark) as u64,
             low: (limit as f64 * config.low_watermark) as u64,
@@ -145,6 +150,7 @@ impl Store {
     /// Accounts for newly stored content and wakes eviction when it is due.
     pub(super) fn added(&self, kind: Kind, digest: &Digest, bytes: u64) {
         self.touch(kind, digest);
+        self.held(kind).fetch_add(1, Ordering::Relaxed);
         let used = self.lifecycle().used.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if used > self.lifecycle().high {
             self.lifecycle().wake.notify_one();
@@ -153,18 +159,39 @@ impl Store {
 
     /// Recomputes the bytes held, at start-up.
     pub(super) fn count_usage(&self) -> Result<(), StoreError> {
-        let mut used = 0u64;
+        let (mut used, mut blobs, mut manifests) = (0u64, 0u64, 0u64);
         for entry in self.inner.blobs.iter() {
             let (_, raw) = entry?;
             used += serde_json::from_slice::<BlobRecord>(&raw)
                 .map(|r| r.size)
                 .unwrap_or(0);
+            blobs += 1;
         }
         for entry in self.inner.manifests.iter() {
             used += entry?.1.len() as u64;
+            manifests += 1;
         }
         self.lifecycle().used.store(used, Ordering::Relaxed);
+        self.lifecycle().blobs_held.store(blobs, Ordering::Relaxed);
+        self.lifecycle()
+            .manifests_held
+            .store(manifests, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn held(&self, kind: Kind) -> &AtomicU64 {
+        match kind {
+            Kind::Blob => &self.lifecycle().blobs_held,
+            Kind::Manifest => &self.lifecycle().manifests_held,
+        }
+    }
+
+    /// Blobs and manifests held, from counters (no scan).
+    pub fn object_counts(&self) -> (u64, u64) {
+        (
+            self.held(Kind::Blob).load(Ordering::Relaxed),
+            self.held(Kind::Manifest).load(Ordering::Relaxed),
+        )
     }
 
     /// Entries and bytes in the in-memory tier.
@@ -339,6 +366,8 @@ impl Store {
         if let Some(bytes) = freed {
             let used = &self.lifecycle().used;
             used.fetch_sub(bytes.min(used.load(Ordering::Relaxed)), Ordering::Relaxed);
+            let held = self.held(kind);
+            held.fetch_sub(held.load(Ordering::Relaxed).min(1), Ordering::Relaxed);
         }
         Ok(freed)
     }

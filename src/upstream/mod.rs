@@ -3,6 +3,7 @@
 //! followed without leaking credentials to other hosts, and every failure
 //! turned into an `UpstreamError` that names the upstream.
 
+pub mod activity;
 pub mod auth;
 pub mod routing;
 
@@ -192,6 +193,8 @@ pub struct Upstream {
     http: reqwest::Client,
     auth: Auth,
     manifest_accept: HeaderValue,
+    /// What the status page and `/metrics` show of this upstream.
+    activity: activity::Activity,
 }
 
 impl Upstream {
@@ -241,6 +244,7 @@ impl Upstream {
             http,
             auth: Auth::new(config.name.clone(), basic),
             manifest_accept,
+            activity: Default::default(),
         })
     }
 
@@ -250,6 +254,11 @@ impl Upstream {
 
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    /// Its recent contacts, requests and bytes, for the status page.
+    pub fn activity(&self) -> &activity::Activity {
+        &self.activity
     }
 
     /// `GET` (or `HEAD`) of a manifest by tag or digest, with berth's own
@@ -361,7 +370,7 @@ impl Upstream {
         &self,
         resp: &mut reqwest::Response,
     ) -> Result<Option<Bytes>, UpstreamError> {
-        match tokio::time::timeout(self.config.idle_timeout, resp.chunk()).await {
+        let chunk = match tokio::time::timeout(self.config.idle_timeout, resp.chunk()).await {
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.name().to_owned(),
                 what: "next part of a body",
@@ -371,7 +380,16 @@ impl Upstream {
                 reason: e.to_string(),
             }),
             Ok(Ok(chunk)) => Ok(chunk),
+        };
+        match &chunk {
+            Ok(Some(bytes)) => {
+                self.activity.bytes(bytes.len() as u64);
+                self.metrics.upstream_bytes(self.name(), bytes.len() as u64);
+            }
+            Ok(None) => {}
+            Err(e) => self.activity.failed(&e.to_string()),
         }
+        chunk
     }
 
     /// Sends a request for `/v2/<repo>/<path>`, answering one auth challenge
@@ -465,7 +483,20 @@ impl Upstream {
             Err(_) => "unreachable".to_owned(),
         };
         self.metrics.upstream(self.name(), status);
+        self.note_contact(&result);
         result
+    }
+
+    /// A 5xx or 429 is the upstream failing; any other answer shows it up.
+    fn note_contact(&self, result: &Result<reqwest::Response, UpstreamError>) {
+        self.activity.request();
+        match result {
+            Ok(resp) if resp.status().is_server_error() || resp.status() == 429 => {
+                self.activity.failed(&format!("answered {}", resp.status()));
+            }
+            Ok(_) => self.activity.succeeded(),
+            Err(e) => self.activity.failed(&e.to_string()),
+        }
     }
 
     fn redirect_target(

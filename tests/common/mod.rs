@@ -10,12 +10,14 @@
 //! - [`content`]: image fixtures and pushing them over the registry API;
 //! - [`berth`]: berth itself, in-process, on a temporary data directory;
 //! - [`skopeo`]: a real client pulling through berth;
-//! - [`http`]: small helpers for raw HTTP checks.
+//! - [`http`]: small helpers for raw HTTP checks;
+//! - [`browser`]: a real browser (headless Chromium) loading berth's pages.
 
 // Every test binary uses a different part of the harness.
 #![allow(dead_code)]
 
 pub mod berth;
+pub mod browser;
 pub mod content;
 pub mod hostile;
 pub mod http;
