@@ -25,7 +25,9 @@ use promql_parser::util::{walk_expr, ExprVisitor};
 use serde_json::Value;
 
 fn deploy(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(path)
 }
 
 /// A hang guard for waits on berth's state.
@@ -92,7 +94,10 @@ async fn the_dashboard_and_alerts_use_only_what_berth_exports_and_the_page_agree
     .await;
     assert!(matches!(cut, Transfer::Failed { .. }), "{cut:?}");
     let refused = http
-        .get(format!("{}/v2/dead.test/any/thing/manifests/1", berth.url()))
+        .get(format!(
+            "{}/v2/dead.test/any/thing/manifests/1",
+            berth.url()
+        ))
         .send()
         .await
         .expect("GET from the dead upstream");
@@ -128,7 +133,10 @@ async fn the_dashboard_and_alerts_use_only_what_berth_exports_and_the_page_agree
             panic!("{origin} uses {name}, which berth does not export:\n{metrics}");
         };
         // Prometheus adds `instance` and `job` when it scrapes.
-        for label in labels.iter().filter(|l| !["instance", "job", "le"].contains(&l.as_str())) {
+        for label in labels
+            .iter()
+            .filter(|l| !["instance", "job", "le"].contains(&l.as_str()))
+        {
             if let Some(exported_labels) = exported_labels {
                 assert!(
                     exported_labels.contains(label),
@@ -246,7 +254,10 @@ impl Exposition {
             .samples
             .iter()
             .filter(|(n, l, _)| {
-                n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(v))
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(v))
             })
             .map(|(_, _, v)| *v)
             .collect();
@@ -266,7 +277,9 @@ fn sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
         let mut chars = inner.char_indices();
         let mut key = String::new();
         loop {
-            let (i, c) = chars.next().unwrap_or_else(|| panic!("unclosed labels: {line}"));
+            let (i, c) = chars
+                .next()
+                .unwrap_or_else(|| panic!("unclosed labels: {line}"));
             match c {
                 '}' => {
                     rest = &inner[i + 1..];
@@ -328,7 +341,10 @@ fn alert_exprs() -> Vec<String> {
             exprs.push(rule["expr"].as_str().expect("an expr").to_owned());
         }
     }
-    assert!(exprs.len() >= 4, "upstream down, hit ratio, disk, verification");
+    assert!(
+        exprs.len() >= 4,
+        "upstream down, hit ratio, disk, verification"
+    );
     exprs
 }
 
@@ -374,7 +390,10 @@ fn selectors(expr: &str, origin: &str) -> Vec<(String, Vec<String>, String)> {
         .0
         .into_iter()
         .map(|(name, labels)| {
-            assert!(!name.is_empty(), "{origin}: a selector without a name in {expr}");
+            assert!(
+                !name.is_empty(),
+                "{origin}: a selector without a name in {expr}"
+            );
             (name, labels, format!("{origin} ({expr})"))
         })
         .collect()

@@ -128,7 +128,8 @@ async fn a_browser_shows_upstreams_hit_ratio_repositories_and_a_running_fill() {
     assert_eq!(status["fills"][0]["clients"], 1, "{status:#}");
 
     let browser = Chromium::new();
-    let shot = out.path().join("status-during-fill.png");
+    let shots = screenshots_dir();
+    let shot = shots.join("during-fill.png");
     browser.screenshot(&berth.url(), &shot, 1400, 2000).await;
     println!("screenshot: {}", shot.display());
     let page = Html::parse_document(&browser.dump_dom(&berth.url()).await);
@@ -152,14 +153,18 @@ async fn a_browser_shows_upstreams_hit_ratio_repositories_and_a_running_fill() {
     );
     check_repository(&page, "slow.test/slow/big");
     browser
-        .screenshot(
-            &berth.url(),
-            &out.path().join("status-after.png"),
-            1400,
-            2000,
-        )
+        .screenshot(&berth.url(), &shots.join("after.png"), 1400, 2000)
         .await;
     berth.stop().await;
+}
+
+/// Where the screenshots go for people to look at: the integration tests'
+/// own temporary directory under `target/`, kept after the run (each run
+/// overwrites them).
+fn screenshots_dir() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+    std::fs::create_dir_all(&dir).expect("create the screenshots directory");
+    dir
 }
 
 fn check_upstreams(page: &Html) {
@@ -207,10 +212,13 @@ fn check_running_fill(page: &Html, digest: &str) {
     );
     assert_eq!(max, 8 * MIB as u64, "the bar's total");
     assert!(now > 0 && now < max, "the bar at {now} of {max}");
-    let width = one(bar, ".filled").value().attr("style").unwrap_or_default();
+    let width = one(bar, ".filled")
+        .value()
+        .attr("style")
+        .unwrap_or_default();
     assert!(width.starts_with("width: "), "{width}");
     let label = text(&one(rows[0], ".bar-label"));
-    assert!(label.contains("of 8 MiB"), "{label}");
+    assert!(label.contains(" of 8.0 MiB ("), "{label}");
 }
 
 const SECRETS: [&str; 4] = [
@@ -228,7 +236,9 @@ async fn berth_with_secrets(dir: &Path, registry: &Registry, admin: Option<u16>)
     std::fs::write(dir.join("tokens"), format!("{token}\n")).expect("write");
     let hash = bcrypt::hash(pull_pw, 4).expect("bcrypt");
     std::fs::write(dir.join("htpasswd"), format!("operator:{hash}\n")).expect("write");
-    let url = registry.url().replace("http://", &format!("http://bot:{url_pw}@"));
+    let url = registry
+        .url()
+        .replace("http://", &format!("http://bot:{url_pw}@"));
     let admin = admin.map_or(String::new(), |port| {
         format!("admin_listen = \"127.0.0.1:{port}\"\n")
     });
@@ -332,14 +342,15 @@ async fn the_page_can_live_on_the_admin_listener_only() {
         .send()
         .await
         .expect("GET");
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "not on the registry listener");
+    assert_eq!(
+        resp.status(),
+        StatusCode::NOT_FOUND,
+        "not on the registry listener"
+    );
     let admin = format!("http://127.0.0.1:{admin_port}");
     let page = client().get(&admin).send().await.expect("GET /");
     assert_eq!(page.status(), StatusCode::OK);
-    assert_eq!(
-        page.headers()["content-type"],
-        "text/html; charset=utf-8"
-    );
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
     check_schema(&status_json(&admin, None).await);
     berth.stop().await;
 }
@@ -405,8 +416,12 @@ fn check_schema(s: &Value) {
         }
         assert!(["reachable", "unreachable", "unknown", "offline"]
             .contains(&u["state"].as_str().unwrap_or_default()));
-        assert!(u.get("rate_limit").is_some_and(|r| r.is_null() || r.is_object()));
-        assert!(u.get("last_error").is_some_and(|e| e.is_null() || e.is_object()));
+        assert!(u
+            .get("rate_limit")
+            .is_some_and(|r| r.is_null() || r.is_object()));
+        assert!(u
+            .get("last_error")
+            .is_some_and(|e| e.is_null() || e.is_object()));
     }
     for p in s["history"]["points"].as_array().into_iter().flatten() {
         for (path, kind) in [
@@ -418,7 +433,11 @@ fn check_schema(s: &Value) {
             kind.check(p, path);
         }
     }
-    for r in s["top_repositories"]["by_pulls"].as_array().into_iter().flatten() {
+    for r in s["top_repositories"]["by_pulls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         Str.check(r, "repository");
         Int.check(r, "count");
     }

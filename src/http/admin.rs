@@ -37,12 +37,12 @@ pub fn handle_only<B>(app: &App, req: &Request<B>) -> Response<Body> {
     handle(app, req)
         .or_else(|| status_page::handle(app, req, Listener::Admin))
         .unwrap_or_else(|| {
-        text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not an admin endpoint\n".into(),
-        )
-    })
+            text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not an admin endpoint\n".into(),
+            )
+        })
 }
 
 /// Gauges that mirror state held elsewhere are read now, then everything

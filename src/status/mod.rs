@@ -20,9 +20,9 @@ mod chart;
 mod errors;
 mod history;
 mod page;
-mod summary;
 pub mod report;
 pub mod serve;
+mod summary;
 mod top;
 
 use std::sync::atomic::{AtomicU64, Ordering};

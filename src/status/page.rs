@@ -5,9 +5,7 @@
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::chart::Chart;
-use super::report::{
-    CacheReport, FillReport, Ranked, Report, UpstreamReport, Window,
-};
+use super::report::{CacheReport, FillReport, Ranked, Report, UpstreamReport, Window};
 use super::summary::ConfigSummary;
 use crate::progress::bytes;
 
@@ -103,7 +101,13 @@ fn upstreams(list: &[UpstreamReport], now: u64) -> Markup {
 
 fn cache(c: &CacheReport) -> Markup {
     let disk = &c.disk;
-    let share = |n: u64| if disk.limit > 0 { n as f64 / disk.limit as f64 } else { 0.0 };
+    let share = |n: u64| {
+        if disk.limit > 0 {
+            n as f64 / disk.limit as f64
+        } else {
+            0.0
+        }
+    };
     html! {
         div.figures {
             (figure(&ratio(c.last_hour.hit_ratio), "hit ratio, last hour", "hit-ratio-hour"))
@@ -125,8 +129,9 @@ fn cache(c: &CacheReport) -> Markup {
             (percent(disk.high_watermark)) " down to " (percent(disk.low_watermark))
         }
         p.small {
-            (c.objects.blobs) " blobs, " (c.objects.manifests) " manifests stored. Hot tier in memory: "
-            (c.hot.entries) " entries, " (bytes(c.hot.bytes)) " of " (bytes(c.hot.limit)) "."
+            (count(c.objects.blobs, "blob")) ", " (count(c.objects.manifests, "manifest"))
+            " stored. Hot tier in memory: " (count(c.hot.entries, "entry"))
+            ", " (bytes(c.hot.bytes)) " of " (bytes(c.hot.limit)) "."
         }
     }
 }
@@ -315,6 +320,15 @@ fn config(c: &ConfigSummary) -> Markup {
     }
 }
 
+/// `1 blob`, `3 blobs`, `2 entries`.
+fn count(n: u64, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 fn yes_no(v: Option<bool>) -> &'static str {
     match v {
         Some(true) => "yes",
@@ -360,11 +374,15 @@ fn duration(seconds: u64) -> String {
         seconds / 60 % 60,
         seconds % 60,
     );
+    let pair = |big: u64, big_unit: &str, small: u64, small_unit: &str| match small {
+        0 => format!("{big} {big_unit}"),
+        _ => format!("{big} {big_unit} {small} {small_unit}"),
+    };
     match (d, h, m) {
         (0, 0, 0) => format!("{s} s"),
-        (0, 0, _) => format!("{m} min {s} s"),
-        (0, _, _) => format!("{h} h {m} min"),
-        _ => format!("{d} d {h} h"),
+        (0, 0, _) => pair(m, "min", s, "s"),
+        (0, _, _) => pair(h, "h", m, "min"),
+        _ => pair(d, "d", h, "h"),
     }
 }
 
@@ -382,6 +400,8 @@ mod tests {
         assert_eq!(duration(250), "4 min 10 s");
         assert_eq!(duration(7_500), "2 h 5 min");
         assert_eq!(duration(3 * 86_400 + 4 * 3_600), "3 d 4 h");
+        assert_eq!(duration(300), "5 min");
+        assert_eq!(duration(0), "0 s");
     }
 
     #[test]

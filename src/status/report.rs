@@ -198,7 +198,7 @@ impl Report {
         };
         let mut fills = app.blobs().views();
         let fills_running = fills.len();
-        fills.sort_by(|a, b| b.age.cmp(&a.age));
+        fills.sort_by_key(|f| std::cmp::Reverse(f.age));
         fills.truncate(FILLS_LISTED);
         Report {
             schema: SCHEMA,

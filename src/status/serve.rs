@@ -79,10 +79,16 @@ fn respond(
         // Figures of the moment: never from a cache.
         .header(header::CACHE_CONTROL, "no-store")
         .header("x-content-type-options", "nosniff")
-        .body(if head { body::empty() } else { body::full(text) })
+        .body(if head {
+            body::empty()
+        } else {
+            body::full(text)
+        })
         .unwrap_or_else(|_| Response::new(body::empty()));
-    resp.headers_mut()
-        .insert(header::CONTENT_SECURITY_POLICY, content_security_policy().clone());
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        content_security_policy().clone(),
+    );
     resp
 }
 
@@ -97,6 +103,7 @@ fn content_security_policy() -> &'static HeaderValue {
             "default-src 'none'; script-src 'sha256-{script}'; style-src 'unsafe-inline'; \
              connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         );
-        HeaderValue::from_str(&policy).unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
+        HeaderValue::from_str(&policy)
+            .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
     })
 }

@@ -53,10 +53,7 @@ pub struct UpstreamSummary {
 impl ConfigSummary {
     pub fn of(app: &App) -> ConfigSummary {
         let c = app.config();
-        let pull_auth = match (
-            c.auth.htpasswd_file.is_some(),
-            c.auth.tokens_file.is_some(),
-        ) {
+        let pull_auth = match (c.auth.htpasswd_file.is_some(), c.auth.tokens_file.is_some()) {
             (false, false) => "off",
             (true, false) => "htpasswd",
             (false, true) => "tokens",
@@ -67,10 +64,7 @@ impl ConfigSummary {
             admin_listen: c.admin_listen.map(|a| a.to_string()),
             data_dir: c.data_dir.display().to_string(),
             tls: c.tls.is_some(),
-            client_certificates: c
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.client_ca_file.is_some()),
+            client_certificates: c.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
             pull_auth,
             offline: c.offline,
             shutdown_timeout_seconds: c.shutdown_timeout.as_secs(),
