@@ -21,6 +21,7 @@ pub mod digest;
 pub mod error;
 pub mod fill;
 pub mod graph;
+pub mod health;
 pub mod http;
 pub mod logging;
 pub mod metrics;
@@ -29,6 +30,7 @@ pub mod reference;
 pub mod referrers;
 pub mod status;
 pub mod store;
+pub mod tag_lists;
 pub mod upstream;
 pub mod warm;
 
@@ -46,6 +48,7 @@ use crate::fill::manifest::ManifestFills;
 use crate::metrics::Metrics;
 use crate::referrers::Referrers;
 use crate::store::Store;
+use crate::tag_lists::TagLists;
 use crate::upstream::routing::Upstreams;
 
 /// The shared state of a running berth: a cheap, clonable handle.
@@ -61,6 +64,7 @@ struct AppInner {
     blobs: BlobFills,
     manifests: ManifestFills,
     referrers: Referrers,
+    tag_lists: TagLists,
     metrics: Metrics,
     pull_auth: Option<http::auth::PullAuth>,
     status: status::Status,
@@ -88,6 +92,7 @@ impl App {
         );
         let manifests = ManifestFills::new(store.clone(), fills.clone());
         let referrers = Referrers::new(store.clone(), fills.clone(), metrics.clone());
+        let tag_lists = TagLists::new(store.clone(), fills.clone(), metrics.clone());
         Ok(App {
             inner: Arc::new(AppInner {
                 config,
@@ -96,6 +101,7 @@ impl App {
                 blobs,
                 manifests,
                 referrers,
+                tag_lists,
                 metrics,
                 pull_auth,
                 status: status::Status::new(),
@@ -126,6 +132,10 @@ impl App {
 
     pub fn referrers(&self) -> &Referrers {
         &self.inner.referrers
+    }
+
+    pub fn tag_lists(&self) -> &TagLists {
+        &self.inner.tag_lists
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -39,6 +39,11 @@ pub struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamName {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
 }
@@ -47,11 +52,6 @@ pub struct KindLabels {
 pub struct FailureLabels {
     pub kind: &'static str,
     pub reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamNameLabels {
-    pub upstream: String,
 }
 
 /// Every family berth exports.
@@ -74,8 +74,11 @@ pub struct Families {
     pub connections: Gauge,
     pub refused: Family<KindLabels, Counter>,
     pub fill_failures: Family<FailureLabels, Counter>,
-    pub upstream_up: Family<UpstreamNameLabels, Gauge>,
-    pub upstream_bytes: Family<UpstreamNameLabels, Counter>,
+    pub upstream_up: Family<UpstreamName, Gauge>,
+    pub upstream_bytes: Family<UpstreamName, Counter>,
+    pub ratelimit_limit: Family<UpstreamName, Gauge>,
+    pub ratelimit_remaining: Family<UpstreamName, Gauge>,
+    pub ratelimit_paused: Family<UpstreamName, Gauge>,
 }
 
 #[derive(Clone)]
@@ -117,6 +120,9 @@ impl Metrics {
             fill_failures: Family::default(),
             upstream_up: Family::default(),
             upstream_bytes: Family::default(),
+            ratelimit_limit: Family::default(),
+            ratelimit_remaining: Family::default(),
+            ratelimit_paused: Family::default(),
         };
         let mut r = Registry::with_prefix("berth");
         r.register(
@@ -228,6 +234,21 @@ impl Metrics {
             Unit::Bytes,
             f.upstream_bytes.clone(),
         );
+        r.register(
+            "upstream_ratelimit_limit",
+            "The upstream's pull limit per window (ratelimit-limit), as it last said",
+            f.ratelimit_limit.clone(),
+        );
+        r.register(
+            "upstream_ratelimit_remaining",
+            "Pulls the upstream says are left in its window (ratelimit-remaining)",
+            f.ratelimit_remaining.clone(),
+        );
+        r.register(
+            "upstream_ratelimit_paused",
+            "1 while berth serves stale tags instead of revalidating, the upstream's rate limit reached",
+            f.ratelimit_paused.clone(),
+        );
         Metrics {
             inner: Arc::new((r, f)),
         }
@@ -266,7 +287,7 @@ impl Metrics {
     pub fn upstream_bytes(&self, upstream: &str, bytes: u64) {
         self.get()
             .upstream_bytes
-            .get_or_create(&UpstreamNameLabels {
+            .get_or_create(&UpstreamName {
                 upstream: upstream.to_owned(),
             })
             .inc_by(bytes);

@@ -30,6 +30,9 @@ pub struct Access {
     pub route: &'static str,
     /// `<upstream>/<repository>`, when the request named one.
     pub repository: Option<String>,
+    /// The `?ns=` the client gave (containerd names the registry it meant):
+    /// the path is logged without its query.
+    pub ns: Option<String>,
 }
 
 impl Access {
@@ -48,7 +51,11 @@ impl Access {
 
     fn finish(self, sent: u64, ending: Ending, failure: Option<String>) {
         if let (Some(outcome), true) = (self.outcome, (200..300).contains(&self.status)) {
-            let source = if outcome.hit { "cache" } else { "upstream" };
+            let source = if outcome.from_cache() {
+                "cache"
+            } else {
+                "upstream"
+            };
             self.app
                 .metrics()
                 .get()
@@ -58,7 +65,7 @@ impl Access {
             let pull = self.route == "manifest" && self.method == Method::GET;
             self.app
                 .status()
-                .served(self.repository.as_deref(), pull, outcome.hit, sent);
+                .served(self.repository.as_deref(), pull, outcome.from_cache(), sent);
         }
         if let Some(message) = failure {
             self.app.status().error(crate::status::ErrorEntry {
@@ -78,6 +85,7 @@ impl Access {
             elapsed_ms = self.started.elapsed().as_millis() as u64,
             cache = self.outcome.map_or("-", Outcome::label),
             upstream = self.upstream.as_deref().unwrap_or("-"),
+            ns = self.ns.as_deref().unwrap_or("-"),
             body = ending.label(),
             "request"
         );

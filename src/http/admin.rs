@@ -59,7 +59,7 @@ fn metrics(app: &App) -> String {
         if let Some(up) = upstream.activity().contact().reachable {
             families
                 .upstream_up
-                .get_or_create(&crate::metrics::UpstreamNameLabels {
+                .get_or_create(&crate::metrics::UpstreamName {
                     upstream: upstream.name().to_owned(),
                 })
                 .set(i64::from(up));

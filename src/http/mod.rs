@@ -50,7 +50,8 @@ async fn handle_api<B>(app: App, req: Request<B>) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let head = method == Method::HEAD;
-    let (result, noted) = outcome::scoped(dispatch(&app, &req, head)).await;
+    let ns = namespace(&req);
+    let (result, noted) = outcome::scoped(dispatch(&app, &req, head, ns.as_deref())).await;
     let outcome = noted.outcome;
     app.status().request();
     let mut resp = match result {
@@ -70,7 +71,7 @@ async fn handle_api<B>(app: App, req: Request<B>) -> Response<Body> {
         HeaderValue::from_static(API_VERSION),
     );
     // The spec asks a registry that scopes by `ns` to say so.
-    if let Some(ns) = namespace(&req).and_then(|ns| HeaderValue::from_str(&ns).ok()) {
+    if let Some(ns) = ns.as_deref().and_then(|ns| HeaderValue::from_str(ns).ok()) {
         resp.headers_mut().insert("oci-namespace", ns);
     }
     app.metrics()
@@ -91,6 +92,7 @@ async fn handle_api<B>(app: App, req: Request<B>) -> Response<Body> {
         upstream: noted.upstream.as_ref().map(|u| u.name().to_owned()),
         route: noted.route,
         repository: noted.repository,
+        ns,
     };
     let length = resp
         .headers()
@@ -100,13 +102,19 @@ async fn handle_api<B>(app: App, req: Request<B>) -> Response<Body> {
     resp.map(|body| access.wrap(body, length))
 }
 
-async fn dispatch<B>(app: &App, req: &Request<B>, head: bool) -> Result<Response<Body>, ApiError> {
+async fn dispatch<B>(
+    app: &App,
+    req: &Request<B>,
+    head: bool,
+    ns: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
     if let Some(auth) = app.pull_auth() {
         auth.check(req.headers())?;
     }
-    let ns = namespace(req);
     let target = |name: &str| {
-        let target = app.upstreams().resolve(ns.as_deref(), name)?;
+        let target = app.upstreams().resolve(ns, name).inspect_err(|_| {
+            outcome::note_refused("name");
+        })?;
         outcome::note_target(&target);
         Ok::<_, ApiError>(target)
     };

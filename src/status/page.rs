@@ -5,7 +5,9 @@
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::chart::Chart;
-use super::report::{CacheReport, FillReport, Ranked, Report, UpstreamReport, Window};
+use super::report::{
+    CacheReport, FillReport, Ranked, RateLimitReport, Report, UpstreamReport, Window,
+};
 use super::summary::ConfigSummary;
 use crate::progress::bytes;
 
@@ -83,19 +85,24 @@ fn upstreams(list: &[UpstreamReport], now: u64) -> Markup {
                         td.num { (duration(u.tag_ttl_seconds)) }
                         td.num { (u.last_hour.requests) }
                         td.num { (bytes(u.last_hour.bytes)) }
-                        td.num {
-                            @match &u.rate_limit {
-                                Some(r) => {
-                                    (r.remaining) @if let Some(limit) = r.limit { " of " (limit) }
-                                    div.muted.small { (ago(now, r.at)) }
-                                }
-                                None => span.muted { "unknown" },
-                            }
-                        }
+                        td.num { (rate_limit(&u.rate_limit)) }
                     }
                 }
             }
         }
+    }
+}
+
+fn rate_limit(r: &RateLimitReport) -> Markup {
+    html! {
+        @match r.remaining {
+            Some(remaining) => {
+                (remaining) @if let Some(limit) = r.limit { " of " (limit) }
+                @if let Some(window) = r.window_seconds { " per " (duration(window)) }
+            }
+            None => span.muted { "unknown" },
+        }
+        @if r.paused { div.small { "revalidation paused" } }
     }
 }
 

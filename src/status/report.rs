@@ -51,9 +51,9 @@ pub struct UpstreamReport {
     pub tag_ttl_seconds: u64,
     pub last_hour: Traffic,
     pub since_start: Traffic,
-    /// Docker Hub's pull allowance left, when the upstream said; `null` is
-    /// unknown.
-    pub rate_limit: Option<RateLimitReport>,
+    /// What the upstream said of its pull limit (Docker Hub's
+    /// `ratelimit-*` headers); `null` figures are unknown.
+    pub rate_limit: RateLimitReport,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,11 +62,16 @@ pub struct LastError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RateLimitReport {
-    pub remaining: u64,
+    pub remaining: Option<u64>,
     pub limit: Option<u64>,
-    pub at: u64,
+    /// The window the counts are for, in seconds.
+    pub window_seconds: Option<u64>,
+    /// Whom the upstream counts the pulls against, as it said.
+    pub source: Option<String>,
+    /// Whether berth has paused revalidation until the limit resets.
+    pub paused: bool,
 }
 
 /// Requests to an upstream and body bytes from it.
@@ -254,11 +259,16 @@ fn upstream(
             requests: now.0,
             bytes: now.1,
         },
-        rate_limit: u.activity().rate_limit().map(|r| RateLimitReport {
-            remaining: r.remaining,
-            limit: r.limit,
-            at: r.at,
-        }),
+        rate_limit: {
+            let figures = u.rate_limit().figures();
+            RateLimitReport {
+                remaining: figures.remaining,
+                limit: figures.limit,
+                window_seconds: figures.window.map(|w| w.as_secs()),
+                source: figures.source,
+                paused: u.rate_limit().is_paused(),
+            }
+        },
     }
 }
 

@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod lifecycle;
 mod lock;
 pub mod report;
+pub mod tag_lists;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -113,6 +114,10 @@ fn now_ms() -> u64 {
 pub struct ReferrersRecord {
     pub descriptors: Vec<serde_json::Value>,
     pub fetched_at_ms: u64,
+    /// The digest of the referrers tag's index the list was read from (the
+    /// tag schema), so that a `HEAD` of the tag can tell it is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_digest: Option<String>,
 }
 
 impl ReferrersRecord {
@@ -120,6 +125,15 @@ impl ReferrersRecord {
         ReferrersRecord {
             descriptors,
             fetched_at_ms: now_ms(),
+            tag_digest: None,
+        }
+    }
+
+    /// The same list, confirmed by the upstream just now.
+    pub fn renewed(&self) -> Self {
+        ReferrersRecord {
+            fetched_at_ms: now_ms(),
+            ..self.clone()
         }
     }
 
@@ -174,6 +188,8 @@ struct Inner {
     tags: sled::Tree,
     links: sled::Tree,
     referrers: sled::Tree,
+    /// Whole tag lists, per repository (`tag_lists`).
+    tag_lists: sled::Tree,
     files: Files,
     hot: Hot,
     inline_max: u64,
@@ -209,6 +225,7 @@ impl Store {
             tags: db.open_tree("tags")?,
             links: db.open_tree("links")?,
             referrers: db.open_tree("referrers")?,
+            tag_lists: db.open_tree("tag_lists")?,
             files: Files::open(dir).map_err(io_err(format!(
                 "cannot create the blob directories in {}",
                 dir.display()

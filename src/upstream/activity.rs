@@ -1,6 +1,7 @@
 //! What berth has seen of one upstream lately: whether its last contact
-//! worked (and if not, what went wrong and when), how many requests and
-//! body bytes went to and came from it, and its rate limit when it said.
+//! worked (and if not, what went wrong and when), and how many requests
+//! and body bytes went to and came from it. (Its rate limit is
+//! `ratelimit`'s.)
 //!
 //! The status page and `/metrics` read it; `Upstream` writes it as its
 //! requests come back. Counters are atomics and the rest is a few words
@@ -25,23 +26,12 @@ pub struct Contact {
     pub reachable: Option<bool>,
 }
 
-/// Docker Hub's `ratelimit-remaining` / `ratelimit-limit`, when the
-/// upstream sends them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    pub remaining: u64,
-    pub limit: Option<u64>,
-    /// Unix seconds when it was read.
-    pub at: u64,
-}
-
 /// One upstream's activity since berth started.
 #[derive(Debug, Default)]
 pub struct Activity {
     requests: AtomicU64,
     bytes: AtomicU64,
     contact: Mutex<Contact>,
-    rate_limit: Mutex<Option<RateLimit>>,
 }
 
 /// Seconds since the Unix epoch, now.
@@ -77,17 +67,6 @@ impl Activity {
         contact.reachable = Some(false);
     }
 
-    /// The upstream said how many pulls it will still allow. Nothing calls
-    /// this until berth reads Docker Hub's `ratelimit-remaining` header
-    /// (issue #17); until then the page says "unknown".
-    pub fn note_rate_limit(&self, remaining: u64, limit: Option<u64>) {
-        *self.rate_limit.lock().unwrap_or_else(|e| e.into_inner()) = Some(RateLimit {
-            remaining,
-            limit,
-            at: unix_now(),
-        });
-    }
-
     /// Requests sent and body bytes received since berth started.
     pub fn totals(&self) -> (u64, u64) {
         (
@@ -101,10 +80,6 @@ impl Activity {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    pub fn rate_limit(&self) -> Option<RateLimit> {
-        *self.rate_limit.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -135,13 +110,5 @@ mod tests {
         a.failed(&"x".repeat(10_000));
         let (_, text) = a.contact().last_error.expect("an error");
         assert_eq!(text.chars().count(), MAX_ERROR_CHARS);
-    }
-
-    #[test]
-    fn the_rate_limit_is_unknown_until_noted() {
-        let a = Activity::default();
-        assert_eq!(a.rate_limit(), None);
-        a.note_rate_limit(97, Some(100));
-        assert_eq!(a.rate_limit().map(|r| r.remaining), Some(97));
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod activity;
 pub mod auth;
+pub mod ratelimit;
 pub mod routing;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use http::{HeaderValue, Method, StatusCode};
 use serde::Deserialize;
 
 use self::auth::{Auth, Credential};
+use self::ratelimit::RateLimit;
 use crate::config::UpstreamConfig;
 use crate::digest::Digest;
 
@@ -141,15 +143,29 @@ fn is_redirect(status: StatusCode) -> bool {
 }
 
 /// An error with its sources: the top level rarely says why (refused, DNS,
-/// TLS, a malformed certificate), its sources do.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut reason = err.to_string();
+/// TLS, a malformed certificate), its sources do. The URL an HTTP error
+/// names is left out: it is the upstream's internal address, which a
+/// client's message names by the upstream's configured name instead
+/// (the server's log keeps it, see `Upstream::execute`).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut reason = without_url(err);
     let mut source = err.source();
     while let Some(s) = source {
-        reason = format!("{reason}: {s}");
+        reason = format!("{reason}: {}", without_url(s));
         source = s.source();
     }
     reason
+}
+
+fn without_url(err: &(dyn std::error::Error + 'static)) -> String {
+    let text = err.to_string();
+    match err
+        .downcast_ref::<reqwest::Error>()
+        .and_then(reqwest::Error::url)
+    {
+        Some(url) => text.replace(&format!(" for url ({url})"), ""),
+        None => text,
+    }
 }
 
 async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
@@ -195,6 +211,7 @@ pub struct Upstream {
     manifest_accept: HeaderValue,
     /// What the status page and `/metrics` show of this upstream.
     activity: activity::Activity,
+    rate_limit: RateLimit,
 }
 
 impl Upstream {
@@ -240,6 +257,7 @@ impl Upstream {
             HeaderValue::from_str(&manifest_accept()).map_err(|e| bad(e.to_string()))?;
         Ok(Upstream {
             config: config.clone(),
+            rate_limit: RateLimit::new(&config.name, &metrics),
             metrics,
             http,
             auth: Auth::new(config.name.clone(), basic),
@@ -259,6 +277,12 @@ impl Upstream {
     /// Its recent contacts, requests and bytes, for the status page.
     pub fn activity(&self) -> &activity::Activity {
         &self.activity
+    }
+
+    /// What the upstream says of its rate limit, and whether berth pauses
+    /// revalidation for it.
+    pub fn rate_limit(&self) -> &RateLimit {
+        &self.rate_limit
     }
 
     /// `GET` (or `HEAD`) of a manifest by tag or digest, with berth's own
@@ -377,7 +401,7 @@ impl Upstream {
             }),
             Ok(Err(e)) => Err(UpstreamError::Body {
                 upstream: self.name().to_owned(),
-                reason: e.to_string(),
+                reason: error_chain(&e),
             }),
             Ok(Ok(chunk)) => Ok(chunk),
         };
@@ -474,9 +498,17 @@ impl Upstream {
                 upstream: self.name().to_owned(),
                 what: "connection",
             }),
-            Ok(Err(e)) => Err(UpstreamError::unreachable(self.name(), &e)),
+            Ok(Err(e)) => {
+                // The one place the upstream's address is logged: clients
+                // see the upstream's configured name only.
+                tracing::warn!(upstream = self.name(), url = e.url().map_or("-", |u| u.as_str()), error = %error_chain(&e), "upstream request failed");
+                Err(UpstreamError::unreachable(self.name(), &e))
+            }
             Ok(Ok(resp)) => Ok(resp),
         };
+        if let Ok(resp) = &result {
+            self.rate_limit.observe(resp.status(), resp.headers());
+        }
         let status = match &result {
             Ok(resp) => resp.status().as_u16().to_string(),
             Err(UpstreamError::Timeout { .. }) => "timeout".to_owned(),
