@@ -142,10 +142,15 @@ async fn a_browser_shows_upstreams_hit_ratio_repositories_and_a_running_fill() {
     slow.release(&digest);
     let (got, len) = pull.await.expect("client task").expect("the held pull");
     assert_eq!((got.as_str(), len), (digest.as_str(), 8 * MIB as u64));
-    wait_for_status(&berth.url(), "no running fill", |s| {
+    let status = wait_for_status(&berth.url(), "no running fill", |s| {
         s["fills"].as_array().is_some_and(Vec::is_empty)
     })
     .await;
+    // Every byte that came from the slow upstream is counted, once.
+    let slow_upstream = &status["upstreams"][1];
+    assert_eq!(slow_upstream["name"], "slow.test");
+    assert_eq!(slow_upstream["since_start"]["bytes"], 8 * MIB as u64);
+    assert_eq!(slow_upstream["last_hour"]["bytes"], 8 * MIB as u64);
     let page = Html::parse_document(&browser.dump_dom(&berth.url()).await);
     assert!(
         select(&page, "#fills [role=progressbar]").is_empty(),

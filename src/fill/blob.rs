@@ -407,7 +407,10 @@ impl BlobFills {
             let Some(first) = next else {
                 break hasher;
             };
+            let first_len = first.len() as u64;
             let batch = gather(first, &mut resp);
+            // `next_chunk` counted the first chunk; the rest came without it.
+            upstream.received(batch_len(&batch) - first_len);
             if total.is_some_and(|t| written + batch_len(&batch) > t) {
                 return Err(FillError::Overlong {
                     upstream: upstream.name().to_owned(),

@@ -406,14 +406,20 @@ impl Upstream {
             Ok(Ok(chunk)) => Ok(chunk),
         };
         match &chunk {
-            Ok(Some(bytes)) => {
-                self.activity.bytes(bytes.len() as u64);
-                self.metrics.upstream_bytes(self.name(), bytes.len() as u64);
-            }
+            Ok(Some(bytes)) => self.received(bytes.len() as u64),
             Ok(None) => {}
             Err(e) => self.activity.failed(&e.to_string()),
         }
         chunk
+    }
+
+    /// Counts body bytes that arrived from the upstream (`next_chunk` does
+    /// for what it reads; a caller that reads a body otherwise, for them).
+    pub fn received(&self, bytes: u64) {
+        if bytes > 0 {
+            self.activity.bytes(bytes);
+            self.metrics.upstream_bytes(self.name(), bytes);
+        }
     }
 
     /// Sends a request for `/v2/<repo>/<path>`, answering one auth challenge
