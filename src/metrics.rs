@@ -76,6 +76,7 @@ pub struct Families {
     pub fill_failures: Family<FailureLabels, Counter>,
     pub upstream_up: Family<UpstreamName, Gauge>,
     pub upstream_bytes: Family<UpstreamName, Counter>,
+    pub store_writable: Gauge,
     pub ratelimit_limit: Family<UpstreamName, Gauge>,
     pub ratelimit_remaining: Family<UpstreamName, Gauge>,
     pub ratelimit_paused: Family<UpstreamName, Gauge>,
@@ -120,6 +121,7 @@ impl Metrics {
             fill_failures: Family::default(),
             upstream_up: Family::default(),
             upstream_bytes: Family::default(),
+            store_writable: Gauge::default(),
             ratelimit_limit: Family::default(),
             ratelimit_remaining: Family::default(),
             ratelimit_paused: Family::default(),
@@ -210,6 +212,11 @@ impl Metrics {
             "connections",
             "Client connections open now",
             f.connections.clone(),
+        );
+        r.register(
+            "store_writable",
+            "1 while the store takes writes; 0 while it cannot (a full disk): pulls pass through uncached",
+            f.store_writable.clone(),
         );
         r.register(
             "refused",

@@ -384,6 +384,7 @@ fn check_schema(s: &Value) {
         ("cache.disk.low_watermark", Num),
         ("cache.objects.blobs", Int),
         ("cache.objects.manifests", Int),
+        ("cache.objects.tags", Int),
         ("cache.hot.entries", Int),
         ("cache.hot.bytes", Int),
         ("cache.hot.limit", Int),

@@ -1,6 +1,7 @@
 //! `GET`/`HEAD /v2/<name>/blobs/<digest>`: cached blobs from memory, sled or
 //! their file (with `Range`), missing ones by joining or starting a fill and
-//! streaming it as it arrives.
+//! streaming it as it arrives; a `Range` on a missing blob that no fill has
+//! reached yet is passed through to the upstream (`lazy`).
 
 use http::{header, HeaderMap, Method, Response, StatusCode};
 
@@ -11,7 +12,7 @@ use crate::digest::Digest;
 use crate::error::{ApiError, ContentKind};
 use crate::fill::blob::BlobSource;
 use crate::fill::reader::BlobReader;
-use crate::store::BlobContent;
+use crate::store::{best_effort, BlobContent};
 use crate::upstream::announced_length;
 use crate::upstream::routing::Target;
 use crate::App;
@@ -43,6 +44,11 @@ pub async fn get(
     if head {
         return head_uncached(app, target, digest).await;
     }
+    if let Some(range) = range.filter(|r| super::lazy::is_single_range(r)) {
+        if let Some(resp) = super::lazy::serve(app, target, digest, range).await? {
+            return Ok(resp);
+        }
+    }
     let source = app
         .blobs()
         .fetch(target, digest)
@@ -71,10 +77,19 @@ pub async fn get(
                 // once verified.
                 let resp = content_headers(Response::builder().status(StatusCode::OK), digest)
                     .header(header::CONTENT_TYPE, "application/octet-stream");
-                return finish(resp, body::stream(fill.client_stream(0, None)));
+                return finish(
+                    resp,
+                    body::stream(fill.attach(fill.reader(0, None).into_stream())),
+                );
             };
             let (resp, start, end) = ranged(digest, total, range)?;
-            finish(resp, body::stream(fill.client_stream(start, Some(end))))
+            let mut reader = fill.reader(start, Some(end));
+            if (start, end) != (0, total) {
+                // A part of the blob: sent as it arrives, as a passed-through
+                // range is; only the whole blob can be verified.
+                reader = reader.unverified_range();
+            }
+            finish(resp, body::stream(fill.attach(reader.into_stream())))
         }
     }
 }
@@ -87,8 +102,11 @@ async fn confirm(app: &App, target: &Target, digest: &Digest) -> Result<Option<u
         .blob(Method::HEAD, &target.repo, digest)
         .await
         .map_err(|e| ApiError::from_upstream(&e, ContentKind::Blob))?;
-    app.store()
-        .add_link(target.upstream.name(), &target.repo, digest)?;
+    best_effort(
+        app.store()
+            .add_link(target.upstream.name(), &target.repo, digest),
+        "a repository link",
+    );
     Ok(announced_length(&resp))
 }
 

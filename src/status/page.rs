@@ -137,7 +137,7 @@ fn cache(c: &CacheReport) -> Markup {
         }
         p.small {
             (count(c.objects.blobs, "blob")) ", " (count(c.objects.manifests, "manifest"))
-            " stored. Hot tier in memory: " (count(c.hot.entries, "entry"))
+            " and " (count(c.objects.tags, "tag")) " stored. Hot tier in memory: " (count(c.hot.entries, "entry"))
             ", " (bytes(c.hot.bytes)) " of " (bytes(c.hot.limit)) "."
         }
     }

@@ -116,6 +116,8 @@ pub struct Disk {
 pub struct Objects {
     pub blobs: u64,
     pub manifests: u64,
+    /// Tag mappings held.
+    pub tags: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -274,7 +276,7 @@ fn upstream(
 
 fn cache(app: &App, now: &Counts, baseline: &Counts) -> CacheReport {
     let (used, limit) = app.store().usage();
-    let (blobs, manifests) = app.store().object_counts();
+    let totals = app.store().totals();
     let (entries, bytes) = app.store().hot_usage();
     let storage = &app.config().storage;
     CacheReport {
@@ -286,7 +288,11 @@ fn cache(app: &App, now: &Counts, baseline: &Counts) -> CacheReport {
             high_watermark: storage.high_watermark,
             low_watermark: storage.low_watermark,
         },
-        objects: Objects { blobs, manifests },
+        objects: Objects {
+            blobs: totals.blobs,
+            manifests: totals.manifests,
+            tags: totals.tags,
+        },
         hot: Hot {
             entries,
             bytes,

@@ -73,6 +73,8 @@ pub struct Seen {
     pub authorization: Option<String>,
     /// The `Accept` headers, joined with ", ", if any.
     pub accept: Option<String>,
+    /// The `Range` header, if any.
+    pub range: Option<String>,
 }
 
 /// What the upstream asks of a request before it answers.
@@ -98,6 +100,9 @@ struct State {
     /// Gates that HEADs of a manifest wait behind.
     head_gates: HashMap<ManifestKey, watch::Sender<bool>>,
     blobs: HashMap<String, (Bytes, Behaviour)>,
+    /// Whether blob GETs honour a single `Range` (206); by default the
+    /// whole blob is sent (200), as some registries and CDNs do.
+    serve_ranges: bool,
     /// Docker Hub's pull limit, when set: manifest GETs count against it.
     pull_limit: Option<PullLimit>,
     /// Per repository: its tags, in the order served, and the page size.
@@ -143,6 +148,10 @@ impl Shared {
                 .get(header::AUTHORIZATION)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
             accept: (!accept.is_empty()).then(|| accept.join(", ")),
+            range: request
+                .headers()
+                .get(header::RANGE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         };
         self.state().requests.push(seen);
         self.changes.send_modify(|n| *n += 1);
@@ -271,6 +280,12 @@ impl Hostile {
         gate.send_replace(true);
     }
 
+    /// From now on, blob GETs with a single `Range` get `206` and that
+    /// range (sent with the blob's behaviour, pauses included).
+    pub fn serve_ranges(&self) {
+        self.shared.state().serve_ranges = true;
+    }
+
     /// Count manifest GETs against `limit` from now on, as Docker Hub does
     /// (HEADs are free), answering 429 once none remain.
     pub fn set_pull_limit(&self, limit: PullLimit) {
@@ -369,7 +384,7 @@ impl Hostile {
     }
 
     /// GET requests for blob `digest` answered with its bytes so far (HEADs,
-    /// 404s and redirects not counted).
+    /// 404s and redirects not counted; ranges counted).
     pub fn blob_gets(&self, digest: &str) -> usize {
         self.shared
             .state()
