@@ -2,9 +2,10 @@
 //! process answers), `/readyz` (the store is open and answering) and `/du`
 //! (what `berth du` prints, as JSON). They live on the registry listener,
 //! or only on `admin_listen` when that is set, and are never confused with
-//! the registry API, which is all under `/v2/`. `/check` (`berth check
-//! --online`: start with `POST`, follow with `GET`) is served on the admin
-//! listener only, since it makes the server read its whole store.
+//! the registry API, which is all under `/v2/`. The admin listener also
+//! serves the status page (`crate::status`), and `/check` (`berth check
+//! --online`: start with `POST`, follow with `GET`) only there, since it
+//! makes the server read its whole store.
 
 use http::{header, Method, Request, Response, StatusCode};
 
@@ -36,16 +37,19 @@ pub fn handle<B>(app: &App, req: &Request<B>) -> Option<Response<Body>> {
 
 /// Answers everything on the admin listener: admin paths, else 404.
 pub fn handle_only<B>(app: &App, req: &Request<B>) -> Response<Body> {
+    use crate::status::serve::{self as status_page, Listener};
     if req.uri().path() == "/check" {
         return check(app, req);
     }
-    handle(app, req).unwrap_or_else(|| {
-        text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not an admin endpoint\n".into(),
-        )
-    })
+    handle(app, req)
+        .or_else(|| status_page::handle(app, req, Listener::Admin))
+        .unwrap_or_else(|| {
+            text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not an admin endpoint\n".into(),
+            )
+        })
 }
 
 /// Gauges that mirror state held elsewhere are read now, then everything
@@ -61,6 +65,16 @@ fn metrics(app: &App) -> String {
     families
         .store_writable
         .set(i64::from(app.store().writable()));
+    for upstream in app.upstreams().all() {
+        if let Some(up) = upstream.activity().contact().reachable {
+            families
+                .upstream_up
+                .get_or_create(&crate::metrics::UpstreamName {
+                    upstream: upstream.name().to_owned(),
+                })
+                .set(i64::from(up));
+        }
+    }
     app.metrics().encode()
 }
 
