@@ -7,6 +7,8 @@
 //! field named, not just the first one serde trips over.
 
 mod effective;
+#[allow(dead_code)] // wired into UpstreamConfig next
+mod endpoints;
 mod fields;
 mod serving;
 pub mod upstream;

@@ -4,6 +4,8 @@
 //! turned into an `UpstreamError` that names the upstream.
 
 pub mod auth;
+#[allow(dead_code)] // wired into Upstream next
+pub mod endpoint;
 pub mod ratelimit;
 pub mod routing;
 
