@@ -17,14 +17,18 @@ use crate::bundle::BundleError;
 use crate::progress::{bytes, Progress};
 use crate::reference::ImageRef;
 use crate::store::check::CheckReport;
+use crate::store::report::CacheReport;
 use crate::store::{Store, StoreError};
 use crate::upstream::routing::Upstreams;
 use crate::warm::{self, WarmError, Warmed};
 use crate::{Config, Error};
 
 fn open(config: &Config) -> Result<Store, Error> {
-    let (store, _) = Store::open_with(&config.data_dir, &config.cache, &config.storage)?;
-    Ok(store)
+    Ok(Store::open_ready(
+        &config.data_dir,
+        &config.cache,
+        &config.storage,
+    )?)
 }
 
 /// Re-hashes every blob and manifest. Returns whether the store is clean
@@ -52,6 +56,7 @@ pub fn check(config: &Config, repair: bool) -> Result<bool, Error> {
             }
         })?
     };
+    store.close()?;
     print_check(&report, repair);
     Ok(report.problems.is_empty() || report.repaired == report.problems.len())
 }
@@ -75,9 +80,31 @@ fn print_check(report: &CheckReport, repair: bool) {
     );
 }
 
-/// Prints what the cache holds, as a table or JSON.
+/// Prints what the cache holds, as a table or JSON. Changes nothing: a
+/// running berth is asked (its admin endpoint), else the report the last
+/// clean stop wrote is read; only a store that never wrote one is opened.
 pub fn du(config: &Config, json: bool) -> Result<(), Error> {
-    let report = open(config)?.report()?;
+    let report = match crate::store::ensure_free(&config.data_dir) {
+        Err(StoreError::InUse { dir }) => match report_from_server(config) {
+            Ok(report) => report,
+            Err(reason) => Store::read_report(&dir).ok_or_else(|| {
+                Error::Io(std::io::Error::other(format!(
+                    "berth serves from {} and cannot be asked ({reason}); it writes a report within 30 s of starting",
+                    dir.display()
+                )))
+            })?,
+        },
+        Err(e) => return Err(e.into()),
+        Ok(()) => match Store::read_report(&config.data_dir) {
+            Some(report) => report,
+            None => {
+                let store = open(config)?;
+                let report = store.report()?;
+                store.close()?;
+                report
+            }
+        },
+    };
     let mut out = std::io::stdout().lock();
     if json {
         let text = serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?;
@@ -114,15 +141,49 @@ pub fn du(config: &Config, json: bool) -> Result<(), Error> {
         )?,
         None => writeln!(out, "no requests recorded since the server started")?,
     }
-    if let (Some(oldest), Some(newest)) = (report.oldest_ms, report.newest_ms) {
+    if let (Some(least), Some(most)) = (report.least_recent_ms, report.most_recent_ms) {
         writeln!(
             out,
-            "oldest blob stored at {}, newest at {}",
-            rfc3339(oldest),
-            rfc3339(newest)
+            "least recently used content last used at {}, most recently at {}",
+            rfc3339(least),
+            rfc3339(most)
         )?;
     }
+    if !report.counted {
+        writeln!(out, "(counts are being rebuilt after an unclean stop)")?;
+    }
     Ok(())
+}
+
+/// The report of the berth serving from the data directory, from its admin
+/// endpoint (`admin_listen`, else `listen`).
+fn report_from_server(config: &Config) -> Result<CacheReport, String> {
+    let mut addr = config.admin_listen.unwrap_or(config.listen);
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/du");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {}", crate::upstream::error_chain(&e)))?;
+        if !resp.status().is_success() {
+            return Err(format!("GET {url}: {}", resp.status()));
+        }
+        resp.json::<CacheReport>()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))
+    })
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -222,8 +283,11 @@ fn open_exclusive(config: &Config) -> Result<Store, BundleError> {
         )),
         other => other.into(),
     })?;
-    let (store, _) = Store::open_with(&config.data_dir, &config.cache, &config.storage)?;
-    Ok(store)
+    Ok(Store::open_ready(
+        &config.data_dir,
+        &config.cache,
+        &config.storage,
+    )?)
 }
 
 fn upstreams(config: &Config) -> Result<Upstreams, BundleError> {
@@ -254,6 +318,7 @@ pub fn export(
         &progress,
     );
     progress.finish();
+    store.close()?;
     let exported = exported?;
     for note in &exported.notes {
         eprintln!("note: {note}");
@@ -302,6 +367,7 @@ pub fn import(config: &Config, input: &Path) -> Result<Imported, BundleError> {
         progress.finish();
         result?
     };
+    store.close()?;
     for note in &imported.notes {
         eprintln!("note: {note}");
     }

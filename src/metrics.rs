@@ -67,6 +67,7 @@ pub struct Families {
     pub hot_bytes: Gauge,
     pub connections: Gauge,
     pub refused: Family<KindLabels, Counter>,
+    pub store_writable: Gauge,
     pub ratelimit_limit: Family<UpstreamName, Gauge>,
     pub ratelimit_remaining: Family<UpstreamName, Gauge>,
     pub ratelimit_paused: Family<UpstreamName, Gauge>,
@@ -108,6 +109,7 @@ impl Metrics {
             hot_bytes: Gauge::default(),
             connections: Gauge::default(),
             refused: Family::default(),
+            store_writable: Gauge::default(),
             ratelimit_limit: Family::default(),
             ratelimit_remaining: Family::default(),
             ratelimit_paused: Family::default(),
@@ -198,6 +200,11 @@ impl Metrics {
             "connections",
             "Client connections open now",
             f.connections.clone(),
+        );
+        r.register(
+            "store_writable",
+            "1 while the store takes writes; 0 while it cannot (a full disk): pulls pass through uncached",
+            f.store_writable.clone(),
         );
         r.register(
             "refused",
