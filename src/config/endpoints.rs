@@ -72,10 +72,6 @@ impl Endpoints {
         &self.0[0]
     }
 
-    pub fn primary_mut(&mut self) -> &mut EndpointConfig {
-        &mut self.0[0]
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = &EndpointConfig> {
         self.0.iter()
     }
@@ -303,5 +299,105 @@ fn parse_password(f: &mut Fields) -> PasswordFields {
             }
         },
         (None, None) => (None, None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, FieldError};
+
+    fn errors(text: &str) -> Vec<(String, String)> {
+        Config::from_toml(text)
+            .expect_err("invalid")
+            .0
+            .into_iter()
+            .map(|FieldError { field, reason }| (field, reason))
+            .collect()
+    }
+
+    #[test]
+    fn several_urls_each_with_credentials_of_their_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let password = dir.path().join("password");
+        std::fs::write(&password, "site-secret\n").expect("write the password");
+        let text = format!(
+            r#"
+            [[upstream]]
+            name = "docker.io"
+            urls = [
+                {{ url = "https://registry.site:5000", username = "mirror", password_file = "{}" }},
+                "https://registry-1.docker.io",
+            ]
+            "#,
+            password.display()
+        );
+        let config = Config::from_toml(&text).expect("valid");
+        let up = &config.upstreams[0];
+        let all: Vec<_> = up.endpoints.iter().collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].url.as_str(), "https://registry.site:5000/");
+        assert_eq!(
+            all[0].basic().map(|(u, p)| (u, p.expose().to_owned())),
+            Some(("mirror".to_owned(), "site-secret".to_owned()))
+        );
+        assert!(all[1].basic().is_none(), "the second endpoint gets none");
+        assert_eq!(
+            up.url().as_str(),
+            "https://registry.site:5000/",
+            "first preferred"
+        );
+        assert!(up.is_docker_hub());
+        let printed = config.to_toml().expect("printable");
+        assert!(printed.contains("urls = ["), "{printed}");
+        assert!(!printed.contains("site-secret"), "{printed}");
+        let back = Config::from_toml(&printed).expect("reads back");
+        assert_eq!(format!("{back:?}"), format!("{config:?}"), "{printed}");
+    }
+
+    #[test]
+    fn every_bad_endpoint_field_is_named() {
+        let got = errors(
+            r#"
+            [[upstream]]
+            name = "a.example"
+            url = "https://a.example"
+            urls = ["https://b.example"]
+            [[upstream]]
+            name = "b.example"
+            username = "shared"
+            urls = ["ftp://x", { username = "u" }, { url = "https://c", password = "inline", colour = 1 }, 7]
+            [[upstream]]
+            name = "c.example"
+            urls = []
+            [[upstream]]
+            name = "d.example"
+            "#,
+        );
+        let has =
+            |field: &str, words: &str| got.iter().any(|(f, r)| f == field && r.contains(words));
+        assert!(has("upstream[a.example].urls", "not both"), "{got:#?}");
+        assert!(
+            has("upstream[b.example].username", "with each endpoint"),
+            "{got:#?}"
+        );
+        assert!(
+            has("upstream[b.example].urls[0]", "not an http(s) URL"),
+            "{got:#?}"
+        );
+        assert!(
+            has("upstream[b.example].urls[1].url", "needs one"),
+            "{got:#?}"
+        );
+        assert!(
+            has("upstream[b.example].urls[2].password", "not written"),
+            "{got:#?}"
+        );
+        assert!(
+            has("upstream[b.example].urls[2].colour", "unknown field"),
+            "{got:#?}"
+        );
+        assert!(has("upstream[b.example].urls[3]", "URL"), "{got:#?}");
+        assert!(has("upstream[c.example].urls", "at least one"), "{got:#?}");
+        assert!(has("upstream[d.example].url", "needs one"), "{got:#?}");
     }
 }

@@ -99,10 +99,6 @@ impl Fields {
         })
     }
 
-    pub fn url(&mut self, key: &str) -> Option<reqwest::Url> {
-        self.parsed(key, "an http(s) URL", Self::check_url)
-    }
-
     /// An http(s) URL with a host, or why `text` is not one.
     pub fn check_url(text: &str) -> Result<reqwest::Url, String> {
         let url = reqwest::Url::parse(text).map_err(|e| e.to_string())?;
