@@ -20,7 +20,7 @@ use std::time::Duration;
 
 pub use self::endpoints::{EndpointConfig, Endpoints};
 use self::fields::Fields;
-pub use self::serving::{AuthConfig, Limits, TlsConfig};
+pub use self::serving::{AuthConfig, Limits, StatusConfig, TlsConfig};
 pub use self::upstream::{RepoPatterns, UpstreamConfig, BUILTIN_UPSTREAMS};
 
 /// The whole runtime configuration of one berth process. Serialized, it is
@@ -36,8 +36,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Never contact any upstream (air-gapped sites): serve only the cache.
     pub offline: bool,
-    /// A separate listener for /metrics, /healthz and /readyz; without it
-    /// they are served on the registry listener.
+    /// A separate listener for /metrics, /healthz, /readyz and the status
+    /// page; without it they are served on the registry listener.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<SocketAddr>,
     /// The registries berth mirrors; at most one is the default.
@@ -50,6 +50,7 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub limits: Limits,
     pub auth: AuthConfig,
+    pub status: StatusConfig,
 }
 
 /// How much disk the cache may use.
@@ -294,6 +295,9 @@ fn parse_config(f: &mut Fields) -> Config {
     let mut auth = f.section("auth");
     let auth_config = serving::parse_auth(&mut auth);
     f.absorb(auth);
+    let mut status = f.section("status");
+    let status_config = serving::parse_status(&mut status);
+    f.absorb(status);
     Config {
         listen: f
             .get("listen")
@@ -312,6 +316,7 @@ fn parse_config(f: &mut Fields) -> Config {
         tls: tls_config,
         limits: limits_config,
         auth: auth_config,
+        status: status_config,
     }
 }
 

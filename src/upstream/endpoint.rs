@@ -212,6 +212,7 @@ impl Upstream {
             Err(_) => "unreachable".to_owned(),
         };
         self.metrics().upstream(self.name(), status);
+        self.note_contact(&result);
         result
     }
 

@@ -5,6 +5,7 @@
 //! reached through one endpoint or several (`endpoint`, each with its own
 //! credentials and health), the next used while one is down (`failover`).
 
+pub mod activity;
 pub mod auth;
 pub mod body;
 pub mod destination;
@@ -222,6 +223,8 @@ pub struct Upstream {
     metrics: crate::metrics::Metrics,
     endpoints: Vec<Arc<Endpoint>>,
     manifest_accept: HeaderValue,
+    /// What the status page and `/metrics` show of this upstream.
+    activity: activity::Activity,
     rate_limit: RateLimit,
 }
 
@@ -254,6 +257,7 @@ impl Upstream {
             metrics,
             endpoints,
             manifest_accept,
+            activity: Default::default(),
         })
     }
 
@@ -263,6 +267,11 @@ impl Upstream {
 
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    /// Its recent contacts, requests and bytes, for the status page.
+    pub fn activity(&self) -> &activity::Activity {
+        &self.activity
     }
 
     /// What the upstream says of its rate limit, and whether berth pauses
@@ -408,9 +417,16 @@ impl Upstream {
             limit,
         );
         match body::read_all(resp, bounds).await {
-            Ok(bytes) => Ok(Ok(bytes)),
+            Ok(bytes) => {
+                self.received(bytes.len() as u64);
+                Ok(Ok(bytes))
+            }
             Err(ReadFailure::TooLarge(size)) => Ok(Err(size)),
-            Err(e) => Err(self.read_failed(e, "whole document")),
+            Err(e) => {
+                let e = self.read_failed(e, "whole document");
+                self.activity.failed(&e.to_string());
+                Err(e)
+            }
         }
     }
 
@@ -419,9 +435,24 @@ impl Upstream {
         &self,
         resp: &mut reqwest::Response,
     ) -> Result<Option<Bytes>, UpstreamError> {
-        body::next_chunk(resp, self.config.idle_timeout, None)
+        let chunk = body::next_chunk(resp, self.config.idle_timeout, None)
             .await
-            .map_err(|e| self.read_failed(e, "next part of a body"))
+            .map_err(|e| self.read_failed(e, "next part of a body"));
+        match &chunk {
+            Ok(Some(bytes)) => self.received(bytes.len() as u64),
+            Ok(None) => {}
+            Err(e) => self.activity.failed(&e.to_string()),
+        }
+        chunk
+    }
+
+    /// Counts body bytes that arrived from the upstream (`next_chunk` does
+    /// for what it reads; a caller that reads a body otherwise, for them).
+    pub fn received(&self, bytes: u64) {
+        if bytes > 0 {
+            self.activity.bytes(bytes);
+            self.metrics.upstream_bytes(self.name(), bytes);
+        }
     }
 
     fn read_failed(&self, failure: ReadFailure, what: &'static str) -> UpstreamError {
@@ -433,6 +464,19 @@ impl Upstream {
                 upstream,
                 reason: format!("sent a body of more than {size} bytes"),
             },
+        }
+    }
+
+    /// Notes a request's outcome for the status page: a 5xx or 429 is the
+    /// upstream failing; any other answer shows it up.
+    pub(super) fn note_contact(&self, result: &Result<reqwest::Response, UpstreamError>) {
+        self.activity.request();
+        match result {
+            Ok(resp) if resp.status().is_server_error() || resp.status() == 429 => {
+                self.activity.failed(&format!("answered {}", resp.status()));
+            }
+            Ok(_) => self.activity.succeeded(),
+            Err(e) => self.activity.failed(&e.to_string()),
         }
     }
 }
