@@ -44,6 +44,12 @@ pub struct UpstreamName {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub upstream: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
 }
@@ -81,6 +87,8 @@ pub struct Families {
     pub ratelimit_limit: Family<UpstreamName, Gauge>,
     pub ratelimit_remaining: Family<UpstreamName, Gauge>,
     pub ratelimit_paused: Family<UpstreamName, Gauge>,
+    pub endpoint_up: Family<EndpointLabels, Gauge>,
+    pub endpoint_answers: Family<EndpointLabels, Counter>,
 }
 
 #[derive(Clone)]
@@ -127,6 +135,8 @@ impl Metrics {
             ratelimit_limit: Family::default(),
             ratelimit_remaining: Family::default(),
             ratelimit_paused: Family::default(),
+            endpoint_up: Family::default(),
+            endpoint_answers: Family::default(),
         };
         let mut r = Registry::with_prefix("berth");
         r.register(
@@ -262,6 +272,16 @@ impl Metrics {
             "upstream_ratelimit_paused",
             "1 while berth serves stale tags instead of revalidating, the upstream's rate limit reached",
             f.ratelimit_paused.clone(),
+        );
+        r.register(
+            "upstream_endpoint_up",
+            "1 while an upstream's endpoint is in use, 0 while it is down (its recovery probed in the background)",
+            f.endpoint_up.clone(),
+        );
+        r.register(
+            "upstream_endpoint_answers",
+            "Answers from each endpoint of an upstream (a secondary one answers while the first is down)",
+            f.endpoint_answers.clone(),
         );
         Metrics {
             inner: Arc::new((r, f)),

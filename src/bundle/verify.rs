@@ -90,6 +90,7 @@ impl Verifier<'_> {
                     digest: entry.digest.to_string(),
                     fetched_at_ms: *fetched_at_ms,
                     etag: etag.clone(),
+                    endpoint: None,
                 };
                 self.changes
                     .tags

@@ -67,10 +67,6 @@ fn size_text(bytes: u64) -> String {
         )
 }
 
-pub fn url<S: Serializer>(value: &reqwest::Url, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(value.as_str())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,14 +99,24 @@ impl Fields {
         })
     }
 
-    pub fn url(&mut self, key: &str) -> Option<reqwest::Url> {
-        self.parsed(key, "an http(s) URL", |s| {
-            let url = reqwest::Url::parse(s).map_err(|e| e.to_string())?;
-            match url.scheme() {
-                "http" | "https" if url.host().is_some() => Ok(url),
-                _ => Err("scheme must be http or https, with a host".to_owned()),
-            }
-        })
+    /// An http(s) URL with a host, or why `text` is not one.
+    pub fn check_url(text: &str) -> Result<reqwest::Url, String> {
+        let url = reqwest::Url::parse(text).map_err(|e| e.to_string())?;
+        match url.scheme() {
+            "http" | "https" if url.host().is_some() => Ok(url),
+            _ => Err("scheme must be http or https, with a host".to_owned()),
+        }
+    }
+
+    /// A table found under `key` (an entry of a list, say), read on its
+    /// own and named `<this>.<key>` in errors; `absorb` it when done.
+    pub fn child(&self, key: &str, table: toml::Table) -> Fields {
+        Fields::new(&self.field_name(key), table)
+    }
+
+    /// Whether any error was recorded here (or absorbed from a child).
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty() || !self.table.is_empty()
     }
 
     /// A nested table; a missing one is an empty one.

@@ -7,6 +7,7 @@
 //! field named, not just the first one serde trips over.
 
 mod effective;
+pub mod endpoints;
 mod fields;
 mod serving;
 pub mod upstream;
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use self::endpoints::{EndpointConfig, Endpoints};
 use self::fields::Fields;
 pub use self::serving::{AuthConfig, Limits, StatusConfig, TlsConfig};
 pub use self::upstream::{RepoPatterns, UpstreamConfig, BUILTIN_UPSTREAMS};
@@ -441,7 +443,7 @@ mod tests {
         );
         let hub = c.default_upstream().expect("a default");
         assert_eq!(
-            (hub.name.as_str(), hub.url.as_str()),
+            (hub.name.as_str(), hub.url().as_str()),
             ("docker.io", "https://registry-1.docker.io/")
         );
         assert!(hub.is_docker_hub());
@@ -560,10 +562,10 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:6000");
         let hub = c.default_upstream().expect("default");
         assert_eq!(
-            (hub.name.as_str(), hub.url.as_str()),
+            (hub.name.as_str(), hub.url().as_str()),
             ("docker.io", "http://127.0.0.1:9/")
         );
-        assert_eq!(c.upstreams[1].url.as_str(), "https://ghcr.io/");
+        assert_eq!(c.upstreams[1].url().as_str(), "https://ghcr.io/");
     }
 
     #[test]

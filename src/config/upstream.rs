@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
+use super::endpoints::Endpoints;
 use super::fields::Fields;
-use super::Secret;
 use crate::upstream::destination::AddressClass;
 
 /// The registries berth mirrors when the configuration names none.
@@ -43,26 +43,16 @@ url = "https://mcr.microsoft.com"
 pub struct UpstreamConfig {
     /// The registry's host as users write it (`docker.io`, `registry.internal:5000`).
     pub name: String,
-    /// The endpoint berth talks to (`https://registry-1.docker.io`).
-    #[serde(serialize_with = "super::effective::url")]
-    pub url: reqwest::Url,
+    /// The endpoints berth talks to, first preferred
+    /// (`https://registry-1.docker.io`), each with its credentials: `url`
+    /// (and `username`, `password_env` or `password_file`), or `urls`.
+    #[serde(flatten)]
+    pub endpoints: Endpoints,
     /// Requests that name no upstream (Docker's `registry-mirrors`) go here.
     pub default: bool,
     /// Other first path components that select this upstream in the path form.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    /// Where the password comes from: the environment variable naming it...
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub password_env: Option<String>,
-    /// ...or the file holding it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<PathBuf>,
-    /// Resolved from `password_env` or `password_file`; never written inline
-    /// (nor printed).
-    #[serde(skip)]
-    pub password: Option<Secret>,
     /// The file of extra trusted certificates...
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
@@ -134,13 +124,9 @@ impl UpstreamConfig {
     pub fn new(name: &str, url: reqwest::Url) -> Self {
         UpstreamConfig {
             name: name.to_owned(),
-            url,
+            endpoints: Endpoints::one(url),
             default: false,
             aliases: Vec::new(),
-            username: None,
-            password_env: None,
-            password_file: None,
-            password: None,
             ca_file: None,
             ca_certificates: None,
             insecure_skip_verify: false,
@@ -163,11 +149,19 @@ impl UpstreamConfig {
         }
     }
 
+    /// The preferred endpoint's URL.
+    pub fn url(&self) -> &reqwest::Url {
+        &self.endpoints.primary().url
+    }
+
     /// Docker Hub, whose one-component names live under `library/`.
     pub fn is_docker_hub(&self) -> bool {
         self.name == "docker.io"
             || self.aliases.iter().any(|a| a == "docker.io")
-            || self.url.host_str() == Some("registry-1.docker.io")
+            || self
+                .endpoints
+                .iter()
+                .any(|e| e.url.host_str() == Some("registry-1.docker.io"))
     }
 }
 
@@ -224,43 +218,30 @@ impl RepoPatterns {
 /// Reads one `[[upstream]]` entry; `None` when it is too broken to use.
 pub(super) fn parse(f: &mut Fields) -> Option<UpstreamConfig> {
     let name: Option<String> = f.get("name");
-    let url = f.url("url");
-    for (key, missing) in [("name", name.is_none()), ("url", url.is_none())] {
-        if missing && !f.has_error(key) {
-            f.error(key, "every upstream needs one");
-        }
+    if name.is_none() && !f.has_error("name") {
+        f.error("name", "every upstream needs one");
     }
     if let Some(name) = &name {
         if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
             f.error("name", format!("{name:?} is not a registry host name"));
         }
     }
-    // The other fields are read even when these two are missing, so that
-    // all of an entry's problems are reported at once.
+    let endpoints = super::endpoints::parse(f);
+    // The other fields are read even when these are missing, so that all
+    // of an entry's problems are reported at once.
     let placeholder = || reqwest::Url::parse("http://invalid.invalid").expect("a constant URL");
     let mut up = UpstreamConfig::new(
         &name.clone().unwrap_or_default().to_ascii_lowercase(),
-        url.clone().unwrap_or_else(placeholder),
+        placeholder(),
     );
+    if let Some(endpoints) = &endpoints {
+        up.endpoints = endpoints.clone();
+    }
     up.default = f.get("default").unwrap_or(false);
     up.aliases = f.get::<Vec<String>>("aliases").unwrap_or_default();
     up.aliases
         .iter_mut()
         .for_each(|a| *a = a.to_ascii_lowercase());
-    up.username = f.get("username");
-    (up.password, up.password_env, up.password_file) = parse_password(f);
-    if up.password.is_some() && up.username.is_none() {
-        f.error(
-            "username",
-            "password_env or password_file is set, so a username is required",
-        );
-    }
-    if up.username.is_some() && up.password.is_none() && !f_has_password_error(f) {
-        f.error(
-            "password_env",
-            "a username is set, so password_env or password_file is required",
-        );
-    }
     (up.ca_file, up.ca_certificates) = parse_ca_file(f);
     up.insecure_skip_verify = f.get("insecure_skip_verify").unwrap_or(false);
     up.tag_ttl = f.duration("tag_ttl").unwrap_or(up.tag_ttl);
@@ -287,7 +268,7 @@ pub(super) fn parse(f: &mut Fields) -> Option<UpstreamConfig> {
     up.allow = patterns(f, "allow");
     up.deny = patterns(f, "deny");
     up.redirect_allow = address_classes(f, "redirect_allow");
-    (name.is_some() && url.is_some()).then_some(up)
+    (name.is_some() && endpoints.is_some()).then_some(up)
 }
 
 fn address_classes(f: &mut Fields, key: &str) -> Vec<AddressClass> {
@@ -305,66 +286,12 @@ fn address_classes(f: &mut Fields, key: &str) -> Vec<AddressClass> {
     classes
 }
 
-fn f_has_password_error(f: &Fields) -> bool {
-    f.has_error("password_env") || f.has_error("password_file")
-}
-
 fn patterns(f: &mut Fields, key: &str) -> RepoPatterns {
     let list: Vec<String> = f.get(key).unwrap_or_default();
     RepoPatterns::new(&list).unwrap_or_else(|reason| {
         f.error(key, reason);
         RepoPatterns::default()
     })
-}
-
-/// What `password_env` or `password_file` gave: the password, and where it
-/// came from.
-type PasswordFields = (Option<Secret>, Option<String>, Option<PathBuf>);
-
-/// The password comes from an environment variable or a file, never inline.
-fn parse_password(f: &mut Fields) -> PasswordFields {
-    if f.take_raw("password").is_some() {
-        f.error(
-            "password",
-            "passwords are not written in the config file; use password_env or password_file",
-        );
-    }
-    let from_env: Option<String> = f.get("password_env");
-    let from_file: Option<PathBuf> = f.get("password_file");
-    match (from_env, from_file) {
-        (Some(_), Some(_)) => {
-            f.error(
-                "password_file",
-                "set either password_env or password_file, not both",
-            );
-            (None, None, None)
-        }
-        (Some(var), None) => match std::env::var(&var) {
-            Ok(value) => (Some(Secret::new(value)), Some(var), None),
-            Err(_) => {
-                f.error(
-                    "password_env",
-                    format!("environment variable {var} is not set"),
-                );
-                (None, None, None)
-            }
-        },
-        (None, Some(path)) => match std::fs::read_to_string(&path) {
-            Ok(value) => (
-                Some(Secret::new(value.trim_end_matches(['\r', '\n']))),
-                None,
-                Some(path),
-            ),
-            Err(e) => {
-                f.error(
-                    "password_file",
-                    format!("cannot read {}: {e}", path.display()),
-                );
-                (None, None, None)
-            }
-        },
-        (None, None) => (None, None, None),
-    }
 }
 
 /// Reads and checks the extra CA certificates now, so that a bad file stops

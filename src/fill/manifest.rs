@@ -26,8 +26,8 @@ use crate::digest::{Algorithm, Digest};
 use crate::manifest::{validate, MediaTypes};
 use crate::reference::Reference;
 use crate::store::{best_effort, Manifest, Store, TagMapping};
-use crate::upstream;
 use crate::upstream::routing::Target;
+use crate::upstream::{self, Upstream};
 
 /// Manifests larger than this are refused, as the distribution spec allows
 /// and as registries themselves do.
@@ -175,6 +175,7 @@ impl ManifestFills {
         let announced: Option<Digest> =
             header_str(&resp, "docker-content-digest").and_then(|d| d.parse().ok());
         let etag = header_str(&resp, "etag").map(str::to_owned);
+        let endpoint = Upstream::secondary_endpoint(&resp).map(str::to_owned);
         let content_type = header_str(&resp, "content-type")
             .map(|c| c.split(';').next().unwrap_or("").trim().to_owned());
         let bytes = match upstream.read_body(resp, MAX_MANIFEST_SIZE).await? {
@@ -227,7 +228,11 @@ impl ManifestFills {
             "a repository link",
         );
         if let (true, Reference::Tag(tag)) = (canonical, reference) {
-            let mapping = TagMapping::new(&digest, etag);
+            if let Some(endpoint) = &endpoint {
+                tracing::info!(?target, tag, %digest, endpoint, "tag learnt from a secondary endpoint");
+            }
+            let mut mapping = TagMapping::new(&digest, etag);
+            mapping.endpoint = endpoint;
             best_effort(
                 store.put_tag(upstream.name(), repo, tag, mapping),
                 "a tag mapping",
@@ -279,6 +284,7 @@ impl ManifestFills {
         if let Some(etag) = header_str(&resp, "etag") {
             renewed.etag = Some(etag.to_owned());
         }
+        renewed.endpoint = Upstream::secondary_endpoint(&resp).map(str::to_owned);
         best_effort(
             store.put_tag(upstream.name(), repo, tag, renewed),
             "a tag mapping",

@@ -244,7 +244,7 @@ fn upstream(
     let (base_requests, base_bytes) = baseline.copied().unwrap_or_default();
     UpstreamReport {
         name: u.name().to_owned(),
-        url: super::summary::redacted_url(&u.config().url),
+        url: super::summary::redacted_url(u.config().url()),
         default: u.config().default,
         state,
         last_success: contact.last_success,

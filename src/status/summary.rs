@@ -83,10 +83,10 @@ impl ConfigSummary {
 fn upstream(u: &UpstreamConfig) -> UpstreamSummary {
     UpstreamSummary {
         name: u.name.clone(),
-        url: redacted_url(&u.url),
+        url: redacted_url(u.url()),
         default: u.default,
         aliases: u.aliases.clone(),
-        credentials: u.username.is_some() || u.password.is_some(),
+        credentials: u.endpoints.iter().any(|e| e.basic().is_some()),
         extra_ca: u.ca_certificates.is_some(),
         insecure_skip_verify: u.insecure_skip_verify,
         offline: u.offline,

@@ -102,6 +102,10 @@ pub struct TagMapping {
     /// The upstream's `ETag` for the tag, for conditional revalidation.
     #[serde(default)]
     pub etag: Option<String>,
+    /// The endpoint that said so, when it was not the upstream's preferred
+    /// one (its first endpoint was down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 impl TagMapping {
@@ -110,6 +114,7 @@ impl TagMapping {
             digest: digest.to_string(),
             fetched_at_ms: now_ms(),
             etag,
+            endpoint: None,
         }
     }
 

@@ -1,12 +1,17 @@
 //! The client for the registry berth mirrors: requests for manifests, blobs
 //! and tag lists, with the upstream's authentication answered, redirects
 //! followed without leaking credentials to other hosts, and every failure
-//! turned into an `UpstreamError` that names the upstream.
+//! turned into an `UpstreamError` that names the upstream. An upstream is
+//! reached through one endpoint or several (`endpoint`, each with its own
+//! credentials and health), the next used while one is down (`failover`).
 
 pub mod activity;
 pub mod auth;
 pub mod body;
 pub mod destination;
+pub mod endpoint;
+mod failover;
+mod health;
 pub mod ratelimit;
 pub mod routing;
 
@@ -17,9 +22,8 @@ use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use self::auth::{Auth, Credential};
 use self::body::{Bounds, ReadFailure};
-use self::destination::{Policy, Resolver};
+use self::endpoint::{AnsweredBy, Endpoint};
 use self::ratelimit::RateLimit;
 use crate::config::UpstreamConfig;
 use crate::digest::Digest;
@@ -212,15 +216,13 @@ pub enum Accept {
     These(Option<HeaderValue>),
 }
 
-/// One configured upstream registry.
+/// One configured upstream registry, reached through one endpoint or
+/// several (first preferred, the next used while one is down).
 pub struct Upstream {
     config: UpstreamConfig,
     metrics: crate::metrics::Metrics,
-    http: reqwest::Client,
-    auth: Auth,
+    endpoints: Vec<Arc<Endpoint>>,
     manifest_accept: HeaderValue,
-    /// Where redirects and token realms may send berth.
-    policy: Arc<Policy>,
     /// What the status page and `/metrics` show of this upstream.
     activity: activity::Activity,
     rate_limit: RateLimit,
@@ -231,54 +233,30 @@ impl Upstream {
         config: &UpstreamConfig,
         metrics: crate::metrics::Metrics,
     ) -> Result<Self, UpstreamError> {
-        let bad = |reason: String| UpstreamError::BadResponse {
-            upstream: config.name.clone(),
-            reason,
-        };
-        let own_hosts = config.url.host_str().map(str::to_owned);
-        let policy = Arc::new(Policy::new(own_hosts, &config.redirect_allow));
-        // Proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, which
-        // reqwest reads by default.
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .dns_resolver(Arc::new(Resolver::new(policy.clone())))
-            // Redirects are followed by hand, to decide per hop whether
-            // credentials may go along.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.connect_timeout)
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &config.ca_certificates {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| bad(format!("extra CA certificates: {e}")))?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
         if config.insecure_skip_verify {
             tracing::warn!(
                 upstream = config.name,
                 "insecure_skip_verify is set: the upstream's TLS certificate is not checked"
             );
-            builder = builder.danger_accept_invalid_certs(true);
         }
-        let http = builder
-            .build()
-            .map_err(|e| bad(format!("cannot build an HTTP client: {e}")))?;
-        let basic = match (&config.username, &config.password) {
-            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
-            _ => None,
-        };
-        let manifest_accept = MediaTypes::SERVED
-            .header_value()
-            .ok_or_else(|| bad("no media types to accept".to_owned()))?;
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|e| Endpoint::new(config, e, &metrics).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        let manifest_accept =
+            MediaTypes::SERVED
+                .header_value()
+                .ok_or_else(|| UpstreamError::BadResponse {
+                    upstream: config.name.clone(),
+                    reason: "no media types to accept".to_owned(),
+                })?;
         Ok(Upstream {
             config: config.clone(),
             rate_limit: RateLimit::new(&config.name, &metrics),
             metrics,
-            http,
-            auth: Auth::new(config.name.clone(), basic, policy.clone()),
+            endpoints,
             manifest_accept,
-            policy,
             activity: Default::default(),
         })
     }
@@ -300,6 +278,18 @@ impl Upstream {
     /// revalidation for it.
     pub fn rate_limit(&self) -> &RateLimit {
         &self.rate_limit
+    }
+
+    pub(super) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The endpoint that answered `resp`, when it was not the preferred one.
+    pub fn secondary_endpoint(resp: &reqwest::Response) -> Option<&str> {
+        resp.extensions()
+            .get::<AnsweredBy>()
+            .filter(|a| a.secondary)
+            .map(|a| a.endpoint.as_str())
     }
 
     /// `GET` (or `HEAD`) of a manifest by tag or digest, accepting what
@@ -477,111 +467,9 @@ impl Upstream {
         }
     }
 
-    /// Sends a request for `/v2/<repo>/<path>`, answering one auth challenge
-    /// and following redirects. Only 2xx responses come back as `Ok`.
-    async fn send(
-        &self,
-        method: Method,
-        repo: &str,
-        path: &str,
-        headers: http::HeaderMap,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        if self.config.offline {
-            return Err(UpstreamError::Offline {
-                upstream: self.name().to_owned(),
-            });
-        }
-        let scope = format!("repository:{repo}:pull");
-        let mut url = self
-            .config
-            .url
-            .join(&format!("/v2/{repo}/{path}"))
-            .map_err(|e| UpstreamError::BadResponse {
-                upstream: self.name().to_owned(),
-                reason: format!("cannot build a URL for {repo}/{path}: {e}"),
-            })?;
-        let mut credential = self.auth.credential_for(&scope);
-        let mut answered_challenge = false;
-        let mut hops = 0;
-        loop {
-            let same_origin = url.origin() == self.config.url.origin();
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .headers(headers.clone());
-            if same_origin {
-                if let Some(c) = &credential {
-                    req = c.apply(req);
-                }
-            }
-            let resp = self.execute(req).await?;
-            let status = resp.status();
-            if status == StatusCode::UNAUTHORIZED && same_origin && !answered_challenge {
-                answered_challenge = true;
-                if matches!(credential, Some(Credential::Bearer(_))) {
-                    self.auth.forget(&scope);
-                }
-                let challenge = resp
-                    .headers()
-                    .get(http::header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok());
-                if let Some(answer) = self
-                    .auth
-                    .answer(&self.http, challenge, &scope, self.config.response_timeout)
-                    .await?
-                {
-                    credential = Some(answer);
-                    continue;
-                }
-            }
-            if status.is_success() || status == StatusCode::NOT_MODIFIED {
-                return Ok(resp);
-            }
-            if is_redirect(status) {
-                hops += 1;
-                url = self.redirect_target(&url, &resp, hops)?;
-                continue;
-            }
-            return Err(UpstreamError::from_response(self.name(), resp, same_origin).await);
-        }
-    }
-
-    async fn execute(
-        &self,
-        req: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let result = match tokio::time::timeout(self.config.response_timeout, req.send()).await {
-            Err(_) => Err(UpstreamError::Timeout {
-                upstream: self.name().to_owned(),
-                what: "response headers",
-            }),
-            Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout {
-                upstream: self.name().to_owned(),
-                what: "connection",
-            }),
-            Ok(Err(e)) => {
-                // The one place the upstream's address is logged: clients
-                // see the upstream's configured name only.
-                tracing::warn!(upstream = self.name(), url = e.url().map_or("-", |u| u.as_str()), error = %error_chain(&e), "upstream request failed");
-                Err(UpstreamError::unreachable(self.name(), &e))
-            }
-            Ok(Ok(resp)) => Ok(resp),
-        };
-        if let Ok(resp) = &result {
-            self.rate_limit.observe(resp.status(), resp.headers());
-        }
-        let status = match &result {
-            Ok(resp) => resp.status().as_u16().to_string(),
-            Err(UpstreamError::Timeout { .. }) => "timeout".to_owned(),
-            Err(_) => "unreachable".to_owned(),
-        };
-        self.metrics.upstream(self.name(), status);
-        self.note_contact(&result);
-        result
-    }
-
-    /// A 5xx or 429 is the upstream failing; any other answer shows it up.
-    fn note_contact(&self, result: &Result<reqwest::Response, UpstreamError>) {
+    /// Notes a request's outcome for the status page: a 5xx or 429 is the
+    /// upstream failing; any other answer shows it up.
+    pub(super) fn note_contact(&self, result: &Result<reqwest::Response, UpstreamError>) {
         self.activity.request();
         match result {
             Ok(resp) if resp.status().is_server_error() || resp.status() == 429 => {
@@ -590,35 +478,5 @@ impl Upstream {
             Ok(_) => self.activity.succeeded(),
             Err(e) => self.activity.failed(&e.to_string()),
         }
-    }
-
-    fn redirect_target(
-        &self,
-        from: &reqwest::Url,
-        resp: &reqwest::Response,
-        hops: usize,
-    ) -> Result<reqwest::Url, UpstreamError> {
-        let bad = |reason: String| UpstreamError::BadResponse {
-            upstream: self.name().to_owned(),
-            reason,
-        };
-        if hops > MAX_REDIRECTS {
-            return Err(bad(format!("more than {MAX_REDIRECTS} redirects")));
-        }
-        let location = resp
-            .headers()
-            .get(http::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| bad(format!("{} without a Location", resp.status())))?;
-        let target = from
-            .join(location)
-            .map_err(|e| bad(format!("redirect to {location:?}: {e}")))?;
-        self.policy.check(&target).map_err(|why| {
-            tracing::warn!(upstream = self.name(), %target, why, "redirect refused");
-            bad(format!(
-                "redirected berth to a target it may not fetch ({why})"
-            ))
-        })?;
-        Ok(target)
     }
 }

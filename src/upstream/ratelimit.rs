@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::metrics::{Metrics, UpstreamName};
 
 /// The pause when the upstream does not say how long to wait.
-const DEFAULT_PAUSE: Duration = Duration::from_secs(60);
+pub const DEFAULT_PAUSE: Duration = Duration::from_secs(60);
 /// The longest pause berth takes on an upstream's word.
 const MAX_PAUSE: Duration = Duration::from_secs(6 * 3600);
 
@@ -68,15 +68,13 @@ impl RateLimit {
         }
     }
 
-    /// Reads an upstream answer's rate-limit headers, and pauses
-    /// revalidation when the limit is reached or the answer is a 429.
-    pub fn observe(&self, status: StatusCode, headers: &HeaderMap) {
+    /// Reads an answer's rate-limit headers into the figures and gauges.
+    pub fn observe(&self, headers: &HeaderMap) {
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let limit = text("ratelimit-limit").and_then(quota);
         let remaining = text("ratelimit-remaining").and_then(quota);
         let source = text("docker-ratelimit-source");
-        let limited = status == StatusCode::TOO_MANY_REQUESTS;
-        if limit.is_none() && remaining.is_none() && !limited {
+        if limit.is_none() && remaining.is_none() {
             return;
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -94,11 +92,14 @@ impl RateLimit {
         if let Some(source) = source {
             figures.source = Some(source.to_owned());
         }
-        if !limited && remaining.is_none_or(|(count, _)| count > 0) {
-            return;
-        }
-        let pause = pause_asked(headers, SystemTime::now()).unwrap_or(DEFAULT_PAUSE);
-        let until = Instant::now() + pause.min(MAX_PAUSE);
+    }
+
+    /// Pauses revalidation for `pause` (the limit was reached: an answer
+    /// with `status` said so); the log says so when a pause starts.
+    pub fn pause(&self, pause: Duration, status: StatusCode) {
+        let pause = pause.min(MAX_PAUSE);
+        let until = Instant::now() + pause;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let already = state.paused_until.is_some_and(|t| t > Instant::now());
         state.paused_until = Some(state.paused_until.map_or(until, |t| t.max(until)));
         self.paused.set(1);
@@ -109,7 +110,7 @@ impl RateLimit {
                 limit = ?state.figures.limit,
                 remaining = ?state.figures.remaining,
                 source = state.figures.source.as_deref().unwrap_or("-"),
-                pause_s = pause.min(MAX_PAUSE).as_secs(),
+                pause_s = pause.as_secs(),
                 "the upstream's rate limit is reached: serving stale tags instead of revalidating until the pause ends"
             );
         }
@@ -152,6 +153,29 @@ impl RateLimit {
             .figures
             .clone()
     }
+}
+
+/// Whether an answer says the limit is reached (a 429, or nothing
+/// remaining), and for how long berth should stay away: what the upstream
+/// asked, else a minute.
+pub fn limit_reached(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    let none_left = headers
+        .get("ratelimit-remaining")
+        .and_then(|v| v.to_str().ok())
+        .and_then(quota)
+        .is_some_and(|(count, _)| count == 0);
+    (status == StatusCode::TOO_MANY_REQUESTS || none_left)
+        .then(|| pause_asked(headers, SystemTime::now()).unwrap_or(DEFAULT_PAUSE))
+}
+
+/// A `Retry-After` value as a duration from now: seconds, or an HTTP date.
+pub fn retry_after(value: &http::HeaderValue) -> Option<Duration> {
+    let value = value.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
 fn gauge_value(count: u64) -> i64 {
@@ -207,14 +231,11 @@ mod tests {
         assert_eq!(quota(" 76 "), Some((76, None)));
         assert_eq!(quota("lots"), None);
         let limit = RateLimit::new("docker.io", &Metrics::new());
-        limit.observe(
-            StatusCode::OK,
-            &headers(&[
-                ("ratelimit-limit", "100;w=21600"),
-                ("ratelimit-remaining", "76;w=21600"),
-                ("docker-ratelimit-source", "192.0.2.1"),
-            ]),
-        );
+        limit.observe(&headers(&[
+            ("ratelimit-limit", "100;w=21600"),
+            ("ratelimit-remaining", "76;w=21600"),
+            ("docker-ratelimit-source", "192.0.2.1"),
+        ]));
         assert_eq!(
             limit.figures(),
             Figures {
@@ -228,25 +249,29 @@ mod tests {
     }
 
     #[test]
-    fn zero_remaining_or_a_429_pauses_revalidation() {
+    fn zero_remaining_or_a_429_reaches_the_limit() {
+        let none_left = headers(&[("ratelimit-remaining", "0;w=21600")]);
+        assert_eq!(
+            limit_reached(StatusCode::OK, &none_left),
+            Some(DEFAULT_PAUSE)
+        );
+        let some_left = headers(&[("ratelimit-remaining", "3;w=21600")]);
+        assert_eq!(limit_reached(StatusCode::OK, &some_left), None);
+        let asked = headers(&[("retry-after", "7")]);
+        assert_eq!(
+            limit_reached(StatusCode::TOO_MANY_REQUESTS, &asked),
+            Some(Duration::from_secs(7))
+        );
         let metrics = Metrics::new();
         let limit = RateLimit::new("docker.io", &metrics);
-        limit.observe(
-            StatusCode::OK,
-            &headers(&[("ratelimit-remaining", "0;w=21600")]),
-        );
+        limit.pause(DEFAULT_PAUSE, StatusCode::OK);
         assert!(limit.paused());
         assert!(metrics
             .encode()
             .contains("berth_upstream_ratelimit_paused{upstream=\"docker.io\"} 1"));
         let other = RateLimit::new("ghcr.io", &metrics);
-        other.observe(
-            StatusCode::TOO_MANY_REQUESTS,
-            &headers(&[("retry-after", "0")]),
-        );
+        other.pause(Duration::ZERO, StatusCode::TOO_MANY_REQUESTS);
         assert!(!other.paused(), "a pause of nothing is over at once");
-        other.observe(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new());
-        assert!(other.paused(), "a 429 without a word pauses for a minute");
     }
 
     #[test]
