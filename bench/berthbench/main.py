@@ -68,6 +68,12 @@ def main(argv):
                              "its API from a synthetic upstream (see berthbench/scale.py)")
     parser.add_argument("--objects", default="100000,1000000",
                         help="--scale: the store sizes measured, in objects (3 an image)")
+    parser.add_argument("--manifests", action="store_true",
+                        help="scenario 4 alone (warm manifests over HTTP/1.1, berth and nginx), "
+                             "for measuring a change to the request path")
+    parser.add_argument("--baseline",
+                        help="with --manifests: a second berth binary measured in the same run "
+                             "(its column is \"berth (baseline)\")")
     args = parser.parse_args(argv)
     if args.scale:
         return run_scale(args)
@@ -75,6 +81,10 @@ def main(argv):
     if args.reps:
         profile["reps"] = args.reps
     name = "quick" if args.quick else "full"
+    if args.manifests:
+        profile.update(layers=[MIB], reps=args.reps or 3, manifests_only=True,
+                       baseline=args.baseline)
+        name += "-manifests"
     output = args.output or os.path.join(BENCH_DIR, f"results-{name}.json")
 
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
@@ -211,6 +221,8 @@ class Bench:
         self.seed()
         self.ceiling = tools.loopback_ceiling(self.ceiling_file)
         self.p["ceiling"] = self.ceiling
+        if self.p.get("manifests_only"):
+            return self.run_manifests()
         for rep in range(self.p["reps"]):
             log(f"repetition {rep + 1} of {self.p['reps']}")
             for mirror in self.mirrors:
@@ -224,6 +236,26 @@ class Bench:
                     self.upstream_requests(mirror)
             for mirror in self.tls_mirrors:
                 self.over_tls(mirror)
+
+    def run_manifests(self):
+        """`--manifests`: scenario 4 over HTTP/1.1 for berth, the baseline
+        berth if given, and nginx, in turn in every repetition."""
+        root = os.path.join(self.work, "mirrors")
+        mirrors_ = [self.mirrors[0]]
+        if self.p.get("baseline"):
+            base = mirrors.Berth(root, self.p["baseline"])
+            base.key, base.label = "berth-base", "berth (baseline)"
+            mirrors_.append(base)
+        mirrors_.append(self.mirrors[2])
+        for rep in range(self.p["reps"]):
+            log(f"repetition {rep + 1} of {self.p['reps']}: warm manifests")
+            for mirror in mirrors_:
+                mirror.start(self.upstream.url)
+                try:
+                    self.warm_manifests(mirror)
+                    self.manifest_load(mirror, mirror.key, "1.1")
+                finally:
+                    mirror.stop()
 
     def note(self, row, mirror, value):
         self.figures.setdefault(row, {}).setdefault(mirror, []).append(value)
@@ -466,6 +498,8 @@ class Bench:
         rows = [row.evaluate(self.figures, self.p) for row in ROWS]
         rows = [r for r in rows if r]
         berth_ok = all(v == 1.0 for v in self.figures.get("cold_n_ok", {}).get("berth", [0]))
+        if self.p.get("manifests_only"):
+            berth_ok = True
         return {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "profile": self.name,
@@ -513,7 +547,8 @@ def machine():
 
 PEERS = ("registry", "nginx")
 LABELS = {"berth": "berth", "registry": "distribution proxy", "nginx": "nginx cache",
-          "berth-h2c": "berth h2c", "berth-tls": "berth TLS (h2)"}
+          "berth-h2c": "berth h2c", "berth-tls": "berth TLS (h2)",
+          "berth-base": "berth (baseline)"}
 
 
 class Row:
@@ -701,6 +736,8 @@ def markdown(report):
     """The table: median (min–max) per mirror, berth's ratio to the best peer."""
     m = report["machine"]
     columns = ["berth", "berth-h2c", "berth-tls", "registry", "nginx"]
+    if any("berth-base" in r["values"] for r in report["rows"]):
+        columns.insert(1, "berth-base")
     lines = [
         f"berth benchmark ({report['profile']} run), {report['date']}, "
         f"{m['cores']} cores, {m['memory_gib']} GiB, {m['cpu']}, Linux {m['kernel']}",

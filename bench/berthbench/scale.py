@@ -211,7 +211,7 @@ class Berth:
 class Scale:
     """The run: one upstream, one growing store, one small store."""
 
-    def __init__(self, work, berth_binary, scales, seconds=10, conns=16):
+    def __init__(self, work, berth_binary, scales, seconds=10, conns=32):
         self.work, self.binary, self.scales = work, berth_binary, sorted(scales)
         self.seconds, self.conns = seconds, conns
         self.results = []
@@ -322,12 +322,14 @@ class Scale:
         return {"ok": ok, "seconds": time.monotonic() - t0}
 
     def evict(self, berth):
-        """Restarts `berth` with a budget that puts what it holds just above
-        the high watermark (0.9 of max_size), so that one round brings it
-        to the low one (0.8); waits for that round."""
+        """Restarts `berth` with a budget that puts what it holds above the
+        high watermark (at 0.95 of max_size; the high one is 0.9), so that
+        one round brings it to the low one (0.8); waits for that round."""
+        used = metric(berth.url, "berth_disk_used_bytes") or 0
         berth.sigterm()
         held = du_bytes(berth.data)
-        max_size = int(held / 0.92)
+        # Halfway between the watermarks by berth's count and by du's.
+        max_size = int(max(held, used) / 0.95)
         berth.max_size = str(max_size)
         mark = len(berth.log_text())
         berth.start()
