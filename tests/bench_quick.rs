@@ -86,12 +86,42 @@ fn the_quick_benchmark_runs_and_every_answer_is_right() {
         "rss_warm",
         "upstream_cold_uncounted",
         "upstream_warm_uncounted",
+        // The mirror's cost per GiB, and the clients' CPU beside wall times.
+        "cpu_gib_cold1",
+        "cpu_gib_cold_n",
+        "cpu_gib_warm_1",
+        "cpu_gib_warm_n",
+        "cold1_client_cpu",
+        "cold_n_client_cpu",
+        "warm_blob_n_client_cpu",
+        // Every protocol berth serves, against nginx on the same one.
+        "warm_blob_1_h2c",
+        "warm_blob_1_tls_h2",
+        "warm_blob_n_tls_h2",
+        "warm_blob_1_tls_h1",
+        "warm_blob_n_tls_h1",
     ] {
         let row = rows.iter().find(|r| r["key"] == key);
         assert!(
             row.is_some_and(|r| r["values"]["berth"]["median"].is_number()),
             "no berth figure for {key}:\n{log}"
         );
+    }
+    // The peers serve TLS too (nginx `ssl http2`, distribution `http.tls`),
+    // and nginx h2c on its second port: every protocol row compares.
+    for (key, peers) in [
+        ("warm_blob_1_tls_h2", &["nginx", "registry"][..]),
+        ("warm_blob_1_tls_h1", &["nginx", "registry"][..]),
+        ("warm_blob_1_h2c", &["nginx"][..]),
+        ("cpu_gib_warm_1", &["nginx", "registry"][..]),
+    ] {
+        let row = rows.iter().find(|r| r["key"] == key).expect("the row");
+        for peer in peers {
+            assert!(
+                row["values"][peer]["median"].is_number(),
+                "no {peer} figure for {key}:\n{log}"
+            );
+        }
     }
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("| scenario |"), "no Markdown table:\n{log}");

@@ -6,12 +6,19 @@ scenario, in front of the same seeded upstream, and runs the scenarios
 against the three in turn, so that the machine's noise falls on all of them
 alike. Figures are reported, never asserted: the table says, per row,
 berth's ratio to the best peer and whether the issue's target was met.
+
+The benchmark measures the mirror, not its clients: one pull client in
+eight hashes what it gets, the others check lengths and sampled bytes (see
+`pull`); the clients' CPU time is reported beside each wall time, and each
+mirror's CPU seconds per GiB served (its process group, from /proc) is the
+figure that compares across machines.
 """
 import argparse
 import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -19,10 +26,11 @@ import sys
 import tempfile
 import time
 
-from . import mirrors, procs, pull, tools
+from . import mirrors, procs, pull, scale, tools
 from . import upstream as up
 
 MIB = 1 << 20
+GIB = 1 << 30
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH_DIR = os.path.join(REPO_ROOT, "bench")
 
@@ -55,11 +63,28 @@ def main(argv):
                         help="JSON results file (default: bench/results-<profile>.json)")
     parser.add_argument("--reps", type=int, help="repetitions (default: 3, --quick: 1)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--scale", action="store_true",
+                        help="the large-cache profile instead: berth alone, filled through "
+                             "its API from a synthetic upstream (see berthbench/scale.py)")
+    parser.add_argument("--objects", default="100000,1000000",
+                        help="--scale: the store sizes measured, in objects (3 an image)")
+    parser.add_argument("--manifests", action="store_true",
+                        help="scenario 4 alone (warm manifests over HTTP/1.1, berth and nginx), "
+                             "for measuring a change to the request path")
+    parser.add_argument("--baseline",
+                        help="with --manifests: a second berth binary measured in the same run "
+                             "(its column is \"berth (baseline)\")")
     args = parser.parse_args(argv)
+    if args.scale:
+        return run_scale(args)
     profile = dict(PROFILES["quick" if args.quick else "full"])
     if args.reps:
         profile["reps"] = args.reps
     name = "quick" if args.quick else "full"
+    if args.manifests:
+        profile.update(layers=[MIB], reps=args.reps or 3, manifests_only=True,
+                       baseline=args.baseline)
+        name += "-manifests"
     output = args.output or os.path.join(BENCH_DIR, f"results-{name}.json")
 
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
@@ -68,10 +93,12 @@ def main(argv):
     procs.install_sigterm_handler()
     work = tempfile.mkdtemp(prefix="berth-bench-")
     started = time.monotonic()
+    load_before = os.getloadavg()
     try:
         bench = Bench(work, berth, profile, name)
         bench.run()
         report = bench.report()
+        report["load_average"] = {"before": load_before, "after": os.getloadavg()}
     finally:
         procs.stop_all()
         if not args.keep:
@@ -84,9 +111,42 @@ def main(argv):
     return 0 if report["checks"]["digests_ok"] else 1
 
 
-def ensure_tools():
+def run_scale(args):
+    """`--scale`: the large-cache profile (berthbench/scale.py)."""
+    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    ensure_tools(dict(NEEDED, go="golang-go"))
+    berth = args.berth or build_berth()
+    output = args.output or os.path.join(BENCH_DIR, "results-scale.json")
+    procs.install_sigterm_handler()
+    work = tempfile.mkdtemp(prefix="berth-scale-")
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    try:
+        objects = [int(x) for x in args.objects.split(",")]
+        results = scale.Scale(work, berth, objects).run()
+    finally:
+        procs.stop_all()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "profile": "scale", "machine": machine(),
+        "load_before": " ".join(f"{x:.2f}" for x in load_before),
+        "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "memory_budget": {"hot_size": scale.HOT_SIZE, "meta_cache": scale.META_CACHE},
+        "results": results, "seconds": round(time.monotonic() - started, 1),
+    }
+    with open(output, "w") as f:
+        json.dump(report, f, indent=2)
+    print(scale.markdown(report))
+    print(f"\nJSON: {output}; {report['seconds']:.0f} s in all.")
+    return 0
+
+
+def ensure_tools(needed=None):
     """Install what is missing from Debian, without asking anything."""
-    missing = sorted({pkg for cmd, pkg in NEEDED.items() if shutil.which(cmd) is None})
+    needed = needed or NEEDED
+    missing = sorted({pkg for cmd, pkg in needed.items() if shutil.which(cmd) is None})
     if not missing:
         return
     print(f"==> installing {' '.join(missing)}", file=sys.stderr)
@@ -118,7 +178,8 @@ class Bench:
         self.mirrors = mirrors.all_mirrors(os.path.join(work, "mirrors"), berth_binary)
         os.makedirs(os.path.join(work, "mirrors"))
         self.tls = self._certificate()
-        self.berth_tls = mirrors.Berth(os.path.join(work, "mirrors"), berth_binary, tls=self.tls)
+        self.tls_mirrors = mirrors.all_mirrors(os.path.join(work, "mirrors"), berth_binary,
+                                               tls=self.tls)
         self.figures = {}   # row key -> mirror key -> [per-repetition value]
         self.wrong = []     # berth's answers with wrong bytes or errors (not cut-offs)
         self.peer_failures = []  # the same from the peers: their figures, not a failed run
@@ -148,21 +209,20 @@ class Bench:
         layers = self.p["layers"]
         log(f"seeding the upstream: {sum(layers) // MIB} MiB image "
             f"({len(layers)} layers), {self.p['small_images']} small images")
-        files = os.path.join(self.work, "layers")
-        os.makedirs(files)
-        self.large, paths = up.push_large_image(self.upstream.port, files, layers)
-        # The largest layer stays, as the loopback ceiling's payload.
-        largest = self.large.layers[0][0]
-        for digest, path in paths.items():
-            if digest != largest:
-                os.remove(path)
-        self.ceiling_file = paths[largest]
+        # The layer files stay: the sampling clients compare with them, and
+        # the largest is the loopback ceiling's payload.
+        self.layers = os.path.join(self.work, "layers")
+        os.makedirs(self.layers)
+        self.large, paths = up.push_large_image(self.upstream.port, self.layers, layers)
+        self.ceiling_file = paths[self.large.layers[0][0]]
         self.small = up.push_small_images(self.upstream.port, self.p["small_images"])
 
     def run(self):
         self.seed()
         self.ceiling = tools.loopback_ceiling(self.ceiling_file)
         self.p["ceiling"] = self.ceiling
+        if self.p.get("manifests_only"):
+            return self.run_manifests()
         for rep in range(self.p["reps"]):
             log(f"repetition {rep + 1} of {self.p['reps']}")
             for mirror in self.mirrors:
@@ -174,7 +234,28 @@ class Bench:
             for mirror in self.mirrors:
                 if mirror.key in ("berth", "registry"):
                     self.upstream_requests(mirror)
-            self.berth_over_tls()
+            for mirror in self.tls_mirrors:
+                self.over_tls(mirror)
+
+    def run_manifests(self):
+        """`--manifests`: scenario 4 over HTTP/1.1 for berth, the baseline
+        berth if given, and nginx, in turn in every repetition."""
+        root = os.path.join(self.work, "mirrors")
+        mirrors_ = [self.mirrors[0]]
+        if self.p.get("baseline"):
+            base = mirrors.Berth(root, self.p["baseline"])
+            base.key, base.label = "berth-base", "berth (baseline)"
+            mirrors_.append(base)
+        mirrors_.append(self.mirrors[2])
+        for rep in range(self.p["reps"]):
+            log(f"repetition {rep + 1} of {self.p['reps']}: warm manifests")
+            for mirror in mirrors_:
+                mirror.start(self.upstream.url)
+                try:
+                    self.warm_manifests(mirror)
+                    self.manifest_load(mirror, mirror.key, "1.1")
+                finally:
+                    mirror.stop()
 
     def note(self, row, mirror, value):
         self.figures.setdefault(row, {}).setdefault(mirror, []).append(value)
@@ -203,23 +284,26 @@ class Bench:
         key = mirror.key
         mirror.start(self.upstream.url)
         try:
-            cpu = mirror.proc.cpu_seconds()
+            cpu, own = mirror.proc.cpu_seconds(), self_cpu()
             r = pull.pull_once(mirror.url, self.large.repo, self.large.tag, self.large.digest,
                                deadline_s=self.p["deadline"] * 4)
-            cpu = mirror.proc.cpu_seconds() - cpu
+            cpu, own = mirror.proc.cpu_seconds() - cpu, self_cpu() - own
             self.check_results(mirror, f"{mirror.label} cold pull", [r])
             if r["ok"]:
                 self.note("cold1", key, r["done"])
                 self.note("cold1_cpu", key, cpu)
+                self.note("cold1_client_cpu", key, own)
+                self.note("cpu_gib_cold1", key, cpu / (r["bytes"] / GIB))
             self.warm_manifests(mirror)
             with procs.RssSampler(mirror.proc) as rss:
-                self.blob_throughput(mirror, key, "1.1")
+                self.blob_throughput(mirror, "", "1.1")
             self.note("rss_warm", key, rss.peak_mib)
             self.manifest_load(mirror, key, "1.1")
             if key == "berth":
                 self.status_page_cost(mirror)
-                self.blob_throughput(mirror, "berth-h2c", "h2c")
                 self.manifest_load(mirror, "berth-h2c", "h2c")
+            if mirror.h2c_url():
+                self.blob_throughput(mirror, "_h2c", "h2c")
         finally:
             mirror.stop()
 
@@ -236,9 +320,12 @@ class Bench:
             deadline = self.p["deadline"]
             if throttled:
                 deadline = max(30.0, 6 * self.large.size / self.p["rate"])
+            cpu = mirror.proc.cpu_seconds()
             with procs.RssSampler(mirror.proc) as rss:
-                wall, results = pull.run_clients(n, mirror.url, self.large.repo, self.large.tag,
-                                                 self.large.digest, deadline)
+                wall, results, clients_cpu = pull.run_clients(
+                    n, mirror.url, self.large.repo, self.large.tag, self.large.digest,
+                    deadline, layers=self.layers)
+            cpu = mirror.proc.cpu_seconds() - cpu
         finally:
             mirror.stop()
             if relay:
@@ -252,6 +339,10 @@ class Bench:
         self.note("cold_n_ok" + suffix, key, len(done) / n)
         if len(done) == n:
             self.note("cold_n" + suffix, key, wall)
+            self.note("cold_n_client_cpu" + suffix, key, clients_cpu)
+            if not throttled:
+                served = sum(r["bytes"] for r in results)
+                self.note("cpu_gib_cold_n", key, cpu / (served / GIB))
         if throttled:
             ttfbs = [r["ttfb"] for r in results if r["ttfb"] is not None]
             if ttfbs:
@@ -309,18 +400,28 @@ class Bench:
     def cafile(self, mirror):
         return self.tls[0] if mirror.scheme == "https" else None
 
-    def blob_throughput(self, mirror, key, http):
+    def blob_throughput(self, mirror, suffix, http):
         """Scenario 3: every blob of the large image from the warm cache, by 1
-        client and by n at once (curl)."""
-        urls = [f"{mirror.url}/v2/{self.large.repo}/blobs/{d}" for d, _ in self.large.blobs]
+        client and by n at once (curl), over `http` ("1.1", "h2c", or "h2"
+        and "1.1" over TLS); rows `warm_blob_1<suffix>` etc. Plain HTTP/1.1
+        (no suffix) also gives the mirror's and the clients' CPU."""
+        base = mirror.h2c_url() if http == "h2c" else mirror.url
+        urls = [f"{base}/v2/{self.large.repo}/blobs/{d}" for d, _ in self.large.blobs]
+        key = mirror.base_key
         for clients, row in ((1, "warm_blob_1"), (self.p["clients"], "warm_blob_n")):
+            cpu, curl_cpu = mirror.proc.cpu_seconds(), children_cpu()
             r = tools.curl_throughput([urls] * clients, http=http, cafile=self.cafile(mirror))
+            cpu, curl_cpu = mirror.proc.cpu_seconds() - cpu, children_cpu() - curl_cpu
             expected = clients * sum(size for _, size in self.large.blobs)
             if r["failures"] or r["bytes"] != expected:
                 self.failed(mirror, f"{mirror.label} warm blobs over {http}: "
                                     f"{r['bytes']} of {expected} bytes {r['failures'][:2]}")
-            else:
-                self.note(row, key, r["gibps"])
+                continue
+            self.note(row + suffix, key, r["gibps"])
+            if not suffix:
+                self.note(row + "_client_cpu", key, curl_cpu)
+                clients_label = row.removeprefix("warm_blob_")
+                self.note(f"cpu_gib_warm_{clients_label}", key, cpu / (r["bytes"] / GIB))
 
     def manifest_load(self, mirror, key, http):
         """Scenario 4: warm manifest GETs at 64 connections, by tag and by
@@ -329,16 +430,21 @@ class Bench:
               "digest": [f"/v2/{i.repo}/manifests/{i.digest}" for i in self.small]}
         d = tempfile.mkdtemp(dir=self.work)
         for kind, paths in by.items():
+            cpu, client_cpu = mirror.proc.cpu_seconds(), children_cpu()
             if http == "1.1":
                 r = tools.wrk(mirror.url, paths, ACCEPT, d, seconds=self.p["load_seconds"])
             else:
                 r = tools.h2load(mirror.url, paths, ACCEPT, d, seconds=self.p["load_seconds"])
+            cpu, client_cpu = mirror.proc.cpu_seconds() - cpu, children_cpu() - client_cpu
             if "error" in r or r["errors"]:
                 self.failed(mirror, f"{mirror.label} manifests by {kind} over {http}: "
                                     f"{r.get('error') or r['error_detail']}")
                 continue
             self.note(f"manifest_{kind}_rps", key, r["rps"])
             self.note(f"manifest_{kind}_p99", key, r["p99_ms"])
+            # Per 10k requests: what a request costs each side.
+            self.note(f"manifest_{kind}_cpu", key, cpu / r["requests"] * 1e4)
+            self.note(f"manifest_{kind}_client_cpu", key, client_cpu / r["requests"] * 1e4)
 
     def status_page_cost(self, mirror):
         """Scenario 4 again: warm manifests by tag at 64 connections with berth's
@@ -367,17 +473,22 @@ class Bench:
         self.note("status_page_ratio", "berth",
                   statistics.median(rps["polled"]) / statistics.median(rps["plain"]))
 
-    def berth_over_tls(self):
-        """Scenario 6 over TLS (HTTP/2 by ALPN)."""
-        mirror = self.berth_tls
+    def over_tls(self, mirror):
+        """Scenario 6: a mirror over TLS, one certificate for all. A cold pull
+        warms it; then warm blobs over HTTP/2 and HTTP/1.1 (by ALPN), and for
+        berth warm manifests over HTTP/2."""
         mirror.start(self.upstream.url)
         try:
             r = pull.pull_once(mirror.url, self.large.repo, self.large.tag, self.large.digest,
                                deadline_s=self.p["deadline"] * 4, cafile=self.tls[0])
-            self.check_results(mirror, "berth (TLS) cold pull", [r])
-            self.warm_manifests(mirror)
-            self.blob_throughput(mirror, "berth-tls", "h2")
-            self.manifest_load(mirror, "berth-tls", "h2")
+            self.check_results(mirror, f"{mirror.label} cold pull", [r])
+            if not r["ok"]:
+                return
+            self.blob_throughput(mirror, "_tls_h2", "h2")
+            self.blob_throughput(mirror, "_tls_h1", "1.1")
+            if mirror.base_key == "berth":
+                self.warm_manifests(mirror)
+                self.manifest_load(mirror, "berth-tls", "h2")
         finally:
             mirror.stop()
 
@@ -387,6 +498,8 @@ class Bench:
         rows = [row.evaluate(self.figures, self.p) for row in ROWS]
         rows = [r for r in rows if r]
         berth_ok = all(v == 1.0 for v in self.figures.get("cold_n_ok", {}).get("berth", [0]))
+        if self.p.get("manifests_only"):
+            berth_ok = True
         return {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "profile": self.name,
@@ -401,6 +514,19 @@ class Bench:
                        "wrong_answers": self.wrong, "peer_failures": self.peer_failures,
                        "cut_off_by_deadline": self.cut_off},
         }
+
+
+def self_cpu():
+    """CPU seconds this process has used (the in-process client's)."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
+def children_cpu():
+    """CPU seconds of every child this process has reaped (curl, wrk,
+    h2load): taken before and after a tool runs, the tool's."""
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
 
 
 def machine():
@@ -421,7 +547,8 @@ def machine():
 
 PEERS = ("registry", "nginx")
 LABELS = {"berth": "berth", "registry": "distribution proxy", "nginx": "nginx cache",
-          "berth-h2c": "berth h2c", "berth-tls": "berth TLS (h2)"}
+          "berth-h2c": "berth h2c", "berth-tls": "berth TLS (h2)",
+          "berth-base": "berth (baseline)"}
 
 
 class Row:
@@ -480,20 +607,44 @@ def blob_target(values, profile):
     return text + ", ≥ 0.5× loopback ceiling", ok and within
 
 
+def versus_nginx(factor, at_least):
+    """berth ≥ (or ≤) factor × nginx."""
+    def check(values, _profile):
+        b, n = med(values, "berth"), med(values, "nginx")
+        ok = b is not None and n is not None and (b >= factor * n if at_least else
+                                                  b <= factor * n)
+        return f"{'≥' if at_least else '≤'} {factor}× nginx", ok
+    return check
+
+
+def cold_cpu_target(values, profile):
+    """Cold: berth hashes what nginx does not."""
+    b, r, n = med(values, "berth"), med(values, "registry"), med(values, "nginx")
+    ok = b is not None and n is not None and r is not None and b <= 1.2 * n and b <= 0.5 * r
+    return "≤ 1.2× nginx, ≤ 0.5× distribution", ok
+
+
+def client_cpu(key, title):
+    return Row(key, title + ": the clients' CPU time", "s", False)
+
+
 def rows():
     return [
         Row("cold1", "1. cold pull, 1 client", "s", False),
         # Where scenario 1's time goes: on a small host the mirror, the
         # upstream and the client share the cores, so CPU is wall time.
         Row("cold1_cpu", "1. cold pull, 1 client: the mirror's CPU time", "s", False),
+        client_cpu("cold1_client_cpu", "1. cold pull, 1 client"),
         Row("cold_n", "2. cold pull, N clients: wall", "s", False,
             lambda v, p: ("≤ 0.5× distribution",
                           med(v, "registry") is not None and med(v, "berth") <= 0.5 * med(v, "registry"))),
+        client_cpu("cold_n_client_cpu", "2. cold pull, N clients"),
         Row("cold_n_upstream", "2. cold pull, N clients: upstream bytes ÷ image size", "×", False,
             at_most(lambda v, p: 1.001, "= 1.00")),
         Row("cold_n_ok", "2. cold pull, N clients: share of clients with the right bytes", "", True,
             lambda v, p: ("every client", med(v, "berth") == 1.0)),
         Row("cold_n_slow", "2. throttled uplink, N clients: wall", "s", False),
+        client_cpu("cold_n_client_cpu_slow", "2. throttled uplink, N clients"),
         Row("cold_n_upstream_slow", "2. throttled: upstream bytes ÷ image size", "×", False,
             at_most(lambda v, p: 1.001, "= 1.00")),
         Row("cold_n_ok_slow", "2. throttled: share of clients with the right bytes", "", True,
@@ -505,15 +656,45 @@ def rows():
         Row("slow_done_vs_link", "2. throttled: last completion ÷ (image size ÷ link rate)", "×",
             False, at_most(lambda v, p: 1.1, "≤ 1.1")),
         Row("warm_blob_1", "3. warm blobs, 1 client", "GiB/s", True, blob_target),
+        client_cpu("warm_blob_1_client_cpu", "3. warm blobs, 1 client"),
         Row("warm_blob_n", "3. warm blobs, N clients", "GiB/s", True, blob_target),
+        client_cpu("warm_blob_n_client_cpu", "3. warm blobs, N clients"),
+        Row("warm_blob_1_h2c", "3. warm blobs, 1 client, h2c", "GiB/s", True,
+            versus_nginx(1.0, True)),
+        Row("warm_blob_n_h2c", "3. warm blobs, N clients, h2c", "GiB/s", True,
+            versus_nginx(1.0, True)),
+        Row("cpu_gib_cold1", "CPU per GiB served: cold, 1 client (scenario 1)", "s/GiB", False,
+            cold_cpu_target),
+        Row("cpu_gib_cold_n", "CPU per GiB served: cold, N clients (scenario 2)", "s/GiB", False,
+            cold_cpu_target),
+        Row("cpu_gib_warm_1", "CPU per GiB served: warm, 1 client (scenario 3)", "s/GiB", False,
+            versus_nginx(0.7, False)),
+        Row("cpu_gib_warm_n", "CPU per GiB served: warm, N clients (scenario 3)", "s/GiB", False,
+            versus_nginx(0.7, False)),
+        Row("warm_blob_1_tls_h2", "6. TLS: warm blobs, 1 client, HTTP/2", "GiB/s", True,
+            versus_nginx(1.0, True)),
+        Row("warm_blob_n_tls_h2", "6. TLS: warm blobs, N clients, HTTP/2", "GiB/s", True,
+            versus_nginx(1.0, True)),
+        Row("warm_blob_1_tls_h1", "6. TLS: warm blobs, 1 client, HTTP/1.1", "GiB/s", True,
+            versus_nginx(1.0, True)),
+        Row("warm_blob_n_tls_h1", "6. TLS: warm blobs, N clients, HTTP/1.1", "GiB/s", True,
+            versus_nginx(1.0, True)),
         Row("manifest_tag_rps", "4. warm manifests by tag, 64 connections", "req/s", True,
             ratio_target(3, 1.0)),
         Row("manifest_tag_p99", "4. warm manifests by tag: p99", "ms", False,
             at_most(lambda v, p: 5.0, "< 5 ms")),
+        Row("manifest_tag_cpu", "4. warm manifests by tag: the mirror's CPU per 10k requests",
+            "s", False),
+        Row("manifest_tag_client_cpu", "4. warm manifests by tag: the client's CPU per 10k "
+            "requests", "s", False),
         Row("manifest_digest_rps", "4. warm manifests by digest, 64 connections", "req/s", True,
             ratio_target(3, 1.0)),
         Row("manifest_digest_p99", "4. warm manifests by digest: p99", "ms", False,
             at_most(lambda v, p: 5.0, "< 5 ms")),
+        Row("manifest_digest_cpu", "4. warm manifests by digest: the mirror's CPU per 10k "
+            "requests", "s", False),
+        Row("manifest_digest_client_cpu", "4. warm manifests by digest: the client's CPU per "
+            "10k requests", "s", False),
         Row("status_page_ratio",
             "4. warm manifests by tag with the status page polled every second ÷ without",
             "×", True, lambda v, p: ("≥ 0.98", med(v, "berth") >= 0.98)),
@@ -555,9 +736,15 @@ def markdown(report):
     """The table: median (min–max) per mirror, berth's ratio to the best peer."""
     m = report["machine"]
     columns = ["berth", "berth-h2c", "berth-tls", "registry", "nginx"]
+    if any("berth-base" in r["values"] for r in report["rows"]):
+        columns.insert(1, "berth-base")
     lines = [
         f"berth benchmark ({report['profile']} run), {report['date']}, "
         f"{m['cores']} cores, {m['memory_gib']} GiB, {m['cpu']}, Linux {m['kernel']}",
+        "",
+        "Load average (1, 5, 15 min) before: " +
+        " ".join(f"{x:.2f}" for x in report["load_average"]["before"]) + ", after: " +
+        " ".join(f"{x:.2f}" for x in report["load_average"]["after"]),
         "",
         f"Large image {report['content']['large_image_bytes'] / MIB:.0f} MiB, "
         f"{report['content']['small_images']} small images, N = "

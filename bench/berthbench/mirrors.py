@@ -5,7 +5,13 @@ dir, free loopback port) in front of a given upstream URL:
 - distribution's `docker-registry` in proxy (pull-through cache) mode;
 - nginx as a caching reverse proxy, tuned as well as nginx allows for this
   job (cache lock on, lock timeout and lock age long, so concurrent misses
-  wait for one upstream fetch instead of each going upstream).
+  wait for one upstream fetch instead of each going upstream); it also
+  listens for h2c (prior knowledge) on a second port, as nginx cannot
+  offer HTTP/1.1 and h2c on one.
+
+Each can serve TLS instead (`tls=(cert, key)`: one certificate for all):
+berth with `[tls]`, distribution with `http.tls`, nginx with `ssl http2`;
+HTTP/2 or HTTP/1.1 as the client's ALPN asks.
 
 Each mirror's directory is deleted when it stops, so cold runs never share a
 cache and the disk does not fill up across repetitions.
@@ -26,14 +32,22 @@ class Mirror:
     ends it and deletes its cache."""
     key = ""
     label = ""
-    scheme = "http"
 
-    def __init__(self, root):
+    def __init__(self, root, tls=None):
         self.root = root
+        self.tls = tls  # (cert_file, key_file) or None
+        if tls:
+            self.key, self.label = self.key + "-tls", self.label + " (TLS)"
+        self.scheme = "https" if tls else "http"
         self.runs = 0
         self.dir = None
         self.port = None
         self.proc = None
+
+    @property
+    def base_key(self):
+        """The mirror's column, whatever the protocol."""
+        return self.key.removesuffix("-tls")
 
     @property
     def url(self):
@@ -57,6 +71,10 @@ class Mirror:
             self.dir = None
 
     def ssl_context(self):
+        return ssl.create_default_context(cafile=self.tls[0]) if self.tls else None
+
+    def h2c_url(self):
+        """Where the mirror speaks h2c (prior knowledge), if it does."""
         return None
 
     def _path(self, name):
@@ -71,14 +89,12 @@ class Berth(Mirror):
     label = "berth"
 
     def __init__(self, root, binary, tls=None):
-        super().__init__(root)
+        super().__init__(root, tls)
         self.binary = binary
-        self.tls = tls  # (cert_file, key_file) or None
-        if tls:
-            self.key, self.label, self.scheme = "berth-tls", "berth (TLS)", "https"
 
-    def ssl_context(self):
-        return ssl.create_default_context(cafile=self.tls[0]) if self.tls else None
+    def h2c_url(self):
+        # HTTP/1.1 and h2c (prior knowledge) on one port.
+        return None if self.tls else self.url
 
     def _spawn(self, upstream_url):
         config = self._path("berth.toml")
@@ -106,12 +122,13 @@ class RegistryProxy(Mirror):
     def _spawn(self, upstream_url):
         config = self._path("config.yml")
         with open(config, "w") as f:
-            f.write(registry_config(self.port, self._path("storage"), proxy_url=upstream_url))
+            f.write(registry_config(self.port, self._path("storage"), proxy_url=upstream_url,
+                                    tls=self.tls))
         return procs.Proc(self.label, ["docker-registry", "serve", config],
                           log_path=self._path("registry.log"))
 
 
-def nginx_conf(d, port, http_extra, server_body):
+def nginx_conf(d, port, http_extra, server_body, listen_extra=""):
     """An nginx.conf whose every path (pid, logs, temp dirs) is inside `d`."""
     # As root, nginx's workers would switch to `nobody`, who cannot write in
     # our private temp dir: keep them as the current user.
@@ -133,7 +150,7 @@ http {{
     keepalive_timeout 300s;
 {http_extra}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{listen_extra}
 {server_body}
     }}
 }}
@@ -143,8 +160,14 @@ http {{
 class Nginx(Mirror):
     key = "nginx"
     label = "nginx cache"
+    h2c_port = None
+
+    def h2c_url(self):
+        return f"http://127.0.0.1:{self.h2c_port}" if self.h2c_port else None
 
     def _spawn(self, upstream_url):
+        if not self.tls and self.key == "nginx":
+            self.h2c_port = procs.free_port()
         os.makedirs(self._path("tmp"))
         conf = self._path("nginx.conf")
         with open(conf, "w") as f:
@@ -179,7 +202,14 @@ class Nginx(Mirror):
             proxy_read_timeout 1h;
             proxy_send_timeout 1h;
         }"""
-        return nginx_conf(self.dir, self.port, http_extra, server_body)
+        if self.tls:
+            listen = (f" ssl http2;\n        ssl_certificate {self.tls[0]};\n"
+                      f"        ssl_certificate_key {self.tls[1]};")
+        else:
+            listen = ";"
+            if self.h2c_port:
+                listen += f"\n        listen 127.0.0.1:{self.h2c_port} http2;"
+        return nginx_conf(self.dir, self.port, http_extra, server_body, listen)
 
 
 class StaticFiles(Nginx):
@@ -194,9 +224,10 @@ class StaticFiles(Nginx):
         self.docroot = docroot
 
     def config_text(self, upstream_url):
-        return nginx_conf(self.dir, self.port, "", f"        root {self.docroot};")
+        return nginx_conf(self.dir, self.port, "", f"        root {self.docroot};", ";")
 
 
-def all_mirrors(root, berth_binary):
-    """The three mirrors compared in every scenario, berth first."""
-    return [Berth(root, berth_binary), RegistryProxy(root), Nginx(root)]
+def all_mirrors(root, berth_binary, tls=None):
+    """The three mirrors compared in every scenario, berth first; over TLS
+    with `tls=(cert, key)`."""
+    return [Berth(root, berth_binary, tls), RegistryProxy(root, tls), Nginx(root, tls)]

@@ -124,9 +124,9 @@ def count_traffic(text):
     return out
 
 
-def registry_config(port, storage, proxy_url=None):
+def registry_config(port, storage, proxy_url=None, tls=None):
     """A distribution 2.8 config.yml: filesystem storage, access log on,
-    optionally proxy (pull-through cache) mode."""
+    optionally proxy (pull-through cache) mode and TLS (`(cert, key)`)."""
     text = (
         "version: 0.1\n"
         "log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n"
@@ -134,6 +134,8 @@ def registry_config(port, storage, proxy_url=None):
         "  cache:\n    blobdescriptor: inmemory\n"
         f"http:\n  addr: 127.0.0.1:{port}\n  secret: berth-bench\n"
     )
+    if tls:
+        text += f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n"
     if proxy_url:
         text += f"proxy:\n  remoteurl: {proxy_url}\n"
     return text

@@ -17,6 +17,9 @@ pub enum HotKey {
     Blob(Digest),
     Tag(Vec<u8>),
     Referrers(Vec<u8>),
+    /// A repository link (`keys::by_digest`) known to exist: read on every
+    /// request by digest, so kept here rather than asked of sled each time.
+    Link(Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -26,6 +29,9 @@ pub enum HotValue {
     Tag(TagMapping),
     /// Read on every manifest GET (for `OCI-Referrers`), so kept parsed.
     Referrers(Arc<ReferrersRecord>),
+    /// The link is there (a link that is not is never cached: it may be
+    /// made at any moment).
+    Link,
 }
 
 /// Rough per-entry bookkeeping cost, so that many tiny entries still count.
@@ -38,6 +44,7 @@ impl HotValue {
             HotValue::Blob(b) => b.len(),
             HotValue::Tag(_) => 0,
             HotValue::Referrers(r) => r.descriptors.len() * 256,
+            HotValue::Link => 0,
         };
         u32::try_from(payload + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
     }

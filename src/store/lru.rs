@@ -418,6 +418,7 @@ impl Store {
         for link in trees.links.scan_prefix(&prefix).keys() {
             let link = link?;
             self.wrote(trees.links.remove(&link))?;
+            self.inner.hot.remove(&HotKey::Link(link.to_vec()));
             if let Some((_, upstream, repo)) = keys::parse_by_digest(&link) {
                 let change = Counts {
                     items: -1,

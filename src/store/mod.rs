@@ -420,16 +420,28 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the upstream showed `digest` in `repo`. Every request by
+    /// digest asks, so a link found is remembered in the hot tier (and
+    /// forgotten there when its content is evicted); one not found is
+    /// asked of sled again next time.
     pub fn has_link(
         &self,
         upstream: &str,
         repo: &str,
         digest: &Digest,
     ) -> Result<bool, StoreError> {
-        Ok(self
-            .trees()?
-            .links
-            .contains_key(keys::by_digest(digest, upstream, repo))?)
+        let hot_key = HotKey::Link(keys::by_digest(digest, upstream, repo));
+        if let Some(HotValue::Link) = self.inner.hot.get(&hot_key) {
+            return Ok(true);
+        }
+        let HotKey::Link(key) = &hot_key else {
+            return Ok(false);
+        };
+        let found = self.trees()?.links.contains_key(key)?;
+        if found {
+            self.inner.hot.insert(hot_key, HotValue::Link);
+        }
+        Ok(found)
     }
 
     /// Records that the upstream showed `digest` in `repo`.
