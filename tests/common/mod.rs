@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod berth;
+pub mod bounds;
 pub mod content;
 pub mod docker;
 pub mod hostile;
