@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod progress;
 pub mod reference;
 pub mod referrers;
+pub mod status;
 pub mod store;
 pub mod tag_lists;
 pub mod upstream;
@@ -67,6 +68,7 @@ struct AppInner {
     tag_lists: TagLists,
     metrics: Metrics,
     pull_auth: Option<http::auth::PullAuth>,
+    status: status::Status,
     /// Fills belong to the server, not to a connection; shutdown waits here.
     fills: TaskTracker,
 }
@@ -106,6 +108,7 @@ impl App {
                 tag_lists,
                 metrics,
                 pull_auth,
+                status: status::Status::new(),
                 fills,
             }),
         })
@@ -143,6 +146,11 @@ impl App {
         &self.inner.metrics
     }
 
+    /// The status page's counters, history and rankings.
+    pub fn status(&self) -> &status::Status {
+        &self.inner.status
+    }
+
     /// Who may pull, when pulls are not open to anyone.
     pub fn pull_auth(&self) -> Option<&http::auth::PullAuth> {
         self.inner.pull_auth.as_ref()
@@ -153,6 +161,7 @@ impl App {
     pub fn record(&self, kind: &'static str, hit: bool) {
         self.inner.store.count_lookup(hit);
         self.inner.metrics.cache(kind, hit);
+        self.inner.status.lookup(hit);
         http::outcome::note(kind, hit);
     }
 }
@@ -198,7 +207,7 @@ pub async fn serve(
         None => None,
     };
     if let Some(admin) = &admin {
-        tracing::info!(addr = %admin.local_addr()?, "admin endpoints (/metrics, /healthz, /readyz) listening");
+        tracing::info!(addr = %admin.local_addr()?, "admin endpoints (/metrics, /healthz, /readyz, the status page) listening");
     }
     tracing::info!(
         addr = %listener.local_addr()?,
@@ -208,6 +217,7 @@ pub async fn serve(
         "berth is serving"
     );
     let maintenance = tokio::spawn(maintain(app.clone()));
+    let sampling = tokio::spawn(status::sample_every_minute(app.clone()));
     http::server::serve(app.clone(), listener, admin, tls, shutdown, deadline).await;
     let stop_began = stopping_rx.await.unwrap_or(started);
     let remaining = deadline.saturating_sub(stop_began.elapsed());
@@ -219,6 +229,7 @@ pub async fn serve(
         tracing::warn!("fills still running at the shutdown deadline; they are abandoned and nothing partial is kept");
     }
     maintenance.abort();
+    sampling.abort();
     let store = app.store().clone();
     tokio::task::spawn_blocking(move || store.close())
         .await

@@ -48,6 +48,12 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub kind: &'static str,
+    pub reason: &'static str,
+}
+
 /// Every family berth exports.
 pub struct Families {
     pub requests: Family<RequestLabels, Counter>,
@@ -67,6 +73,9 @@ pub struct Families {
     pub hot_bytes: Gauge,
     pub connections: Gauge,
     pub refused: Family<KindLabels, Counter>,
+    pub fill_failures: Family<FailureLabels, Counter>,
+    pub upstream_up: Family<UpstreamName, Gauge>,
+    pub upstream_bytes: Family<UpstreamName, Counter>,
     pub store_writable: Gauge,
     pub ratelimit_limit: Family<UpstreamName, Gauge>,
     pub ratelimit_remaining: Family<UpstreamName, Gauge>,
@@ -109,6 +118,9 @@ impl Metrics {
             hot_bytes: Gauge::default(),
             connections: Gauge::default(),
             refused: Family::default(),
+            fill_failures: Family::default(),
+            upstream_up: Family::default(),
+            upstream_bytes: Family::default(),
             store_writable: Gauge::default(),
             ratelimit_limit: Family::default(),
             ratelimit_remaining: Family::default(),
@@ -212,6 +224,24 @@ impl Metrics {
             f.refused.clone(),
         );
         r.register(
+            "fill_failures",
+            "Fills that ended without verified content, by kind and reason \
+             (verification: digest or size mismatch; upstream; storage; too_large; other)",
+            f.fill_failures.clone(),
+        );
+        r.register(
+            "upstream_up",
+            "Whether the latest contact with each upstream worked (1) or failed (0); \
+             absent until berth has contacted it",
+            f.upstream_up.clone(),
+        );
+        r.register_with_unit(
+            "upstream_received",
+            "Body bytes received from upstreams, by upstream",
+            Unit::Bytes,
+            f.upstream_bytes.clone(),
+        );
+        r.register(
             "upstream_ratelimit_limit",
             "The upstream's pull limit per window (ratelimit-limit), as it last said",
             f.ratelimit_limit.clone(),
@@ -261,6 +291,15 @@ impl Metrics {
             .inc();
     }
 
+    pub fn upstream_bytes(&self, upstream: &str, bytes: u64) {
+        self.get()
+            .upstream_bytes
+            .get_or_create(&UpstreamName {
+                upstream: upstream.to_owned(),
+            })
+            .inc_by(bytes);
+    }
+
     pub fn stale(&self, kind: &'static str) {
         self.get()
             .stale_serves
@@ -270,6 +309,13 @@ impl Metrics {
 
     pub fn refused(&self, kind: &'static str) {
         self.get().refused.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    pub fn fill_failed(&self, kind: &'static str, reason: &'static str) {
+        self.get()
+            .fill_failures
+            .get_or_create(&FailureLabels { kind, reason })
+            .inc();
     }
 }
 

@@ -81,6 +81,7 @@ fn the_quick_benchmark_runs_and_every_answer_is_right() {
         "warm_blob_n",
         "manifest_tag_rps",
         "manifest_digest_rps",
+        "status_page_ratio",
         "rss_cold",
         "rss_warm",
         "upstream_cold_uncounted",

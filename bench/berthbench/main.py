@@ -217,6 +217,7 @@ class Bench:
             self.note("rss_warm", key, rss.peak_mib)
             self.manifest_load(mirror, key, "1.1")
             if key == "berth":
+                self.status_page_cost(mirror)
                 self.blob_throughput(mirror, "berth-h2c", "h2c")
                 self.manifest_load(mirror, "berth-h2c", "h2c")
         finally:
@@ -338,6 +339,33 @@ class Bench:
                 continue
             self.note(f"manifest_{kind}_rps", key, r["rps"])
             self.note(f"manifest_{kind}_p99", key, r["p99_ms"])
+
+    def status_page_cost(self, mirror):
+        """Scenario 4 again: warm manifests by tag at 64 connections with berth's
+        status page fetched every second (an open browser tab refreshes
+        every 2 s) against without, in alternating runs; the row is the
+        ratio of the medians."""
+        paths = [f"/v2/{i.repo}/manifests/{i.tag}" for i in self.small]
+        d = tempfile.mkdtemp(dir=self.work)
+        rps = {"plain": [], "polled": []}
+        for _ in range(2):
+            for kind in ("plain", "polled"):
+                poller = tools.Poller(f"{mirror.url}/") if kind == "polled" else None
+                try:
+                    r = tools.wrk(mirror.url, paths, ACCEPT, d, seconds=self.p["load_seconds"])
+                finally:
+                    polls = poller.stop() if poller else None
+                if "error" in r or r["errors"]:
+                    self.failed(mirror, f"manifests with the status page {kind}: "
+                                        f"{r.get('error') or r['error_detail']}")
+                    return
+                if polls and (polls[1] or not polls[0]):
+                    self.failed(mirror, f"status page polls: {polls[0]} answered, "
+                                        f"failed: {polls[1][:2]}")
+                    return
+                rps[kind].append(r["rps"])
+        self.note("status_page_ratio", "berth",
+                  statistics.median(rps["polled"]) / statistics.median(rps["plain"]))
 
     def berth_over_tls(self):
         """Scenario 6 over TLS (HTTP/2 by ALPN)."""
@@ -486,6 +514,9 @@ def rows():
             ratio_target(3, 1.0)),
         Row("manifest_digest_p99", "4. warm manifests by digest: p99", "ms", False,
             at_most(lambda v, p: 5.0, "< 5 ms")),
+        Row("status_page_ratio",
+            "4. warm manifests by tag with the status page polled every second ÷ without",
+            "×", True, lambda v, p: ("≥ 0.98", med(v, "berth") >= 0.98)),
         Row("upstream_cold_counted",
             "7. upstream requests per pulled image, cold pull: counted (manifest GETs)", "",
             False, at_most(lambda v, p: 1.0, "1 (one manifest)")),

@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import threading
 import time
+import urllib.request
 
 GIB = 1 << 30
 
@@ -94,6 +95,34 @@ def wrk(base, paths, accept, workdir, connections=64, threads=2, seconds=10):
     return {"rps": r["requests"] / (r["duration_us"] / 1e6), "p50_ms": r["p50_us"] / 1000,
             "p99_ms": r["p99_us"] / 1000, "requests": r["requests"], "errors": errors,
             "error_detail": {k: r[k] for k in ("connect", "read", "write", "status", "timeout")}}
+
+
+class Poller:
+    """Fetches `url` every `every` seconds on a thread until stopped, as an
+    open status page would; counts the answers and the failed ones."""
+
+    def __init__(self, url, every=1.0):
+        self.url, self.every = url, every
+        self.ok, self.failed = 0, []
+        self._stop = threading.Event()
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                with self._opener.open(self.url, timeout=10) as resp:
+                    resp.read()
+                    self.ok += 1
+            except Exception as e:  # a failed poll is a figure, not a crash
+                self.failed.append(str(e))
+            self._stop.wait(self.every)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=15)
+        return self.ok, self.failed
 
 
 def h2load(base, paths, accept, workdir, connections=64, threads=2, seconds=10, streams=1):

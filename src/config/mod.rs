@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use self::fields::Fields;
-pub use self::serving::{AuthConfig, Limits, TlsConfig};
+pub use self::serving::{AuthConfig, Limits, StatusConfig, TlsConfig};
 pub use self::upstream::{RepoPatterns, UpstreamConfig, BUILTIN_UPSTREAMS};
 
 /// The whole runtime configuration of one berth process. Serialized, it is
@@ -34,8 +34,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Never contact any upstream (air-gapped sites): serve only the cache.
     pub offline: bool,
-    /// A separate listener for /metrics, /healthz and /readyz; without it
-    /// they are served on the registry listener.
+    /// A separate listener for /metrics, /healthz, /readyz and the status
+    /// page; without it they are served on the registry listener.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<SocketAddr>,
     /// The registries berth mirrors; at most one is the default.
@@ -48,6 +48,7 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub limits: Limits,
     pub auth: AuthConfig,
+    pub status: StatusConfig,
 }
 
 /// How much disk the cache may use.
@@ -292,6 +293,9 @@ fn parse_config(f: &mut Fields) -> Config {
     let mut auth = f.section("auth");
     let auth_config = serving::parse_auth(&mut auth);
     f.absorb(auth);
+    let mut status = f.section("status");
+    let status_config = serving::parse_status(&mut status);
+    f.absorb(status);
     Config {
         listen: f
             .get("listen")
@@ -310,6 +314,7 @@ fn parse_config(f: &mut Fields) -> Config {
         tls: tls_config,
         limits: limits_config,
         auth: auth_config,
+        status: status_config,
     }
 }
 

@@ -158,3 +158,23 @@ fn readable(f: &mut Fields, key: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// The status page (`/` and `/status.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StatusConfig {
+    /// Serve it on the registry listener too (behind pull authentication
+    /// when that is on); the admin listener, when set, always serves it.
+    pub page: bool,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig { page: true }
+    }
+}
+
+pub fn parse_status(f: &mut Fields) -> StatusConfig {
+    StatusConfig {
+        page: f.get("page").unwrap_or(StatusConfig::default().page),
+    }
+}

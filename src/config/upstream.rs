@@ -207,6 +207,11 @@ impl RepoPatterns {
         })
     }
 
+    /// The globs as written, for display.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }

@@ -34,6 +34,24 @@ pub struct BlobFill {
     /// `None` when the disk was too full to create it.
     file: Option<Arc<std::fs::File>>,
     progress: watch::Receiver<Progress>,
+    /// When it started, and one clone per client reading it: the status
+    /// page's age and "clients attached".
+    started: std::time::Instant,
+    attached: Arc<()>,
+}
+
+/// A running fill as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct FillView {
+    pub digest: Digest,
+    pub upstream: String,
+    pub repository: String,
+    /// Bytes in the file and hashed so far.
+    pub received: u64,
+    /// What the upstream announced, when it did.
+    pub total: Option<u64>,
+    pub clients: usize,
+    pub age: std::time::Duration,
 }
 
 impl BlobFill {
@@ -75,6 +93,37 @@ impl BlobFill {
             Progress::Done { size } => (*size, Some(*size)),
             Progress::DiskFull(handover) => (handover.written, handover.total),
         }
+    }
+
+    /// `stream` (a client's reader of this fill), counted as a client
+    /// attached to the fill for as long as it lives.
+    pub fn attach(
+        &self,
+        stream: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static {
+        use futures_util::StreamExt;
+        let attached = self.attached.clone();
+        stream.map(move |chunk| {
+            let _attached = &attached;
+            chunk
+        })
+    }
+
+    fn view(&self) -> Option<FillView> {
+        if matches!(*self.progress.borrow(), Progress::Failed(_)) {
+            return None;
+        }
+        let (received, total) = self.progress();
+        Some(FillView {
+            digest: self.digest.clone(),
+            upstream: self.target.upstream.name().to_owned(),
+            repository: self.target.repo.clone(),
+            received,
+            total,
+            // The fill's own handle is not a client.
+            clients: Arc::strong_count(&self.attached) - 1,
+            age: self.started.elapsed(),
+        })
     }
 
     /// A reader from `start` to `end` (exclusive), following the transfer.
@@ -206,6 +255,13 @@ impl BlobFills {
         Ok(BlobSource::Filling(fill))
     }
 
+    /// The running fills, copied out of the table (which `max_fills`
+    /// bounds): for the status page, never on a request's path.
+    pub fn views(&self) -> Vec<FillView> {
+        let table = self.inner.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.values().filter_map(|fill| fill.view()).collect()
+    }
+
     fn start(&self, target: &Target, digest: &Digest) -> Result<Arc<BlobFill>, FillError> {
         let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
             self.inner.metrics.refused("fills");
@@ -224,6 +280,8 @@ impl BlobFills {
             digest: digest.clone(),
             file: Some(temp.file().clone()),
             progress,
+            started: std::time::Instant::now(),
+            attached: Arc::new(()),
         });
         let this = self.clone();
         let (target, digest) = (target.clone(), digest.clone());
@@ -249,6 +307,8 @@ impl BlobFills {
             digest: digest.clone(),
             file: None,
             progress,
+            started: std::time::Instant::now(),
+            attached: Arc::new(()),
         })
     }
 
@@ -297,6 +357,7 @@ impl BlobFills {
             Err(_) if matches!(*tx.borrow(), Progress::DiskFull(_)) => self.disk_full(&digest),
             Err(e) => {
                 tracing::warn!(%digest, ?target, error = %e, "blob fill failed; nothing cached");
+                self.inner.metrics.fill_failed("blob", e.reason());
                 tx.send_replace(Progress::Failed(Arc::new(e)));
             }
         }
@@ -369,7 +430,10 @@ impl BlobFills {
             let Some(first) = next else {
                 break hasher;
             };
+            let first_len = first.len() as u64;
             let batch = gather(first, &mut resp);
+            // `next_chunk` counted the first chunk; the rest came without it.
+            upstream.received(batch_len(&batch) - first_len);
             let after = written + batch_len(&batch);
             if total.is_some_and(|t| after > t) {
                 return Err(FillError::Overlong {

@@ -80,4 +80,22 @@ impl FillError {
             | FillError::Io(_) => false,
         }
     }
+
+    /// Why the fill failed, as a metric label: `verification` when the
+    /// upstream's bytes did not match their digest or announced size,
+    /// `upstream` when the upstream failed to send them, `too_large` past
+    /// berth's bounds, `abandoned` when nobody waited for a stalling fill,
+    /// `storage` when berth could not write it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FillError::DigestMismatch { .. }
+            | FillError::Truncated { .. }
+            | FillError::Overlong { .. } => "verification",
+            FillError::Upstream(_) | FillError::Invalid { .. } => "upstream",
+            FillError::TooLarge { .. } | FillError::BlobTooLarge { .. } => "too_large",
+            FillError::Abandoned { .. } => "abandoned",
+            FillError::Busy { .. } => "busy",
+            FillError::Store(_) | FillError::Io(_) => "storage",
+        }
+    }
 }

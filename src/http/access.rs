@@ -26,6 +26,10 @@ pub struct Access {
     pub outcome: Option<Outcome>,
     /// The upstream the request was routed to, by name.
     pub upstream: Option<String>,
+    /// The route's name in metrics (`manifest`, `blob`, ...).
+    pub route: &'static str,
+    /// `<upstream>/<repository>`, when the request named one.
+    pub repository: Option<String>,
     /// The `?ns=` the client gave (containerd names the registry it meant):
     /// the path is logged without its query.
     pub ns: Option<String>,
@@ -40,11 +44,12 @@ impl Access {
             sent: 0,
             length,
             access: Some(self),
+            failure: None,
         }
         .boxed()
     }
 
-    fn finish(self, sent: u64, ending: Ending) {
+    fn finish(self, sent: u64, ending: Ending, failure: Option<String>) {
         if let (Some(outcome), true) = (self.outcome, (200..300).contains(&self.status)) {
             let source = if outcome.from_cache() {
                 "cache"
@@ -57,6 +62,20 @@ impl Access {
                 .served_bytes
                 .get_or_create(&crate::metrics::SourceLabels { source })
                 .inc_by(sent);
+            let pull = self.route == "manifest" && self.method == Method::GET;
+            self.app
+                .status()
+                .served(self.repository.as_deref(), pull, outcome.from_cache(), sent);
+        }
+        if let Some(message) = failure {
+            self.app.status().error(crate::status::ErrorEntry {
+                at: crate::upstream::activity::unix_now(),
+                status: self.status,
+                code: "TRANSFER_FAILED".to_owned(),
+                upstream: self.upstream.clone(),
+                repository: self.repository.clone(),
+                message: format!("{} cut short after {sent} bytes: {message}", self.path),
+            });
         }
         tracing::info!(
             method = %self.method,
@@ -100,12 +119,14 @@ struct Logged {
     sent: u64,
     length: Option<u64>,
     access: Option<Access>,
+    /// Why the body failed, when it did.
+    failure: Option<String>,
 }
 
 impl Logged {
     fn end(&mut self, ending: Ending) {
         if let Some(access) = self.access.take() {
-            access.finish(self.sent, ending);
+            access.finish(self.sent, ending, self.failure.take());
         }
     }
 }
@@ -128,7 +149,10 @@ impl HttpBody for Logged {
                     self.end(Ending::Complete);
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.end(Ending::Failed),
+            Poll::Ready(Some(Err(e))) => {
+                self.failure = Some(e.to_string());
+                self.end(Ending::Failed)
+            }
             Poll::Ready(None) => self.end(Ending::Complete),
             Poll::Pending => {}
         }

@@ -3,6 +3,7 @@
 //! (what `berth du` prints, as JSON). They
 //! live on the registry listener, or only on `admin_listen` when that is set,
 //! and are never confused with the registry API, which is all under `/v2/`.
+//! The admin listener also serves the status page (`crate::status`).
 
 use http::{header, Method, Request, Response, StatusCode};
 
@@ -34,13 +35,16 @@ pub fn handle<B>(app: &App, req: &Request<B>) -> Option<Response<Body>> {
 
 /// Answers everything on the admin listener: admin paths, else 404.
 pub fn handle_only<B>(app: &App, req: &Request<B>) -> Response<Body> {
-    handle(app, req).unwrap_or_else(|| {
-        text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not an admin endpoint\n".into(),
-        )
-    })
+    use crate::status::serve::{self as status_page, Listener};
+    handle(app, req)
+        .or_else(|| status_page::handle(app, req, Listener::Admin))
+        .unwrap_or_else(|| {
+            text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not an admin endpoint\n".into(),
+            )
+        })
 }
 
 /// Gauges that mirror state held elsewhere are read now, then everything
@@ -56,6 +60,16 @@ fn metrics(app: &App) -> String {
     families
         .store_writable
         .set(i64::from(app.store().writable()));
+    for upstream in app.upstreams().all() {
+        if let Some(up) = upstream.activity().contact().reachable {
+            families
+                .upstream_up
+                .get_or_create(&crate::metrics::UpstreamName {
+                    upstream: upstream.name().to_owned(),
+                })
+                .set(i64::from(up));
+        }
+    }
     app.metrics().encode()
 }
 

@@ -77,7 +77,10 @@ pub async fn get(
                 // once verified.
                 let resp = content_headers(Response::builder().status(StatusCode::OK), digest)
                     .header(header::CONTENT_TYPE, "application/octet-stream");
-                return finish(resp, body::stream(fill.reader(0, None).into_stream()));
+                return finish(
+                    resp,
+                    body::stream(fill.attach(fill.reader(0, None).into_stream())),
+                );
             };
             let (resp, start, end) = ranged(digest, total, range)?;
             let mut reader = fill.reader(start, Some(end));
@@ -86,7 +89,7 @@ pub async fn get(
                 // range is; only the whole blob can be verified.
                 reader = reader.unverified_range();
             }
-            finish(resp, body::stream(reader.into_stream()))
+            finish(resp, body::stream(fill.attach(reader.into_stream())))
         }
     }
 }

@@ -33,6 +33,10 @@ const API_VERSION: &str = "registry/2.0";
 /// Handles one request on the registry listener: the API, and the admin
 /// endpoints unless they have a listener of their own.
 pub async fn handle<B>(app: App, req: Request<B>) -> Response<Body> {
+    use crate::status::serve::{self as status_page, Listener};
+    if let Some(resp) = status_page::handle(&app, &req, Listener::Registry) {
+        return resp;
+    }
     if app.config().admin_listen.is_none() {
         if let Some(resp) = admin::handle(&app, &req) {
             return resp;
@@ -50,9 +54,11 @@ async fn handle_api<B>(app: App, req: Request<B>) -> Response<Body> {
     let ns = namespace(&req);
     let (result, noted) = outcome::scoped(dispatch(&app, &req, head, ns.as_deref())).await;
     let outcome = noted.outcome;
+    app.status().request();
     let mut resp = match result {
         Ok(resp) => resp,
         Err(err) => {
+            note_error(&app, &err, &noted);
             if err.is_client_error() {
                 tracing::debug!(%method, path = req.uri().path(), code = err.code.as_str(), message = %err.message, "request refused");
             } else {
@@ -85,6 +91,8 @@ async fn handle_api<B>(app: App, req: Request<B>) -> Response<Body> {
         started,
         outcome,
         upstream: noted.upstream.as_ref().map(|u| u.name().to_owned()),
+        route: noted.route,
+        repository: noted.repository,
         ns,
     };
     let length = resp
@@ -108,7 +116,7 @@ async fn dispatch<B>(
         let target = app.upstreams().resolve(ns, name).inspect_err(|_| {
             outcome::note_refused("name");
         })?;
-        outcome::note_upstream(&target.upstream);
+        outcome::note_target(&target);
         Ok::<_, ApiError>(target)
     };
     let route = route::route(req.method(), req.uri().path())?;
@@ -136,6 +144,22 @@ async fn dispatch<B>(
         Route::Tags { name } => {
             tags::list(app, head, &name, &target(&name)?, req.uri().query()).await
         }
+    }
+}
+
+/// Puts an error on the status page when it is the mirror's or the
+/// upstream's failure, not the client's.
+fn note_error(app: &App, err: &ApiError, noted: &outcome::Noted) {
+    let status = err.status.as_u16();
+    if crate::status::ErrorEntry::worth_showing(status) {
+        app.status().error(crate::status::ErrorEntry {
+            at: crate::upstream::activity::unix_now(),
+            status,
+            code: err.code.as_str().to_owned(),
+            upstream: noted.upstream.as_ref().map(|u| u.name().to_owned()),
+            repository: noted.repository.clone(),
+            message: err.message.clone(),
+        });
     }
 }
 

@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::upstream::routing::Target;
 use crate::upstream::Upstream;
 
 /// What berth did for a request: served it from the cache (`hit`), served
@@ -53,6 +54,8 @@ pub struct Noted {
     pub outcome: Option<Outcome>,
     /// The upstream the request was routed to.
     pub upstream: Option<Arc<Upstream>>,
+    /// `<upstream>/<repository>` of the request, for the status page.
+    pub repository: Option<String>,
     /// The route's name in metrics; "invalid" for a request that has none.
     pub route: &'static str,
 }
@@ -103,7 +106,11 @@ pub fn note_route(route: &'static str) {
     let _ = NOTED.try_with(|n| n.borrow_mut().route = route);
 }
 
-/// Notes the upstream the current request was routed to.
-pub fn note_upstream(upstream: &Arc<Upstream>) {
-    let _ = NOTED.try_with(|n| n.borrow_mut().upstream = Some(upstream.clone()));
+/// Notes the upstream and repository the current request was routed to.
+pub fn note_target(target: &Target) {
+    let _ = NOTED.try_with(|n| {
+        let mut noted = n.borrow_mut();
+        noted.upstream = Some(target.upstream.clone());
+        noted.repository = Some(format!("{}/{}", target.upstream.name(), target.repo));
+    });
 }

@@ -295,6 +295,12 @@ impl Referrers {
         }
     }
 
+    /// Whether `upstream` has the referrers API, as last learnt; `None`
+    /// when berth has not asked it lately. For the status page.
+    pub fn known_capability(&self, upstream: &str) -> Option<bool> {
+        self.capabilities.get(upstream).map(|(known, _)| known)
+    }
+
     /// Whether the upstream serves the referrers API: asked once per
     /// `capability_ttl` with the all-zero digest, which a registry with the
     /// API answers 200 (an empty list) and one without answers 404, 400 or 405.

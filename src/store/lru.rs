@@ -216,6 +216,12 @@ impl Store {
         (self.used(), self.lru().limit)
     }
 
+    /// Objects, tags and bytes held, from the counts kept as content comes
+    /// and goes (no walk of the store): for the status page.
+    pub fn totals(&self) -> super::census::Snapshot {
+        self.inner.totals.snapshot()
+    }
+
     /// The watermarks, in bytes: eviction starts above the first and stops
     /// at the second.
     pub fn watermarks(&self) -> (u64, u64) {

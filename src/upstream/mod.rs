@@ -3,6 +3,7 @@
 //! followed without leaking credentials to other hosts, and every failure
 //! turned into an `UpstreamError` that names the upstream.
 
+pub mod activity;
 pub mod auth;
 pub mod body;
 pub mod destination;
@@ -220,6 +221,8 @@ pub struct Upstream {
     manifest_accept: HeaderValue,
     /// Where redirects and token realms may send berth.
     policy: Arc<Policy>,
+    /// What the status page and `/metrics` show of this upstream.
+    activity: activity::Activity,
     rate_limit: RateLimit,
 }
 
@@ -276,6 +279,7 @@ impl Upstream {
             auth: Auth::new(config.name.clone(), basic, policy.clone()),
             manifest_accept,
             policy,
+            activity: Default::default(),
         })
     }
 
@@ -285,6 +289,11 @@ impl Upstream {
 
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    /// Its recent contacts, requests and bytes, for the status page.
+    pub fn activity(&self) -> &activity::Activity {
+        &self.activity
     }
 
     /// What the upstream says of its rate limit, and whether berth pauses
@@ -418,9 +427,16 @@ impl Upstream {
             limit,
         );
         match body::read_all(resp, bounds).await {
-            Ok(bytes) => Ok(Ok(bytes)),
+            Ok(bytes) => {
+                self.received(bytes.len() as u64);
+                Ok(Ok(bytes))
+            }
             Err(ReadFailure::TooLarge(size)) => Ok(Err(size)),
-            Err(e) => Err(self.read_failed(e, "whole document")),
+            Err(e) => {
+                let e = self.read_failed(e, "whole document");
+                self.activity.failed(&e.to_string());
+                Err(e)
+            }
         }
     }
 
@@ -429,9 +445,24 @@ impl Upstream {
         &self,
         resp: &mut reqwest::Response,
     ) -> Result<Option<Bytes>, UpstreamError> {
-        body::next_chunk(resp, self.config.idle_timeout, None)
+        let chunk = body::next_chunk(resp, self.config.idle_timeout, None)
             .await
-            .map_err(|e| self.read_failed(e, "next part of a body"))
+            .map_err(|e| self.read_failed(e, "next part of a body"));
+        match &chunk {
+            Ok(Some(bytes)) => self.received(bytes.len() as u64),
+            Ok(None) => {}
+            Err(e) => self.activity.failed(&e.to_string()),
+        }
+        chunk
+    }
+
+    /// Counts body bytes that arrived from the upstream (`next_chunk` does
+    /// for what it reads; a caller that reads a body otherwise, for them).
+    pub fn received(&self, bytes: u64) {
+        if bytes > 0 {
+            self.activity.bytes(bytes);
+            self.metrics.upstream_bytes(self.name(), bytes);
+        }
     }
 
     fn read_failed(&self, failure: ReadFailure, what: &'static str) -> UpstreamError {
@@ -545,7 +576,20 @@ impl Upstream {
             Err(_) => "unreachable".to_owned(),
         };
         self.metrics.upstream(self.name(), status);
+        self.note_contact(&result);
         result
+    }
+
+    /// A 5xx or 429 is the upstream failing; any other answer shows it up.
+    fn note_contact(&self, result: &Result<reqwest::Response, UpstreamError>) {
+        self.activity.request();
+        match result {
+            Ok(resp) if resp.status().is_server_error() || resp.status() == 429 => {
+                self.activity.failed(&format!("answered {}", resp.status()));
+            }
+            Ok(_) => self.activity.succeeded(),
+            Err(e) => self.activity.failed(&e.to_string()),
+        }
     }
 
     fn redirect_target(

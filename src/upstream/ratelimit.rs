@@ -134,6 +134,16 @@ impl RateLimit {
         }
     }
 
+    /// Whether revalidation is paused now, without ending a pause that is
+    /// over (for the status page, which must change nothing).
+    pub fn is_paused(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .paused_until
+            .is_some_and(|until| until > Instant::now())
+    }
+
     /// What the upstream last said of its limit.
     pub fn figures(&self) -> Figures {
         self.state
