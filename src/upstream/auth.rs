@@ -355,15 +355,7 @@ impl TokenFetch {
                 )))
             }
         };
-        let answer: TokenResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| self.bad(format!("token answer is not valid JSON: {e}")))?;
-        let token = answer
-            .token
-            .or(answer.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| self.bad("token answer has no token".to_owned()))?;
-        let token = Secret::new(token);
-        let keep_for = token_lifetime(said_seconds(&answer.expires_in));
+        let (token, keep_for) = read_token_answer(&bytes).map_err(|e| self.bad(e))?;
         if !keep_for.is_zero() {
             self.tokens.insert(
                 self.scope.clone(),
@@ -375,6 +367,20 @@ impl TokenFetch {
         }
         Ok(Credential::Bearer(token))
     }
+}
+
+/// A token server's answer: the token, and how long to use it (see
+/// `token_lifetime`); why not, for an answer that holds none.
+pub fn read_token_answer(bytes: &[u8]) -> Result<(Secret, Duration), String> {
+    let answer: TokenResponse = serde_json::from_slice(bytes)
+        .map_err(|e| format!("token answer is not valid JSON: {e}"))?;
+    let token = answer
+        .token
+        .or(answer.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| "token answer has no token".to_owned())?;
+    let keep_for = token_lifetime(said_seconds(&answer.expires_in));
+    Ok((Secret::new(token), keep_for))
 }
 
 /// How long to use a token: what the server said (or a default), at most a
