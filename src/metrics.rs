@@ -84,6 +84,7 @@ pub struct Families {
     pub upstream_bytes: Family<UpstreamName, Counter>,
     pub store_writable: Gauge,
     pub store_records_visited: Gauge,
+    pub runtime_tasks: Gauge,
     pub ratelimit_limit: Family<UpstreamName, Gauge>,
     pub ratelimit_remaining: Family<UpstreamName, Gauge>,
     pub ratelimit_paused: Family<UpstreamName, Gauge>,
@@ -132,6 +133,7 @@ impl Metrics {
             upstream_bytes: Family::default(),
             store_writable: Gauge::default(),
             store_records_visited: Gauge::default(),
+            runtime_tasks: Gauge::default(),
             ratelimit_limit: Family::default(),
             ratelimit_remaining: Family::default(),
             ratelimit_paused: Family::default(),
@@ -224,6 +226,11 @@ impl Metrics {
             "connections",
             "Client connections open now",
             f.connections.clone(),
+        );
+        r.register(
+            "runtime_tasks",
+            "Tasks alive in berth's async runtime (connections, fills, background work): flat under a steady load",
+            f.runtime_tasks.clone(),
         );
         r.register(
             "store_writable",

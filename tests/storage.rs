@@ -284,3 +284,103 @@ async fn a_full_disk_still_serves_the_client_and_caches_nothing() {
         "the full disk was counted: {report}"
     );
 }
+
+/// `/readyz`'s `store_writable` and the `berth_store_writable` gauge.
+async fn says_writable(berth: &Berth) -> (Option<bool>, Option<String>) {
+    let http = client();
+    let ready = match http.get(format!("{}/readyz", berth.url())).send().await {
+        Ok(r) => r.json::<serde_json::Value>().await.ok(),
+        Err(_) => None,
+    };
+    let metrics = match http.get(format!("{}/metrics", berth.url())).send().await {
+        Ok(r) => r.text().await.ok(),
+        Err(_) => None,
+    };
+    let gauge = metrics.and_then(|text| {
+        text.lines()
+            .find(|l| l.starts_with("berth_store_writable "))
+            .map(|l| l["berth_store_writable ".len()..].trim().to_owned())
+    });
+    (ready.and_then(|r| r["store_writable"].as_bool()), gauge)
+}
+
+/// Polls [`says_writable`] until it says `writable` (readyz and gauge
+/// alike) or a minute has passed (a hang guard); what it said last.
+async fn until_says(berth: &Berth, writable: bool) -> (Option<bool>, Option<String>) {
+    let want = (Some(writable), Some(if writable { "1" } else { "0" }.to_owned()));
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = says_writable(berth).await;
+        if seen == want || std::time::Instant::now() >= until {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Fills `dir`'s filesystem to the last byte with one file, returned.
+fn fill_up(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let ballast = dir.join("ballast");
+    let mut file = std::fs::File::create(&ballast).expect("create the ballast file");
+    let chunk = vec![0xa5u8; 64 << 10];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    // Then the last bytes, a byte at a time.
+    while matches!(file.write(&[0xa5]), Ok(1)) {}
+    ballast
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_up_then_frees_space_caches_again_without_a_restart() {
+    let disk = SmallDisk::mount("64m").expect("mount a small tmpfs (the tests run as root)");
+    let registry = Registry::start();
+    let before = Fixture::oci_image("test/before", "v1");
+    let during = Fixture::oci_image("test/during", "v1");
+    let after = Fixture::oci_image("test/after", "v1");
+    for fixture in [&before, &during, &after] {
+        Pusher::to(&registry).push(fixture).await.expect("push");
+    }
+    let data = disk.path().join("data");
+    let extra = format!(
+        "data_dir = \"{}\"\n[storage]\nmax_size = \"1GiB\"\n",
+        data.display()
+    );
+    let mut berth = Berth::start(&extra, &registry.url()).await;
+    let out = tempfile::tempdir().expect("temp dir");
+
+    copy_and_verify(&berth.host(), &before, out.path(), "before").await;
+    committed(&data, &layer(&before).digest).await;
+    assert_eq!(says_writable(&berth).await, (Some(true), Some("1".into())));
+
+    // The disk fills up: pulls are still served, and berth says it
+    // cannot write.
+    let ballast = fill_up(disk.path());
+    copy_and_verify(&berth.host(), &during, out.path(), "during").await;
+    let seen = until_says(&berth, false).await;
+    assert_eq!(seen, (Some(false), Some("0".into())), "with the disk full");
+    copy_and_verify(&berth.host(), &during, out.path(), "during-again").await;
+    assert!(!blob_file(&data, &layer(&during).digest).exists());
+
+    // Space returns: berth notices by itself and caches again.
+    std::fs::remove_file(&ballast).expect("free the disk");
+    let seen = until_says(&berth, true).await;
+    assert_eq!(seen, (Some(true), Some("1".into())), "with space back");
+    copy_and_verify(&berth.host(), &after, out.path(), "after").await;
+    let digest = &layer(&after).digest;
+    committed(&data, digest).await;
+    let gets = registry.wait_for_blob_gets(digest, 1).await;
+    copy_and_verify(&berth.host(), &after, out.path(), "after-again").await;
+    assert_eq!(
+        registry.blob_gets(digest),
+        gets,
+        "the second pull was served from the cache"
+    );
+    berth.stop().await;
+}

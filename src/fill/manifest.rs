@@ -12,7 +12,9 @@
 //!
 //! A client's `Accept` enters the key only as the set of known media types
 //! it names (`MediaTypes`), so every map here is bounded by what berth
-//! understands, not by what clients send.
+//! understands, not by what clients send. What the upstream gave such a
+//! client for a tag (a type berth's own copy is not) is remembered for the
+//! tag's `tag_ttl`, so a client looping on it asks upstream once per TTL.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,10 +56,11 @@ struct Inner {
     store: Store,
 }
 
-/// A failure the upstream gave, and how long to answer with it.
+/// An upstream's answer, and how long to answer with it: a failure, or
+/// the manifest a client's own `Accept` negotiated for a tag.
 #[derive(Clone)]
 struct Remembered {
-    error: Arc<FillError>,
+    outcome: FillResult,
     ttl: Duration,
 }
 
@@ -72,7 +75,11 @@ impl moka::Expiry<FillKey, Remembered> for KeepFor {
 
 /// Rough bytes a remembered answer holds.
 fn remembered_weight(key: &FillKey, value: &Remembered) -> u32 {
-    let size = key.0.len() + key.1.len() + key.2.len() + value.error.to_string().len() + 128;
+    let held = match &value.outcome {
+        Ok(manifest) => manifest.bytes.len() + manifest.media_type.len(),
+        Err(error) => error.to_string().len(),
+    };
+    let size = key.0.len() + key.1.len() + key.2.len() + held + 128;
     u32::try_from(size).unwrap_or(u32::MAX)
 }
 
@@ -110,7 +117,7 @@ impl ManifestFills {
             accept,
         );
         if let Some(known) = self.inner.remembered.get(&key) {
-            return Err(known.error);
+            return known.outcome;
         }
         let (this, target, reference) = (self.clone(), target.clone(), reference.clone());
         let work_key = key.clone();
@@ -119,12 +126,18 @@ impl ManifestFills {
             .flights
             .run(key, move || async move {
                 let result = this.transfer(&target, &reference, work_key.3).await;
-                result.map_err(|e| {
-                    tracing::warn!(?target, %reference, error = %e, "manifest fill failed");
-                    let e = Arc::new(e);
-                    this.remember(&work_key, &target, &e);
-                    e
-                })
+                match result {
+                    Ok(manifest) => {
+                        this.remember_negotiated(&work_key, &target, &reference, &manifest);
+                        Ok(manifest)
+                    }
+                    Err(e) => {
+                        tracing::warn!(?target, %reference, error = %e, "manifest fill failed");
+                        let e = Arc::new(e);
+                        this.remember(&work_key, &target, &e);
+                        Err(e)
+                    }
+                }
             })
             .await;
         result.unwrap_or_else(|| {
@@ -145,11 +158,32 @@ impl ManifestFills {
         };
         if !ttl.is_zero() {
             let remembered = Remembered {
-                error: err.clone(),
+                outcome: Err(err.clone()),
                 ttl,
             };
             self.inner.remembered.insert(key.clone(), remembered);
         }
+    }
+
+    /// Keeps what a client's own `Accept` got for a tag for the tag's TTL:
+    /// berth's tag mapping is for its own `Accept`, and without this every
+    /// request of a client that cannot read it would go upstream.
+    fn remember_negotiated(
+        &self,
+        key: &FillKey,
+        target: &Target,
+        reference: &Reference,
+        manifest: &Arc<Manifest>,
+    ) {
+        let ttl = target.upstream.config().tag_ttl;
+        if key.3.is_none() || !matches!(reference, Reference::Tag(_)) || ttl.is_zero() {
+            return;
+        }
+        let remembered = Remembered {
+            outcome: Ok(manifest.clone()),
+            ttl,
+        };
+        self.inner.remembered.insert(key.clone(), remembered);
     }
 
     async fn transfer(

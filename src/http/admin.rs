@@ -65,6 +65,11 @@ fn metrics(app: &App) -> String {
     families
         .store_writable
         .set(i64::from(app.store().writable()));
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        families
+            .runtime_tasks
+            .set(clamp(runtime.metrics().num_alive_tasks() as u64));
+    }
     for upstream in app.upstreams().all() {
         if let Some(up) = upstream.activity().contact().reachable {
             families

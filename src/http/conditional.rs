@@ -2,15 +2,33 @@
 //! `If-None-Match` (answered with `304 Not Modified` when it names what berth
 //! would send, or `*`) and `Accept` (so that a client is never handed a
 //! manifest type it said it cannot read).
+//!
+//! Entity tags are read by the `headers` crate (RFC 9110's grammar and its
+//! weak comparison, which `If-None-Match` uses); the one form it rightly
+//! does not read, a bare digest without quotes that some clients send, is
+//! still honoured.
 
+use headers::{ETag, HeaderMapExt, IfNoneMatch};
 use http::{header, HeaderMap};
 
 use crate::digest::Digest;
 
 /// Whether `If-None-Match` matches the entity tag berth gives `digest`
-/// (`"<digest>"`). Weak tags compare by value, as RFC 9110 says for
-/// `If-None-Match`; a bare digest without quotes is accepted too.
+/// (`"<digest>"`), or is `*`. Weak tags compare by value, as RFC 9110 says
+/// for `If-None-Match`; a bare digest without quotes is accepted too.
 pub fn none_match(headers: &HeaderMap, digest: &Digest) -> bool {
+    let Ok(Some(condition)) = headers.typed_try_get::<IfNoneMatch>() else {
+        return false;
+    };
+    let matched = format!("\"{digest}\"")
+        .parse::<ETag>()
+        .is_ok_and(|ours| !condition.precondition_passes(&ours));
+    matched || names_bare_digest(headers, digest)
+}
+
+/// Whether an `If-None-Match` list holds `digest` itself, unquoted (not an
+/// entity tag, so the typed header skips it).
+fn names_bare_digest(headers: &HeaderMap, digest: &Digest) -> bool {
     let ours = digest.to_string();
     headers
         .get_all(header::IF_NONE_MATCH)
@@ -18,10 +36,7 @@ pub fn none_match(headers: &HeaderMap, digest: &Digest) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|tag| tag.trim())
-        .any(|tag| {
-            let tag = tag.strip_prefix("W/").unwrap_or(tag);
-            tag == "*" || tag.trim_matches('"') == ours
-        })
+        .any(|tag| tag.strip_prefix("W/").unwrap_or(tag) == ours)
 }
 
 /// Whether the client's `Accept` headers admit `media_type`. No `Accept`
@@ -89,6 +104,18 @@ mod tests {
             &d
         ));
         assert!(!none_match(&HeaderMap::new(), &d));
+        assert!(none_match(
+            &headers(header::IF_NONE_MATCH, &[&d.to_string()]),
+            &d
+        ));
+        assert!(none_match(
+            &headers(header::IF_NONE_MATCH, &[&format!("\"x\", {d}")]),
+            &d
+        ));
+        assert!(!none_match(
+            &headers(header::IF_NONE_MATCH, &["\"unterminated"]),
+            &d
+        ));
     }
 
     #[test]

@@ -1,6 +1,14 @@
 //! `Range: bytes=...` requests on blobs (RFC 9110 section 14). berth serves
 //! single ranges; a header it cannot use (several ranges, bad syntax) is
 //! ignored and the whole blob is sent, as the RFC allows.
+//!
+//! The grammar is `http-range-header`'s; what a range means for a blob of a
+//! given size is decided here, by RFC 9110's rules (a suffix longer than the
+//! blob is the whole blob, an end past it is clamped), which that crate's
+//! own validation is stricter than. Whitespace inside the range, which some
+//! clients send, is tolerated as it always was.
+
+use http_range_header::{EndPosition, RangeUnsatisfiableError, StartPosition};
 
 /// What to send of a blob of known size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,17 +26,19 @@ pub fn parse(header: Option<&str>, size: u64) -> ByteRange {
     let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
         return ByteRange::Full;
     };
-    if spec.contains(',') {
-        return ByteRange::Full;
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else {
+    let spec: String = spec.split_whitespace().collect();
+    let ranges = match http_range_header::parse_range_header(&format!("bytes={spec}")) {
+        Ok(parsed) => parsed.ranges,
+        // `bytes=-0`: the last zero bytes, which no blob has.
+        Err(RangeUnsatisfiableError::ZeroSuffix) => return ByteRange::Unsatisfiable,
+        Err(_) => return ByteRange::Full,
+    };
+    let [range] = ranges.as_slice() else {
         return ByteRange::Full;
     };
-    let (first, last) = (first.trim(), last.trim());
-    match (first.parse::<u64>(), last.parse::<u64>()) {
-        // bytes=-N: the last N bytes.
-        (Err(_), Ok(n)) if first.is_empty() => {
-            if n == 0 || size == 0 {
+    match (range.start, range.end) {
+        (StartPosition::FromLast(n), _) => {
+            if size == 0 {
                 ByteRange::Unsatisfiable
             } else {
                 ByteRange::Partial {
@@ -37,15 +47,17 @@ pub fn parse(header: Option<&str>, size: u64) -> ByteRange {
                 }
             }
         }
-        (Ok(start), _) if start >= size => ByteRange::Unsatisfiable,
-        // bytes=A-
-        (Ok(start), Err(_)) if last.is_empty() => ByteRange::Partial { start, end: size },
-        // bytes=A-B
-        (Ok(start), Ok(end)) if end >= start => ByteRange::Partial {
-            start,
-            end: end.saturating_add(1).min(size),
-        },
-        _ => ByteRange::Full,
+        (StartPosition::Index(start), _) if start >= size => ByteRange::Unsatisfiable,
+        (StartPosition::Index(start), EndPosition::LastByte) => {
+            ByteRange::Partial { start, end: size }
+        }
+        (StartPosition::Index(start), EndPosition::Index(last)) if last >= start => {
+            ByteRange::Partial {
+                start,
+                end: last.saturating_add(1).min(size),
+            }
+        }
+        (StartPosition::Index(_), EndPosition::Index(_)) => ByteRange::Full,
     }
 }
 
@@ -101,5 +113,23 @@ mod tests {
         assert_eq!(parse(Some("items=0-1"), 100), ByteRange::Full);
         assert_eq!(parse(Some("bytes=9-3"), 100), ByteRange::Full);
         assert_eq!(parse(Some("bytes=x-y"), 100), ByteRange::Full);
+        assert_eq!(parse(Some("bytes=1-2-3"), 100), ByteRange::Full);
+        assert_eq!(parse(Some("bytes="), 100), ByteRange::Full);
+    }
+
+    #[test]
+    fn tolerated_forms() {
+        assert_eq!(
+            parse(Some(" bytes=10 - 19 "), 100),
+            ByteRange::Partial { start: 10, end: 20 }
+        );
+        assert_eq!(
+            parse(Some("bytes=0-18446744073709551615"), 100),
+            ByteRange::Partial { start: 0, end: 100 }
+        );
+        assert_eq!(
+            parse(Some("bytes=-18446744073709551615"), 100),
+            ByteRange::Partial { start: 0, end: 100 }
+        );
     }
 }

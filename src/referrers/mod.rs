@@ -29,7 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use self::listing::Listing;
-pub use self::listing::MAX_LIST_BYTES;
+pub use self::listing::{index_descriptors, MAX_LIST_BYTES};
 use crate::digest::{Algorithm, Digest};
 use crate::fill::single_flight::SingleFlight;
 use crate::fill::FillError;

@@ -110,7 +110,28 @@ impl Challenge {
 struct TokenResponse {
     token: Option<String>,
     access_token: Option<String>,
-    expires_in: Option<u64>,
+    /// Kept as any JSON: a token server that says something absurd here
+    /// (negative, fractional, past u64, a string) still gave a token.
+    #[serde(default)]
+    expires_in: serde_json::Value,
+}
+
+/// The seconds a token server's `expires_in` says, when it says a number
+/// of them: whole, fractional (rounded down), past u64 (the most), as a
+/// numeric string; `None` for anything else (negative, null, nonsense),
+/// which is read as not said.
+fn said_seconds(expires_in: &serde_json::Value) -> Option<u64> {
+    use serde_json::Value;
+    match expires_in {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                // `as` saturates at u64::MAX.
+                .map(|f| f as u64)
+        }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }
 
 /// A token answer is a small JSON document; anything larger is refused
@@ -334,15 +355,7 @@ impl TokenFetch {
                 )))
             }
         };
-        let answer: TokenResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| self.bad(format!("token answer is not valid JSON: {e}")))?;
-        let token = answer
-            .token
-            .or(answer.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| self.bad("token answer has no token".to_owned()))?;
-        let token = Secret::new(token);
-        let keep_for = token_lifetime(answer.expires_in);
+        let (token, keep_for) = read_token_answer(&bytes).map_err(|e| self.bad(e))?;
         if !keep_for.is_zero() {
             self.tokens.insert(
                 self.scope.clone(),
@@ -354,6 +367,20 @@ impl TokenFetch {
         }
         Ok(Credential::Bearer(token))
     }
+}
+
+/// A token server's answer: the token, and how long to use it (see
+/// `token_lifetime`); why not, for an answer that holds none.
+pub fn read_token_answer(bytes: &[u8]) -> Result<(Secret, Duration), String> {
+    let answer: TokenResponse = serde_json::from_slice(bytes)
+        .map_err(|e| format!("token answer is not valid JSON: {e}"))?;
+    let token = answer
+        .token
+        .or(answer.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| "token answer has no token".to_owned())?;
+    let keep_for = token_lifetime(said_seconds(&answer.expires_in));
+    Ok((Secret::new(token), keep_for))
 }
 
 /// How long to use a token: what the server said (or a default), at most a
@@ -399,6 +426,27 @@ mod tests {
         assert_eq!(token_lifetime(Some(300)), Duration::from_secs(290));
         assert_eq!(token_lifetime(Some(3)), Duration::ZERO);
         assert_eq!(token_lifetime(None), DEFAULT_TOKEN_LIFETIME - EXPIRY_MARGIN);
+    }
+
+    #[test]
+    fn absurd_expires_in_values_are_read_without_failing() {
+        let said = |json: &str| {
+            let answer: TokenResponse =
+                serde_json::from_str(&format!(r#"{{"token":"t","expires_in":{json}}}"#))
+                    .expect("a token answer with any expires_in parses");
+            said_seconds(&answer.expires_in)
+        };
+        assert_eq!(said("300"), Some(300));
+        assert_eq!(said("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(said("18446744073709551616"), Some(u64::MAX));
+        assert_eq!(said("1e300"), Some(u64::MAX));
+        assert_eq!(said("1.5"), Some(1));
+        assert_eq!(said(r#""300""#), Some(300));
+        assert_eq!(said("-1"), None);
+        assert_eq!(said("null"), None);
+        assert_eq!(said("{}"), None);
+        let none: TokenResponse = serde_json::from_str(r#"{"token":"t"}"#).expect("parses");
+        assert_eq!(said_seconds(&none.expires_in), None);
     }
 
     #[test]

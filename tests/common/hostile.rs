@@ -20,6 +20,7 @@
 //! standing in for a CDN or object store. A second `Hostile` is another
 //! origin (another port) for redirects that leave the registry's host.
 
+mod faults;
 mod ratelimit;
 mod reply;
 mod send;
@@ -38,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use self::faults::TokenBehaviour;
 pub use self::ratelimit::PullLimit;
 pub use self::reply::Canned;
 pub use self::send::{Behaviour, SendOutcome};
@@ -62,6 +64,15 @@ pub enum ManifestBehaviour {
     Hang,
     /// This status, headers and body instead of the manifest.
     Answer(Canned),
+    /// This status and the first bytes of an OCI error body, then a body
+    /// that never ends.
+    StalledError(http::StatusCode),
+    /// As stored, one byte per `pause`.
+    Trickle { pause: Duration },
+    /// As stored to a GET whose `Accept` names its media type (or names
+    /// none); otherwise `400 MANIFEST_INVALID`, as distribution 2.8
+    /// answers an OCI-only `Accept` for a Docker schema 2 manifest.
+    RefuseUnaccepted,
 }
 
 /// One request as the upstream saw it.
@@ -116,6 +127,13 @@ struct State {
     guard: Guard,
     tokens: HashSet<String>,
     token_requests: usize,
+    /// How `/token` answers, per repository named in the scope ("" for
+    /// any repository without one of its own).
+    token_behaviours: HashMap<String, TokenBehaviour>,
+    /// The realm challenges name, when not this server's own `/token`.
+    token_realm: Option<String>,
+    /// Bytes handed to berth by `Endless` blob bodies that have ended.
+    endless_sent: Vec<u64>,
     challenges: usize,
 }
 
@@ -176,9 +194,15 @@ pub struct Hostile {
 
 impl Hostile {
     pub async fn start() -> Hostile {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Hostile::start_on([127, 0, 0, 1].into()).await
+    }
+
+    /// [`Hostile::start`] on a free port of `ip` (an address the test's
+    /// own network namespace holds).
+    pub async fn start_on(ip: std::net::IpAddr) -> Hostile {
+        let listener = TcpListener::bind((ip, 0))
             .await
-            .expect("bind the hostile upstream on 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("bind the hostile upstream on {ip}: {e}"));
         let addr = listener.local_addr().expect("hostile upstream address");
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -371,6 +395,36 @@ impl Hostile {
             .expect("basic credentials are ASCII")
             .to_owned();
         self.shared.state().guard = Guard::Basic(expected);
+    }
+
+    /// Challenges name `realm` (a URL, on another server, say) instead of
+    /// this server's own `/token`.
+    pub fn set_token_realm(&self, realm: &str) {
+        self.shared.state().token_realm = Some(realm.to_owned());
+    }
+
+    /// How `/token` answers requests whose scope names `repo` (`None`: any
+    /// repository without a behaviour of its own).
+    pub fn set_token_behaviour(&self, repo: Option<&str>, behaviour: TokenBehaviour) {
+        self.shared
+            .state()
+            .token_behaviours
+            .insert(repo.unwrap_or("").to_owned(), behaviour);
+    }
+
+    /// Bytes each ended `Endless` blob body handed over, in order.
+    pub fn endless_sent(&self) -> Vec<u64> {
+        self.shared.state().endless_sent.clone()
+    }
+
+    /// Wait until `count` `Endless` bodies have ended; their byte counts.
+    pub async fn wait_endless(&self, count: usize) -> Vec<u64> {
+        let ended = self
+            .wait_until(|state| state.endless_sent.len() >= count)
+            .await;
+        let sent = self.endless_sent();
+        assert!(ended, "{count} endless bodies never ended (have {sent:?})");
+        sent
     }
 
     /// Let a `Gated` blob's pending and future sends run to the end.

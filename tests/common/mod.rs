@@ -14,12 +14,15 @@
 //! - [`runnable`]: images whose layer holds a static program, for runtimes
 //!   that run what they pulled;
 //! - [`http`]: small helpers for raw HTTP checks;
+//! - [`bounds`]: memory (RSS ratios), hang guards and a normal pull
+//!   afterwards, for the hardening tests;
 //! - [`browser`]: a real browser (headless Chromium) loading berth's pages.
 
 // Every test binary uses a different part of the harness.
 #![allow(dead_code)]
 
 pub mod berth;
+pub mod bounds;
 pub mod browser;
 pub mod content;
 pub mod docker;

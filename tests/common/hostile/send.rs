@@ -33,6 +33,14 @@ pub enum Behaviour {
     Redirect { location: String },
     /// This status, headers and body instead of the blob.
     Answer(Canned),
+    /// This status and the first bytes of an OCI error body, then a
+    /// body that never ends.
+    StalledError(http::StatusCode),
+    /// One byte per `pause`, under a `Content-Length` of `announce` that
+    /// the body never reaches.
+    Trickle { pause: Duration, announce: u64 },
+    /// A `200` without `Content-Length` whose body never ends.
+    Endless,
 }
 
 /// How one GET of a blob ended on the upstream side.
@@ -61,9 +69,12 @@ pub(super) async fn send_blob(
         async move { tx.send(Ok(Frame::data(chunk))).await.is_ok() }
     };
     match behaviour {
-        Behaviour::Normal | Behaviour::Redirect { .. } | Behaviour::Answer(_) => {
-            send_pieces(&send, bytes, None).await
-        }
+        Behaviour::Normal
+        | Behaviour::Redirect { .. }
+        | Behaviour::Answer(_)
+        | Behaviour::StalledError(_)
+        | Behaviour::Trickle { .. }
+        | Behaviour::Endless => send_pieces(&send, bytes, None).await,
         Behaviour::Corrupt => {
             let mut wrong = bytes.to_vec();
             let middle = wrong.len() / 2;

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use super::faults::{self, TokenBehaviour};
 use super::reply::{channel_body, empty, error, full, json_response, redirect, Body};
 use super::send::send_blob;
 use super::{Behaviour, Guard, ManifestBehaviour, Shared};
@@ -45,7 +46,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     shared.record_request(&request);
     let path = request.uri().path().to_owned();
     if path == "/token" {
-        return token(&shared);
+        return token(&shared, request.uri().query());
     }
     let head = request.method() == Method::HEAD;
     if request.method() != Method::GET && !head {
@@ -122,10 +123,11 @@ fn check_auth(shared: &Shared, request: &Request<Incoming>, name: &str) -> Optio
             if token.is_some_and(|t| state.tokens.contains(t)) {
                 return None;
             }
-            let mut challenge = format!(
-                "Bearer realm=\"http://{}/token\",service=\"hostile\"",
-                shared.addr
-            );
+            let realm = state
+                .token_realm
+                .clone()
+                .unwrap_or_else(|| format!("http://{}/token", shared.addr));
+            let mut challenge = format!("Bearer realm=\"{realm}\",service=\"hostile\"");
             if !name.is_empty() {
                 challenge.push_str(&format!(",scope=\"repository:{name}:pull\""));
             }
@@ -149,13 +151,60 @@ fn check_auth(shared: &Shared, request: &Request<Incoming>, name: &str) -> Optio
     Some(response)
 }
 
-fn token(shared: &Shared) -> Response<Body> {
+fn token(shared: &Shared, query: Option<&str>) -> Response<Body> {
+    // `scope=repository:<name>:pull`
+    let repo = query
+        .and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "scope")
+                .map(|(_, v)| v.into_owned())
+        })
+        .and_then(|scope| {
+            let rest = scope.strip_prefix("repository:")?;
+            Some(
+                rest.rsplit_once(':')
+                    .map_or(rest, |(name, _)| name)
+                    .to_owned(),
+            )
+        })
+        .unwrap_or_default();
     let mut state = shared.state();
     state.token_requests += 1;
     let token = format!("hostile-token-{}", state.token_requests);
     state.tokens.insert(token.clone());
-    let body = serde_json::json!({ "token": token, "expires_in": 300 });
-    json_response(Bytes::from(body.to_string()))
+    let behaviour = state
+        .token_behaviours
+        .get(&repo)
+        .or_else(|| state.token_behaviours.get(""))
+        .cloned()
+        .unwrap_or(TokenBehaviour::Normal);
+    drop(state);
+    shared.changes.send_modify(|n| *n += 1);
+    match behaviour {
+        TokenBehaviour::Normal => {
+            let body = serde_json::json!({ "token": token, "expires_in": 300 });
+            json_response(Bytes::from(body.to_string()))
+        }
+        TokenBehaviour::ExpiresIn(raw) => faults::token_expiring(&token, raw),
+        TokenBehaviour::Stall => faults::stalled(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from_static(b"{\"tok"),
+            None,
+        ),
+        TokenBehaviour::Huge { bytes } => faults::huge_token(&token, bytes),
+        TokenBehaviour::Refuse(canned) => canned.response(),
+    }
+}
+
+/// The start of an OCI error body, whose rest never comes.
+fn stalled_error(status: StatusCode) -> Response<Body> {
+    faults::stalled(
+        status,
+        "application/json",
+        Bytes::from_static(b"{\"errors\":[{\"code\":\"UNKNOWN\",\"message\":\"hold on"),
+        None,
+    )
 }
 
 async fn manifest(
@@ -187,20 +236,43 @@ async fn manifest(
     match &behaviour {
         ManifestBehaviour::Hang => return std::future::pending().await,
         ManifestBehaviour::Answer(canned) => return canned.response(),
+        ManifestBehaviour::StalledError(status) => return stalled_error(*status),
         ManifestBehaviour::Gated => {
             if let Some(mut gate) = gate {
                 let _ = gate.wait_for(|open| *open).await;
             }
         }
-        ManifestBehaviour::Normal | ManifestBehaviour::WrongDigestHeader => {}
+        ManifestBehaviour::Normal
+        | ManifestBehaviour::WrongDigestHeader
+        | ManifestBehaviour::Trickle { .. }
+        | ManifestBehaviour::RefuseUnaccepted => {}
     }
     let Some((media_type, bytes)) = found else {
         return error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN");
     };
+    if matches!(behaviour, ManifestBehaviour::RefuseUnaccepted)
+        && !accept.trim().is_empty()
+        && !names(accept, &media_type)
+        && !names(accept, "*/*")
+    {
+        return error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID");
+    }
     let digest = match behaviour {
         ManifestBehaviour::WrongDigestHeader => sha256_digest(b"some other manifest"),
         _ => sha256_digest(&bytes),
     };
+    if let (ManifestBehaviour::Trickle { pause }, false) = (&behaviour, head) {
+        let extra = [("docker-content-digest", digest)];
+        return faults::trickle(
+            StatusCode::OK,
+            &media_type,
+            &extra,
+            bytes,
+            *pause,
+            None,
+            |_| {},
+        );
+    }
     let len = bytes.len();
     let body = if head { empty() } else { full(bytes) };
     Response::builder()
@@ -211,17 +283,19 @@ async fn manifest(
         .expect("valid manifest response")
 }
 
+/// Whether `accept` names `media_type`.
+fn names(accept: &str, media_type: &str) -> bool {
+    accept
+        .split(',')
+        .map(|range| range.split(';').next().unwrap_or("").trim())
+        .any(|range| range.eq_ignore_ascii_case(media_type))
+}
+
 /// The first variant whose media type `accept` names, else the last.
 fn variant_for(variants: &[(String, Bytes)], accept: &str) -> (String, Bytes) {
-    let accepted = |media_type: &str| {
-        accept
-            .split(',')
-            .map(|range| range.split(';').next().unwrap_or("").trim())
-            .any(|range| range.eq_ignore_ascii_case(media_type))
-    };
     variants
         .iter()
-        .find(|(media_type, _)| accepted(media_type))
+        .find(|(media_type, _)| names(accept, media_type))
         .or(variants.last())
         .cloned()
         .expect("a tag with variants has at least one")
@@ -246,9 +320,33 @@ fn blob(
         match &behaviour {
             Behaviour::Redirect { location } => return redirect(location),
             Behaviour::Answer(canned) => return canned.response(),
+            Behaviour::StalledError(status) => return stalled_error(*status),
             _ => {}
         }
         *state.blob_gets.entry(digest.to_owned()).or_default() += 1;
+        let extra = [("docker-content-digest", digest.to_owned())];
+        match &behaviour {
+            Behaviour::Trickle { pause, announce } => {
+                let (shared, d) = (shared.clone(), digest.to_owned());
+                return faults::trickle(
+                    StatusCode::OK,
+                    "application/octet-stream",
+                    &extra,
+                    bytes,
+                    *pause,
+                    Some(*announce),
+                    move |outcome| shared.record_outcome(&d, outcome),
+                );
+            }
+            Behaviour::Endless => {
+                let shared = shared.clone();
+                return faults::endless("application/octet-stream", &extra, move |sent| {
+                    shared.state().endless_sent.push(sent);
+                    shared.changes.send_modify(|n| *n += 1);
+                });
+            }
+            _ => {}
+        }
         let gate = state.gates.get(digest).map(|g| g.subscribe());
         let span = range
             .filter(|_| state.serve_ranges)
