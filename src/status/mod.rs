@@ -120,8 +120,9 @@ impl Status {
             &t.from_upstream
         };
         counter.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(repository) = repository {
-            lock(&self.inner.top).add(repository, pull, bytes);
+        if let Some(repository) = repository.filter(|_| pull || bytes > 0) {
+            let name = top::name(repository);
+            lock(&self.inner.top).add(name, pull, bytes);
         }
     }
 
