@@ -64,7 +64,8 @@ struct Totals {
     from_upstream: AtomicU64,
 }
 
-/// The totals at one moment, with every upstream's (in configuration order).
+/// berth's totals at one moment: its own counters, and the body bytes of
+/// every upstream summed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub requests: u64,
