@@ -157,6 +157,17 @@ async fn a_browser_shows_upstreams_hit_ratio_repositories_and_a_running_fill() {
         "a finished fill is still shown"
     );
     check_repository(&page, "slow.test/slow/big");
+    // The page's script (allowed by its content security policy) fetched
+    // the page again and swapped the figures in.
+    let refreshed = Html::parse_document(&browser.dump_dom_after(&berth.url(), 5_000).await);
+    let note = select(&refreshed, "#refresh");
+    assert_eq!(note.len(), 1);
+    assert!(
+        text(&note[0]).starts_with("updated "),
+        "the page did not refresh itself: {:?}",
+        text(&note[0])
+    );
+    check_repository(&refreshed, "slow.test/slow/big");
     browser
         .screenshot(&berth.url(), &shots.join("after.png"), 1400, 2000)
         .await;

@@ -64,7 +64,8 @@ struct Totals {
     from_upstream: AtomicU64,
 }
 
-/// The totals at one moment, with every upstream's (in configuration order).
+/// berth's totals at one moment: its own counters, and the body bytes of
+/// every upstream summed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub requests: u64,
@@ -120,8 +121,9 @@ impl Status {
             &t.from_upstream
         };
         counter.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(repository) = repository {
-            lock(&self.inner.top).add(repository, pull, bytes);
+        if let Some(repository) = repository.filter(|_| pull || bytes > 0) {
+            let name = top::name(repository);
+            lock(&self.inner.top).add(name, pull, bytes);
         }
     }
 

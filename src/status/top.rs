@@ -34,17 +34,19 @@ impl Default for TopRepositories {
     }
 }
 
+/// The name a repository is ranked under: cut to `MAX_NAME` characters.
+/// Made before the rankings' lock is taken, to hold it only for the counts.
+pub fn name(repository: &str) -> Arc<str> {
+    let end = repository
+        .char_indices()
+        .nth(MAX_NAME)
+        .map_or(repository.len(), |(i, _)| i);
+    Arc::from(&repository[..end])
+}
+
 impl TopRepositories {
-    /// One response for `repository`: a pull or not, and its bytes.
-    pub fn add(&mut self, repository: &str, pull: bool, bytes: u64) {
-        if !pull && bytes == 0 {
-            return;
-        }
-        let end = repository
-            .char_indices()
-            .nth(MAX_NAME)
-            .map_or(repository.len(), |(i, _)| i);
-        let name: Arc<str> = Arc::from(&repository[..end]);
+    /// One response for the repository `name`: a pull or not, and its bytes.
+    pub fn add(&mut self, name: Arc<str>, pull: bool, bytes: u64) {
         if pull {
             self.pulls.insert(name.clone(), 1);
         }
@@ -83,12 +85,12 @@ mod tests {
         let mut top = TopRepositories::default();
         for i in 0..5_000 {
             // Many repositories pulled once, two pulled often.
-            top.add(&format!("docker.io/noise/{i}"), true, 10);
+            top.add(name(&format!("docker.io/noise/{i}")), true, 10);
             if i % 10 == 0 {
-                top.add("docker.io/library/alpine", true, 1_000);
+                top.add(name("docker.io/library/alpine"), true, 1_000);
             }
             if i % 20 == 0 {
-                top.add("ghcr.io/org/big", true, 1_000_000);
+                top.add(name("ghcr.io/org/big"), true, 1_000_000);
             }
         }
         let pulls = top.by_pulls();
@@ -103,7 +105,7 @@ mod tests {
     fn the_sketch_stays_the_same_size() {
         let mut top = TopRepositories::default();
         for i in 0..10_000 {
-            top.add(&format!("docker.io/r/{i}"), true, 1);
+            top.add(name(&format!("docker.io/r/{i}")), true, 1);
         }
         assert_eq!(top.pulls.iter().count(), TRACKED);
         assert_eq!(top.bytes.iter().count(), TRACKED);
@@ -112,7 +114,7 @@ mod tests {
     #[test]
     fn long_names_are_cut() {
         let mut top = TopRepositories::default();
-        top.add(&"é".repeat(1_000), true, 0);
+        top.add(name(&"é".repeat(1_000)), true, 0);
         assert_eq!(top.by_pulls()[0].0.chars().count(), MAX_NAME);
     }
 }

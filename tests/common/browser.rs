@@ -42,6 +42,14 @@ impl Chromium {
         self.run(&["--dump-dom", url]).await
     }
 
+    /// The page at `url` after `virtual_ms` of the page's own time: its
+    /// timers run (Chromium's virtual time, not a wait), so a page that
+    /// refreshes itself has done so.
+    pub async fn dump_dom_after(&self, url: &str, virtual_ms: u32) -> String {
+        let budget = format!("--virtual-time-budget={virtual_ms}");
+        self.run(&[&budget, "--dump-dom", url]).await
+    }
+
     /// A PNG of the page at `url`, `width` x `height` pixels, written to
     /// `path`.
     pub async fn screenshot(&self, url: &str, path: &Path, width: u32, height: u32) {

@@ -16,7 +16,11 @@
 //! - [`http`]: small helpers for raw HTTP checks;
 //! - [`bounds`]: memory (RSS ratios), hang guards and a normal pull
 //!   afterwards, for the hardening tests;
-//! - [`browser`]: a real browser (headless Chromium) loading berth's pages.
+//! - [`browser`]: a real browser (headless Chromium) loading berth's pages;
+//! - [`garage`]: a real S3-compatible object store (Garage), one node or a
+//!   three-node cluster, for berth's shared tier;
+//! - [`redis`]: a real Redis (Debian's `redis-server`), for berth's cluster
+//!   coordination.
 
 // Every test binary uses a different part of the harness.
 #![allow(dead_code)]
@@ -26,8 +30,10 @@ pub mod bounds;
 pub mod browser;
 pub mod content;
 pub mod docker;
+pub mod garage;
 pub mod hostile;
 pub mod http;
+pub mod redis;
 pub mod referrers_upstream;
 pub mod registry;
 pub mod runnable;
@@ -106,4 +112,64 @@ pub async fn committed(data_dir: &std::path::Path, digest: &str) {
         "{digest} was never committed to {}",
         path.display()
     );
+}
+
+/// Runs `command` to completion with its output captured, killing it past
+/// `limit` (then `Err` of kind `TimedOut`): a hang guard for the command-line
+/// tools the harness drives (`garage`, `redis-cli`).
+pub fn run_bounded(
+    mut command: std::process::Command,
+    limit: std::time::Duration,
+) -> std::io::Result<std::process::Output> {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Both pipes are drained on threads, so a chatty child never blocks on
+    // a full pipe while we wait for it.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("still running after {limit:?}; killed"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// `bytes` random bytes from the kernel, as lowercase hex: secrets and
+/// tokens for the servers the tests start.
+pub fn random_hex(bytes: usize) -> String {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("read /dev/urandom");
+    hex::encode(buf)
 }
