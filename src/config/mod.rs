@@ -8,6 +8,7 @@
 
 mod fields;
 mod serving;
+pub mod sync;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use self::fields::Fields;
 pub use self::serving::{AuthConfig, Limits, TlsConfig};
+pub use self::sync::{Repositories, SyncRule};
 pub use self::upstream::{RepoPatterns, UpstreamConfig, BUILTIN_UPSTREAMS};
 
 /// The whole runtime configuration of one berth process.
@@ -42,6 +44,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub limits: Limits,
     pub auth: AuthConfig,
+    /// Content kept fresh ahead of need (`[[sync]]` rules).
+    pub sync: Vec<SyncRule>,
 }
 
 /// How much disk the cache may use.
@@ -275,6 +279,7 @@ fn parse_config(f: &mut Fields) -> Config {
     let mut auth = f.section("auth");
     let auth_config = serving::parse_auth(&mut auth);
     f.absorb(auth);
+    let sync = sync::parse_rules(f, &upstreams);
     Config {
         listen: f
             .get("listen")
@@ -293,6 +298,7 @@ fn parse_config(f: &mut Fields) -> Config {
         tls: tls_config,
         limits: limits_config,
         auth: auth_config,
+        sync,
     }
 }
 

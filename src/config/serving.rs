@@ -29,6 +29,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Blob fills running at once; a miss beyond it gets a 503.
     pub max_fills: usize,
+    /// Of those, how many sync rules may run at once (fewer than
+    /// `max_fills`, so that clients always have fills left).
+    pub max_sync_fills: usize,
 }
 
 impl Default for Limits {
@@ -38,6 +41,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,
             max_fills: 512,
+            max_sync_fills: 2,
         }
     }
 }
@@ -97,14 +101,25 @@ pub fn parse_limits(f: &mut Fields) -> Limits {
             .unwrap_or(d.idle_timeout),
         max_connections: f.get("max_connections").unwrap_or(d.max_connections),
         max_fills: f.get("max_fills").unwrap_or(d.max_fills),
+        max_sync_fills: f.get("max_sync_fills").unwrap_or(d.max_sync_fills),
     };
     for (key, value) in [
         ("max_connections", limits.max_connections),
         ("max_fills", limits.max_fills),
+        ("max_sync_fills", limits.max_sync_fills),
     ] {
         if value == 0 {
             f.error(key, "must be at least 1");
         }
+    }
+    if limits.max_sync_fills >= limits.max_fills && limits.max_fills > 0 {
+        f.error(
+            "max_sync_fills",
+            format!(
+                "must be less than max_fills ({}), so that sync rules never take every fill from clients",
+                limits.max_fills
+            ),
+        );
     }
     limits
 }

@@ -6,23 +6,12 @@
 //! paginates itself.
 
 use http::{header, Response, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::body::{self, Body};
 use crate::error::{ApiError, ContentKind};
 use crate::upstream::routing::Target;
-use crate::upstream::UpstreamError;
 use crate::App;
-
-/// Upstream pages followed before giving up on a tag list.
-const MAX_UPSTREAM_PAGES: usize = 100;
-/// Largest upstream page read.
-const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
-
-#[derive(Deserialize)]
-struct UpstreamTags {
-    tags: Option<Vec<String>>,
-}
 
 #[derive(Serialize)]
 struct TagList<'a> {
@@ -49,7 +38,7 @@ pub async fn list(
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let page = Page::parse(query);
-    let mut tags = match upstream_tags(target).await {
+    let mut tags = match crate::upstream::listing::tags(target).await {
         Ok(tags) => tags,
         // Offline or failing: the tags berth has seen are the best answer.
         Err(e) if e.is_failing() => {
@@ -94,37 +83,6 @@ pub async fn list(
     };
     resp.body(body)
         .map_err(|e| ApiError::internal(format!("cannot build a response: {e}")))
-}
-
-/// Every tag of `name` upstream, following the upstream's own pagination.
-async fn upstream_tags(target: &Target) -> Result<Vec<String>, UpstreamError> {
-    let (upstream, name) = (&target.upstream, target.repo.as_str());
-    let mut tags = Vec::new();
-    let mut query: Option<String> = None;
-    for _ in 0..MAX_UPSTREAM_PAGES {
-        let resp = upstream.tags(name, query.as_deref()).await?;
-        let next = resp
-            .headers()
-            .get(header::LINK)
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::upstream::next_page_query);
-        let bad = |reason: String| UpstreamError::BadResponse {
-            upstream: upstream.name().to_owned(),
-            reason,
-        };
-        let bytes = upstream
-            .read_body(resp, MAX_PAGE_BYTES)
-            .await?
-            .map_err(|size| bad(format!("a tag list page of {size} bytes is too large")))?;
-        let page: UpstreamTags = serde_json::from_slice(&bytes)
-            .map_err(|e| bad(format!("tag list is not valid JSON: {e}")))?;
-        tags.extend(page.tags.unwrap_or_default());
-        match next {
-            Some(q) if Some(&q) != query.as_ref() => query = Some(q),
-            _ => return Ok(tags),
-        }
-    }
-    Ok(tags)
 }
 
 impl Page {

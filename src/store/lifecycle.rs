@@ -80,6 +80,8 @@ pub struct Eviction {
     pub blobs: usize,
     pub manifests: usize,
     pub bytes: u64,
+    /// Candidates passed by because a sync rule pins them.
+    pub pinned: usize,
 }
 
 impl Lifecycle {
@@ -276,6 +278,12 @@ impl Store {
         for (kind, digest) in self.least_recently_used()? {
             if lc.used.load(Ordering::Relaxed) <= target {
                 break;
+            }
+            // What a sync rule selects stays (the one check eviction makes
+            // for sync rules).
+            if self.is_pinned(&digest)? {
+                report.pinned += 1;
+                continue;
             }
             if let Some(bytes) = self.remove_content(kind, &digest)? {
                 report.bytes += bytes;

@@ -17,6 +17,7 @@ pub mod hot;
 pub mod inventory;
 pub mod lifecycle;
 mod lock;
+pub mod pins;
 pub mod report;
 
 use std::path::Path;
@@ -174,6 +175,10 @@ struct Inner {
     tags: sled::Tree,
     links: sled::Tree,
     referrers: sled::Tree,
+    /// Sync rules' pins (`digest \0 rule`, and `rule \0 digest`) and records.
+    pins: sled::Tree,
+    pins_by_rule: sled::Tree,
+    sync_rules: sled::Tree,
     files: Files,
     hot: Hot,
     inline_max: u64,
@@ -209,6 +214,9 @@ impl Store {
             tags: db.open_tree("tags")?,
             links: db.open_tree("links")?,
             referrers: db.open_tree("referrers")?,
+            pins: db.open_tree("pins")?,
+            pins_by_rule: db.open_tree("pins_by_rule")?,
+            sync_rules: db.open_tree("sync_rules")?,
             files: Files::open(dir).map_err(io_err(format!(
                 "cannot create the blob directories in {}",
                 dir.display()

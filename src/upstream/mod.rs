@@ -4,6 +4,7 @@
 //! turned into an `UpstreamError` that names the upstream.
 
 pub mod auth;
+pub mod listing;
 pub mod routing;
 
 use bytes::Bytes;
@@ -320,6 +321,17 @@ impl Upstream {
             .await
     }
 
+    /// `GET` of a page of the registry's repository list (`/v2/_catalog`),
+    /// which not every registry offers (Docker Hub, ghcr.io do not).
+    pub async fn catalog(&self, query: Option<&str>) -> Result<reqwest::Response, UpstreamError> {
+        let path = match query {
+            Some(q) => format!("_catalog?{q}"),
+            None => "_catalog".to_owned(),
+        };
+        self.send_to(Method::GET, &path, "registry:catalog:*", Default::default())
+            .await
+    }
+
     /// `GET` of a page of the referrers API; `query` continues a paginated
     /// answer (from its `Link` header).
     pub async fn referrers(
@@ -383,21 +395,31 @@ impl Upstream {
         path: &str,
         headers: http::HeaderMap,
     ) -> Result<reqwest::Response, UpstreamError> {
+        let scope = format!("repository:{repo}:pull");
+        self.send_to(method, &format!("{repo}/{path}"), &scope, headers)
+            .await
+    }
+
+    /// Sends a request for `/v2/<path>` with a token for `scope`.
+    async fn send_to(
+        &self,
+        method: Method,
+        path: &str,
+        scope: &str,
+        headers: http::HeaderMap,
+    ) -> Result<reqwest::Response, UpstreamError> {
         if self.config.offline {
             return Err(UpstreamError::Offline {
                 upstream: self.name().to_owned(),
             });
         }
-        let scope = format!("repository:{repo}:pull");
-        let mut url = self
-            .config
-            .url
-            .join(&format!("/v2/{repo}/{path}"))
-            .map_err(|e| UpstreamError::BadResponse {
+        let mut url = self.config.url.join(&format!("/v2/{path}")).map_err(|e| {
+            UpstreamError::BadResponse {
                 upstream: self.name().to_owned(),
-                reason: format!("cannot build a URL for {repo}/{path}: {e}"),
-            })?;
-        let mut credential = self.auth.credential_for(&scope);
+                reason: format!("cannot build a URL for {path}: {e}"),
+            }
+        })?;
+        let mut credential = self.auth.credential_for(scope);
         let mut answered_challenge = false;
         let mut hops = 0;
         loop {
@@ -416,7 +438,7 @@ impl Upstream {
             if status == StatusCode::UNAUTHORIZED && same_origin && !answered_challenge {
                 answered_challenge = true;
                 if matches!(credential, Some(Credential::Bearer(_))) {
-                    self.auth.forget(&scope);
+                    self.auth.forget(scope);
                 }
                 let challenge = resp
                     .headers()
@@ -424,7 +446,7 @@ impl Upstream {
                     .and_then(|v| v.to_str().ok());
                 if let Some(answer) = self
                     .auth
-                    .answer(&self.http, challenge, &scope, self.config.response_timeout)
+                    .answer(&self.http, challenge, scope, self.config.response_timeout)
                     .await?
                 {
                     credential = Some(answer);
