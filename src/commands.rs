@@ -243,12 +243,12 @@ pub fn sync(config: Config, only: Option<&str>) -> Result<bool, WarmError> {
             report.tags_matched,
             report.tags_fetched,
             bytes(report.bytes),
-            report.errors.len()
+            report.errors
         );
-        for error in &report.errors {
+        for error in &report.messages {
             eprintln!("berth: sync {}: {error}", rule.name);
         }
-        all &= report.errors.is_empty();
+        all &= report.errors == 0;
     }
     Ok(all)
 }

@@ -418,6 +418,21 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Sync rules").expect("a Sync rules section")..];
+        let start = section.find("```toml\n").expect("a TOML example") + 8;
+        let end = start + section[start..].find("```").expect("its end");
+        let config = Config::from_toml(&section[start..end]).expect("the README's rule is valid");
+        let rule = &config.sync[0];
+        assert_eq!(
+            (rule.name.as_str(), rule.upstream.as_str()),
+            ("app", "ghcr.io")
+        );
+        assert_eq!(rule.max_tags, Some(5));
+    }
+
+    #[test]
     fn rule_names_are_unique() {
         let errors = parse(
             "[[sync]]\nname = \"a\"\nrepository = \"x/y\"\n[[sync]]\nname = \"a\"\nrepository = \"x/z\"\n",

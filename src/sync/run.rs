@@ -25,6 +25,9 @@ use crate::warm::local::Local;
 use crate::warm::{self, WarmError, Warmed};
 use crate::App;
 
+/// Error messages kept per run.
+const MAX_MESSAGES: usize = 10;
+
 /// Runs rules against one berth's fills; its permits bound the upstream
 /// transfers of every rule together (`limits.max_sync_fills`).
 pub struct Syncer {
@@ -42,7 +45,10 @@ pub struct RunReport {
     pub tags_fetched: u64,
     /// Bytes of blobs fetched from upstream.
     pub bytes: u64,
-    pub errors: Vec<String>,
+    /// Errors, and what the first few said (a rule of many tags may have
+    /// many; they are counted, not all kept).
+    pub errors: u64,
+    pub messages: Vec<String>,
     /// The upstream could not answer (or berth had no fill to spare): the
     /// run stopped early, and the rule backs off.
     pub failing: bool,
@@ -53,7 +59,7 @@ pub struct RunReport {
 impl RunReport {
     /// `ok`, `partial` (errors, but the upstream answered) or `failed`.
     pub fn outcome(&self) -> &'static str {
-        match (self.failing, self.errors.is_empty()) {
+        match (self.failing, self.errors == 0) {
             (true, _) => "failed",
             (false, true) => "ok",
             (false, false) => "partial",
@@ -76,7 +82,10 @@ impl RunReport {
     }
 
     fn note(&mut self, error: String, failing: bool, wait: Option<Duration>) {
-        self.errors.push(error);
+        self.errors += 1;
+        if self.messages.len() < MAX_MESSAGES {
+            self.messages.push(error);
+        }
         self.failing |= failing;
         self.retry_after = self.retry_after.max(wait);
     }
@@ -226,7 +235,7 @@ impl Syncer {
     /// rule selects, so it only adds to the pins it had.
     fn pin(&self, rule: &SyncRule, mut content: BTreeSet<Digest>, report: &mut RunReport) {
         let store = self.app.store();
-        let result = match report.errors.is_empty() {
+        let result = match report.errors == 0 {
             true => store.pin(&rule.name, &content),
             false => store.pinned_by(&rule.name).and_then(|old| {
                 content.extend(old);
@@ -236,5 +245,45 @@ impl Syncer {
         if let Err(e) = result {
             report.note(format!("pinning the rule's content: {e}"), false, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderValue, StatusCode};
+
+    fn status(code: u16, retry: Option<&'static str>) -> UpstreamError {
+        UpstreamError::Status {
+            upstream: "r.test".into(),
+            status: StatusCode::from_u16(code).expect("a status"),
+            code: None,
+            message: String::new(),
+            retry_after: retry.map(HeaderValue::from_static),
+        }
+    }
+
+    #[test]
+    fn a_rate_limited_run_fails_and_keeps_the_longest_wait() {
+        let mut report = RunReport::default();
+        report.upstream_error("listing".into(), &status(404, None));
+        assert_eq!(
+            report.outcome(),
+            "partial",
+            "a missing tag is not the upstream failing"
+        );
+        report.upstream_error("a".into(), &status(429, Some("120")));
+        report.upstream_error("b".into(), &status(429, Some("30")));
+        report.upstream_error(
+            "c".into(),
+            &status(503, Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+        );
+        assert_eq!(report.outcome(), "failed");
+        assert_eq!(report.retry_after, Some(Duration::from_secs(120)));
+        assert_eq!(report.errors, 4);
+        for n in 0..20 {
+            report.note(format!("more {n}"), false, None);
+        }
+        assert_eq!((report.errors, report.messages.len()), (24, MAX_MESSAGES));
     }
 }

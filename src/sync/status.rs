@@ -60,7 +60,7 @@ pub fn finished(
     } else {
         0
     };
-    if report.errors.is_empty() {
+    if report.errors == 0 {
         record.last_success_ms = Some(now);
     }
     let delay = next(record.failures, report.retry_after);
@@ -68,8 +68,8 @@ pub fn finished(
     record.tags_matched = report.tags_matched;
     record.tags_fetched = report.tags_fetched;
     record.bytes = report.bytes;
-    record.errors = report.errors.len() as u64;
-    record.last_error = report.errors.first().cloned();
+    record.errors = report.errors;
+    record.last_error = report.messages.first().cloned();
     save(app, &record);
     export(app, rule, &record, report, delay);
     log(rule, &record, report, delay);
@@ -109,9 +109,7 @@ fn export(app: &App, rule: &SyncRule, record: &SyncRecord, report: &RunReport, d
     sync.fetched_bytes
         .get_or_create(&labels)
         .inc_by(report.bytes);
-    sync.errors
-        .get_or_create(&labels)
-        .inc_by(report.errors.len() as u64);
+    sync.errors.get_or_create(&labels).inc_by(report.errors);
     let backoff = if record.failures > 0 {
         delay.as_secs_f64()
     } else {
@@ -131,7 +129,7 @@ fn export(app: &App, rule: &SyncRule, record: &SyncRecord, report: &RunReport, d
 
 fn log(rule: &SyncRule, record: &SyncRecord, report: &RunReport, delay: Duration) {
     let next = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
-    let first_error = report.errors.first().map(String::as_str).unwrap_or("");
+    let first_error = report.messages.first().map(String::as_str).unwrap_or("");
     if report.failing {
         tracing::warn!(
             rule = rule.name,
@@ -147,7 +145,7 @@ fn log(rule: &SyncRule, record: &SyncRecord, report: &RunReport, delay: Duration
             matched = report.tags_matched,
             fetched = report.tags_fetched,
             bytes = report.bytes,
-            errors = report.errors.len(),
+            errors = report.errors,
             first_error,
             next_in = %next,
             "sync rule ran"

@@ -7,7 +7,8 @@
 //! upstream transfer waits for one of the sync permits, so rules never take
 //! more than their share of fills from clients, and content found already
 //! cached is not counted as used (a rule checking on it is not a pull; it
-//! would mislead eviction and `export --since`).
+//! would mislead eviction and `export --since`), the tag's own manifest
+//! aside, which its revalidation reads like a pull's.
 
 use std::sync::Arc;
 

@@ -90,3 +90,62 @@ async fn a_rule_keeps_matching_releases_cached_and_never_fetches_the_others() {
     let errors = metric(&berth, "berth_sync_errors_total{rule=\"app\"}").await;
     assert!(errors >= 1.0, "errors counted: {errors}");
 }
+
+/// A rule with repository globs (the registry lists its catalog), one
+/// platform and `max_tags`: only what it selects is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn globs_platforms_and_max_tags_narrow_what_a_rule_fetches() {
+    let mut registry = Registry::start();
+    let selected = [Release::new("team/a", "1.1"), Release::new("team/b", "2.0")];
+    let older = Release::new("team/a", "1.0");
+    let elsewhere = Release::new("other/c", "1.0");
+    for release in selected.iter().chain([&older, &elsewhere]) {
+        release.push(&registry).await;
+    }
+    let config = "[[sync]]\nname = \"team\"\nrepositories = [\"team/*\"]\ntags = [\"*.*\"]\nplatforms = [\"linux/arm64\"]\nreferrers = false\nmax_tags = 1\ninterval = \"1h\"\n";
+    let berth = Berth::start(config, &registry.url()).await;
+    wait_for_runs(&berth, "team", "ok", 1.0).await;
+    assert_eq!(
+        metric(&berth, "berth_sync_tags_matched{rule=\"team\"}").await,
+        2.0
+    );
+    registry.stop();
+
+    // The arm64 image of the newest tag of each team/ repository: its
+    // manifest and blobs, and nothing of the amd64 one.
+    for release in &selected {
+        let image = &release.image;
+        let (amd64, arm64) = (&image.children[0], &image.children[1]);
+        let get = |digest: &str| {
+            registry.requests_to("GET", &format!("/v2/{}/manifests/{digest}", image.repo))
+        };
+        assert_eq!(
+            (get(&amd64.digest), get(&arm64.digest)),
+            (0, 1),
+            "{}",
+            image.reference()
+        );
+        // multi_platform: amd64's config and two layers, then arm64's.
+        for blob in &image.blobs[..3] {
+            assert_eq!(
+                registry.blob_gets(&blob.digest),
+                0,
+                "amd64 blob {}",
+                blob.digest
+            );
+        }
+        for blob in &image.blobs[3..] {
+            assert_eq!(
+                registry.blob_gets(&blob.digest),
+                1,
+                "arm64 blob {}",
+                blob.digest
+            );
+        }
+    }
+    for (release, why) in [(&older, "past max_tags"), (&elsewhere, "outside the glob")] {
+        let path = format!("/v2/{}/manifests/{}", release.image.repo, release.tag());
+        assert_eq!(registry.requests_to("GET", &path), 0, "{path}: {why}");
+        assert_eq!(registry.requests_to("HEAD", &path), 0, "{path}: {why}");
+    }
+}
