@@ -21,6 +21,7 @@ pub mod digest;
 pub mod error;
 pub mod fill;
 pub mod graph;
+pub mod health;
 pub mod http;
 pub mod logging;
 pub mod metrics;
@@ -29,6 +30,7 @@ pub mod reference;
 pub mod referrers;
 pub mod store;
 pub mod sync;
+pub mod tag_lists;
 pub mod upstream;
 pub mod warm;
 
@@ -46,6 +48,7 @@ use crate::fill::manifest::ManifestFills;
 use crate::metrics::Metrics;
 use crate::referrers::Referrers;
 use crate::store::Store;
+use crate::tag_lists::TagLists;
 use crate::upstream::routing::Upstreams;
 
 /// The shared state of a running berth: a cheap, clonable handle.
@@ -61,6 +64,7 @@ struct AppInner {
     blobs: BlobFills,
     manifests: ManifestFills,
     referrers: Referrers,
+    tag_lists: TagLists,
     metrics: Metrics,
     pull_auth: Option<http::auth::PullAuth>,
     /// Fills belong to the server, not to a connection; shutdown waits here.
@@ -87,6 +91,7 @@ impl App {
         );
         let manifests = ManifestFills::new(store.clone(), fills.clone());
         let referrers = Referrers::new(store.clone(), fills.clone(), metrics.clone());
+        let tag_lists = TagLists::new(store.clone(), fills.clone(), metrics.clone());
         Ok(App {
             inner: Arc::new(AppInner {
                 config,
@@ -95,6 +100,7 @@ impl App {
                 blobs,
                 manifests,
                 referrers,
+                tag_lists,
                 metrics,
                 pull_auth,
                 fills,
@@ -124,6 +130,10 @@ impl App {
 
     pub fn referrers(&self) -> &Referrers {
         &self.inner.referrers
+    }
+
+    pub fn tag_lists(&self) -> &TagLists {
+        &self.inner.tag_lists
     }
 
     pub fn metrics(&self) -> &Metrics {

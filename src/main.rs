@@ -36,8 +36,13 @@ enum LogFormat {
 enum Command {
     /// Serve the registry API (the default).
     Serve,
-    /// Check the configuration and print it; exit 64 if it is invalid.
+    /// Check the configuration and print the effective one (defaults and
+    /// environment overrides included) as TOML; exit 64 if it is invalid.
     CheckConfig,
+    /// Ask the berth serving this configuration for /healthz (over
+    /// loopback, 5 s at most): exit 0 if it answers 200, 1 if not. The
+    /// container image's HEALTHCHECK.
+    Health,
     /// Re-hash every cached blob and manifest and report any that do not
     /// match their digest (exit 1); run it while berth is stopped.
     Check {
@@ -117,11 +122,21 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => {
-            println!("{config:#?}");
-            ExitCode::SUCCESS
-        }
+        Command::CheckConfig => match config.to_toml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
         Command::Serve => serve(config),
+        Command::Health => match berth::health::probe(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth: not healthy: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { repair } => match berth::commands::check(&config, repair) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,

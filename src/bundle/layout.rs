@@ -15,8 +15,11 @@
 //!   answers; the same shape as the referrers tag schema).
 //!
 //! An entry may also name (`io.berth.omitted`) the manifests of its index
-//! that the bundle leaves out on purpose (platforms not warmed), so that an
-//! import can tell them from content that is missing.
+//! that the bundle leaves out on purpose (platforms not warmed, referrers
+//! the exporting cache did not hold), so that an import can tell them from
+//! content that is missing. A referrers list always names every referrer
+//! berth knew of, and lists none only when there are none: the site can
+//! tell "no referrers" from "not brought".
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

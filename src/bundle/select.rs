@@ -327,8 +327,13 @@ impl Selector<'_> {
             else {
                 continue;
             };
+            // The whole list goes into the bundle, an empty one included
+            // (the site then knows there are none); a referrer whose content
+            // the cache lacks is named as left out, so that the site can
+            // tell "not brought" from "none".
             let mut closure = Closure::default();
             let mut kept = Vec::new();
+            let mut left_out = BTreeSet::new();
             for descriptor in &record.descriptors {
                 let Some(d) = descriptor["digest"].as_str().and_then(|d| d.parse().ok()) else {
                     continue;
@@ -337,17 +342,15 @@ impl Selector<'_> {
                     Some(c) => {
                         closure.merge(&c);
                         queue.push(d);
-                        kept.push(descriptor.clone());
                     }
                     None => {
                         self.notes.insert(format!(
-                            "left out referrer {d} of {place}@{subject}: not in the cache"
+                            "left out referrer {d} of {place}@{subject}: not in the cache (the bundle lists it as left out)"
                         ));
+                        left_out.insert(d);
                     }
                 }
-            }
-            if kept.is_empty() {
-                continue;
+                kept.push(descriptor.clone());
             }
             let bytes = Bytes::from(index_bytes(&kept));
             let entry = Entry {
@@ -359,7 +362,7 @@ impl Selector<'_> {
                 digest: Algorithm::Sha256.digest(&bytes),
                 media_type: INDEX_MEDIA_TYPE.to_owned(),
                 size: bytes.len() as u64,
-                omitted: BTreeSet::new(),
+                omitted: left_out,
             };
             roots.push(Root {
                 entry,

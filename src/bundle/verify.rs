@@ -113,11 +113,17 @@ impl Verifier<'_> {
                 let descriptors = self.referrers_list(entry)?;
                 for d in &descriptors {
                     let (digest, media_type, size) = descriptor(d, entry)?;
+                    // A referrer the bundle names as left out is listed
+                    // (the site knows it exists) but not brought.
+                    if entry.omitted.contains(&digest) && !self.available(&digest)? {
+                        continue;
+                    }
                     self.manifest(&at, &digest, media_type, size, 0)?;
                 }
                 let record = ReferrersRecord {
                     descriptors,
                     fetched_at_ms: *fetched_at_ms,
+                    tag_digest: None,
                 };
                 self.changes
                     .referrers

@@ -6,6 +6,7 @@
 //! serde in one go, so that a bad file is refused with *every* bad or unknown
 //! field named, not just the first one serde trips over.
 
+mod effective;
 mod fields;
 mod serving;
 pub mod sync;
@@ -22,25 +23,30 @@ pub use self::serving::{AuthConfig, Limits, TlsConfig};
 pub use self::sync::{Repositories, SyncRule};
 pub use self::upstream::{RepoPatterns, UpstreamConfig, BUILTIN_UPSTREAMS};
 
-/// The whole runtime configuration of one berth process.
-#[derive(Debug, Clone)]
+/// The whole runtime configuration of one berth process. Serialized, it is
+/// the TOML `berth check-config` prints (see `effective`).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Config {
     /// Address the registry API listens on.
     pub listen: SocketAddr,
     /// Where the store (sled database and blob files) lives.
     pub data_dir: PathBuf,
     /// How long a shutdown waits for running transfers before giving up.
+    #[serde(serialize_with = "effective::duration")]
     pub shutdown_timeout: Duration,
     /// Never contact any upstream (air-gapped sites): serve only the cache.
     pub offline: bool,
+    /// A separate listener for /metrics, /healthz and /readyz; without it
+    /// they are served on the registry listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
     /// The registries berth mirrors; at most one is the default.
+    #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
     pub cache: CacheConfig,
     pub storage: StorageConfig,
-    /// A separate listener for /metrics, /healthz and /readyz; without it
-    /// they are served on the registry listener.
-    pub admin_listen: Option<SocketAddr>,
     /// TLS on the registry listener; plain HTTP (and h2c) without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
     pub limits: Limits,
     pub auth: AuthConfig,
@@ -49,10 +55,14 @@ pub struct Config {
 }
 
 /// How much disk the cache may use.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StorageConfig {
     /// The bound on stored content; `None` means 80% of the free space of
     /// the data directory's filesystem at first start, recorded then.
+    #[serde(
+        serialize_with = "effective::optional_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_size: Option<u64>,
     /// Eviction starts above this fraction of `max_size`...
     pub high_watermark: f64,
@@ -71,11 +81,13 @@ impl Default for StorageConfig {
 }
 
 /// Sizes of the cache tiers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct CacheConfig {
     /// Memory bound of the hot tier (manifests, tags, small blobs), in bytes.
+    #[serde(serialize_with = "effective::size")]
     pub hot_size: u64,
     /// Blobs up to this size are kept inline in sled rather than as files.
+    #[serde(serialize_with = "effective::size")]
     pub inline_max: u64,
 }
 

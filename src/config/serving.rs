@@ -10,21 +10,24 @@ use std::time::Duration;
 use super::fields::Fields;
 
 /// TLS on the registry listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TlsConfig {
     /// PEM: the certificate, then its chain.
     pub cert_file: PathBuf,
     /// PEM: the private key (PKCS#8, RSA or EC).
     pub key_file: PathBuf,
     /// PEM CA bundle: when set, clients must present a certificate it signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca_file: Option<PathBuf>,
 }
 
 /// Bounds that turn overload into a quick 503, never a hang.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Limits {
+    #[serde(serialize_with = "super::effective::duration")]
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
+    #[serde(serialize_with = "super::effective::duration")]
     pub idle_timeout: Duration,
     pub max_connections: usize,
     /// Blob fills running at once; a miss beyond it gets a 503.
@@ -47,11 +50,13 @@ impl Default for Limits {
 }
 
 /// Who may pull; `None` in the config means anyone.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct AuthConfig {
     /// `user:bcrypt-hash` lines, as `htpasswd -B` writes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub htpasswd_file: Option<PathBuf>,
     /// One bearer token a line.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_file: Option<PathBuf>,
     /// The realm named in the challenge.
     pub realm: String,

@@ -17,24 +17,33 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
 /// The default jitter is this fraction of the interval.
 const DEFAULT_JITTER_DIVISOR: u32 = 10;
 
-/// One `[[sync]]` rule.
-#[derive(Debug, Clone)]
+/// One `[[sync]]` rule. Serialized, it is the rule as `check-config`
+/// prints it (and reads back).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct SyncRule {
     /// How logs, metrics, `berth du` and `berth sync --rule` name it.
     pub name: String,
     /// The upstream's configured name (an alias is resolved to it).
     pub upstream: String,
     pub repositories: Repositories,
+    #[serde(flatten)]
     pub tags: TagFilter,
     /// Only these platforms of a multi-platform image (all when empty).
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "platform_texts"
+    )]
     pub platforms: Vec<Platform>,
     /// Also sync each image's referrers (signatures, SBOMs, attestations).
     pub referrers: bool,
+    #[serde(serialize_with = "super::effective::duration")]
     pub interval: Duration,
     /// Each run starts up to this much later than `interval` alone says,
     /// chosen at random, so that rules and replicas spread out.
+    #[serde(serialize_with = "super::effective::duration")]
     pub jitter: Duration,
     /// At most this many of the matching tags, newest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tags: Option<usize>,
 }
 
@@ -44,6 +53,21 @@ pub struct SyncRule {
 pub struct Repositories {
     pub names: Vec<String>,
     pub patterns: Option<RepoPatterns>,
+}
+
+/// As one list, names and globs together (as `repositories` is written).
+impl serde::Serialize for Repositories {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let globs = self.patterns.as_ref().map(RepoPatterns::patterns);
+        serializer.collect_seq(self.names.iter().chain(globs.into_iter().flatten()))
+    }
+}
+
+fn platform_texts<S: serde::Serializer>(
+    value: &[Platform],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(value.iter().map(Platform::to_string))
 }
 
 /// Reads every `[[sync]]` entry and checks it against `upstreams`.
@@ -430,6 +454,31 @@ mod tests {
             ("app", "ghcr.io")
         );
         assert_eq!(rule.max_tags, Some(5));
+    }
+
+    #[test]
+    fn a_rule_prints_as_it_reads_back() {
+        let config = parse(
+            r#"
+            [[sync]]
+            name = "app"
+            upstream = "internal"
+            repositories = ["team/app", "team/tools-*"]
+            tags = ["1.*"]
+            tag_regex = "[0-9.]+"
+            semver = ">=1.0 <2"
+            platforms = ["linux/arm64/v8"]
+            max_tags = 3
+            "#,
+        )
+        .expect("valid");
+        let text = config.to_toml().expect("printable");
+        let back = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(format!("{back:?}"), format!("{config:?}"), "{text}");
+        assert!(
+            text.contains("[[sync]]") && text.contains("jitter = \"6m\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -38,48 +38,80 @@ url = "https://mcr.microsoft.com"
 "#;
 
 /// A registry berth mirrors.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct UpstreamConfig {
     /// The registry's host as users write it (`docker.io`, `registry.internal:5000`).
     pub name: String,
     /// The endpoint berth talks to (`https://registry-1.docker.io`).
+    #[serde(serialize_with = "super::effective::url")]
     pub url: reqwest::Url,
     /// Requests that name no upstream (Docker's `registry-mirrors`) go here.
     pub default: bool,
     /// Other first path components that select this upstream in the path form.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// Resolved from `password_env` or `password_file`; never written inline.
+    /// Where the password comes from: the environment variable naming it...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// ...or the file holding it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Resolved from `password_env` or `password_file`; never written inline
+    /// (nor printed).
+    #[serde(skip)]
     pub password: Option<Secret>,
-    /// Extra trusted certificates (PEM), read from `ca_file` at start-up.
+    /// The file of extra trusted certificates...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// ...and its certificates (PEM), read at start-up.
+    #[serde(skip)]
     pub ca_certificates: Option<Vec<u8>>,
     /// Accept any certificate: an explicit, logged opt-in.
     pub insecure_skip_verify: bool,
     /// How long a tag → digest mapping is trusted before asking upstream again.
+    #[serde(serialize_with = "super::effective::duration")]
     pub tag_ttl: Duration,
-    /// How long past `tag_ttl` a tag may still be served while the upstream
-    /// fails; `None` is without limit.
+    /// How long past `tag_ttl` (or `tag_list_ttl`) a tag (or a tag list)
+    /// may still be served while the upstream fails; `None` is without limit.
+    #[serde(
+        serialize_with = "super::effective::optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_stale: Option<Duration>,
+    /// How long a repository's whole tag list is served before berth asks
+    /// the upstream again.
+    #[serde(serialize_with = "super::effective::duration")]
+    pub tag_list_ttl: Duration,
     /// How long an upstream "not found" for a manifest or tag is remembered.
+    #[serde(serialize_with = "super::effective::duration")]
     pub negative_ttl: Duration,
     /// Never contact this upstream: serve what is cached, refuse the rest.
     pub offline: bool,
     /// How long a referrers list from this upstream is served before berth
     /// asks again.
+    #[serde(serialize_with = "super::effective::duration")]
     pub referrers_ttl: Duration,
     /// How long berth trusts what it learnt about the upstream's support for
     /// the referrers API.
+    #[serde(serialize_with = "super::effective::duration")]
     pub capability_ttl: Duration,
     /// Answer a pull of a missing `sha256-<hex>` tag from the referrers API.
     pub referrers_tag_translation: bool,
+    #[serde(serialize_with = "super::effective::duration")]
     pub connect_timeout: Duration,
     /// Time allowed until the upstream's response headers arrive.
+    #[serde(serialize_with = "super::effective::duration")]
     pub response_timeout: Duration,
     /// Longest pause allowed between two chunks of an upstream body.
+    #[serde(serialize_with = "super::effective::duration")]
     pub idle_timeout: Duration,
     /// Repositories that may be pulled; empty allows all.
+    #[serde(skip_serializing_if = "RepoPatterns::is_empty")]
     pub allow: RepoPatterns,
     /// Repositories that may never be pulled, whatever `allow` says.
+    #[serde(skip_serializing_if = "RepoPatterns::is_empty")]
     pub deny: RepoPatterns,
 }
 
@@ -92,14 +124,18 @@ impl UpstreamConfig {
             default: false,
             aliases: Vec::new(),
             username: None,
+            password_env: None,
+            password_file: None,
             password: None,
+            ca_file: None,
             ca_certificates: None,
             insecure_skip_verify: false,
             tag_ttl: Duration::from_secs(300),
             max_stale: None,
+            tag_list_ttl: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(30),
             offline: false,
-            referrers_ttl: Duration::from_secs(60),
+            referrers_ttl: Duration::from_secs(15),
             capability_ttl: Duration::from_secs(600),
             referrers_tag_translation: true,
             connect_timeout: Duration::from_secs(10),
@@ -131,6 +167,12 @@ impl std::fmt::Debug for RepoPatterns {
     }
 }
 
+impl serde::Serialize for RepoPatterns {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.patterns.serialize(serializer)
+    }
+}
+
 impl RepoPatterns {
     pub fn new(patterns: &[String]) -> Result<Self, String> {
         let mut builder = GlobSetBuilder::new();
@@ -150,6 +192,11 @@ impl RepoPatterns {
 
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
+    }
+
+    /// The globs as written.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
     }
 
     pub fn matches(&self, repo: &str) -> bool {
@@ -184,7 +231,7 @@ pub(super) fn parse(f: &mut Fields) -> Option<UpstreamConfig> {
         .iter_mut()
         .for_each(|a| *a = a.to_ascii_lowercase());
     up.username = f.get("username");
-    up.password = parse_password(f);
+    (up.password, up.password_env, up.password_file) = parse_password(f);
     if up.password.is_some() && up.username.is_none() {
         f.error(
             "username",
@@ -197,10 +244,11 @@ pub(super) fn parse(f: &mut Fields) -> Option<UpstreamConfig> {
             "a username is set, so password_env or password_file is required",
         );
     }
-    up.ca_certificates = parse_ca_file(f);
+    (up.ca_file, up.ca_certificates) = parse_ca_file(f);
     up.insecure_skip_verify = f.get("insecure_skip_verify").unwrap_or(false);
     up.tag_ttl = f.duration("tag_ttl").unwrap_or(up.tag_ttl);
     up.max_stale = f.duration("max_stale");
+    up.tag_list_ttl = f.duration("tag_list_ttl").unwrap_or(up.tag_list_ttl);
     up.negative_ttl = f.duration("negative_ttl").unwrap_or(up.negative_ttl);
     up.offline = f.get("offline").unwrap_or(false);
     up.referrers_ttl = f.duration("referrers_ttl").unwrap_or(up.referrers_ttl);
@@ -234,8 +282,12 @@ fn patterns(f: &mut Fields, key: &str) -> RepoPatterns {
     })
 }
 
+/// What `password_env` or `password_file` gave: the password, and where it
+/// came from.
+type PasswordFields = (Option<Secret>, Option<String>, Option<PathBuf>);
+
 /// The password comes from an environment variable or a file, never inline.
-fn parse_password(f: &mut Fields) -> Option<Secret> {
+fn parse_password(f: &mut Fields) -> PasswordFields {
     if f.take_raw("password").is_some() {
         f.error(
             "password",
@@ -250,51 +302,57 @@ fn parse_password(f: &mut Fields) -> Option<Secret> {
                 "password_file",
                 "set either password_env or password_file, not both",
             );
-            None
+            (None, None, None)
         }
         (Some(var), None) => match std::env::var(&var) {
-            Ok(value) => Some(Secret::new(value)),
+            Ok(value) => (Some(Secret::new(value)), Some(var), None),
             Err(_) => {
                 f.error(
                     "password_env",
                     format!("environment variable {var} is not set"),
                 );
-                None
+                (None, None, None)
             }
         },
         (None, Some(path)) => match std::fs::read_to_string(&path) {
-            Ok(value) => Some(Secret::new(value.trim_end_matches(['\r', '\n']))),
+            Ok(value) => (
+                Some(Secret::new(value.trim_end_matches(['\r', '\n']))),
+                None,
+                Some(path),
+            ),
             Err(e) => {
                 f.error(
                     "password_file",
                     format!("cannot read {}: {e}", path.display()),
                 );
-                None
+                (None, None, None)
             }
         },
-        (None, None) => None,
+        (None, None) => (None, None, None),
     }
 }
 
 /// Reads and checks the extra CA certificates now, so that a bad file stops
-/// start-up instead of failing the first pull.
-fn parse_ca_file(f: &mut Fields) -> Option<Vec<u8>> {
-    let path: PathBuf = f.get("ca_file")?;
+/// start-up instead of failing the first pull; the file and its PEM.
+fn parse_ca_file(f: &mut Fields) -> (Option<PathBuf>, Option<Vec<u8>>) {
+    let Some(path) = f.get::<PathBuf>("ca_file") else {
+        return (None, None);
+    };
     let pem = match std::fs::read(&path) {
         Ok(pem) => pem,
         Err(e) => {
             f.error("ca_file", format!("cannot read {}: {e}", path.display()));
-            return None;
+            return (None, None);
         }
     };
     match reqwest::Certificate::from_pem_bundle(&pem) {
-        Ok(certs) if !certs.is_empty() => Some(pem),
+        Ok(certs) if !certs.is_empty() => (Some(path), Some(pem)),
         Ok(_) => {
             f.error(
                 "ca_file",
                 format!("{} holds no PEM certificate", path.display()),
             );
-            None
+            (None, None)
         }
         Err(e) => {
             f.error(
@@ -305,7 +363,7 @@ fn parse_ca_file(f: &mut Fields) -> Option<Vec<u8>> {
                     crate::upstream::error_chain(&e)
                 ),
             );
-            None
+            (None, None)
         }
     }
 }

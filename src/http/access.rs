@@ -26,6 +26,9 @@ pub struct Access {
     pub outcome: Option<Outcome>,
     /// The upstream the request was routed to, by name.
     pub upstream: Option<String>,
+    /// The `?ns=` the client gave (containerd names the registry it meant):
+    /// the path is logged without its query.
+    pub ns: Option<String>,
 }
 
 impl Access {
@@ -43,7 +46,11 @@ impl Access {
 
     fn finish(self, sent: u64, ending: Ending) {
         if let (Some(outcome), true) = (self.outcome, (200..300).contains(&self.status)) {
-            let source = if outcome.hit { "cache" } else { "upstream" };
+            let source = if outcome.from_cache() {
+                "cache"
+            } else {
+                "upstream"
+            };
             self.app
                 .metrics()
                 .get()
@@ -59,6 +66,7 @@ impl Access {
             elapsed_ms = self.started.elapsed().as_millis() as u64,
             cache = self.outcome.map_or("-", Outcome::label),
             upstream = self.upstream.as_deref().unwrap_or("-"),
+            ns = self.ns.as_deref().unwrap_or("-"),
             body = ending.label(),
             "request"
         );

@@ -53,7 +53,11 @@ pub async fn get(
     match source? {
         BlobSource::Cached(content) => {
             if !linked {
-                confirm(app, target, digest).await?;
+                // The bytes are here, but this repository was never seen
+                // to hold them: the upstream must say it does.
+                confirm(app, target, digest)
+                    .await
+                    .inspect_err(|_| super::outcome::note_refused("blob"))?;
             }
             cached(digest, content, range, head)
         }

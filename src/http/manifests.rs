@@ -109,6 +109,7 @@ async fn resolve(
         Err(e) => match known {
             Some((mapping, manifest)) if may_serve_stale(&e, &mapping, target) => {
                 app.metrics().stale("tag");
+                super::outcome::note_stale("tag");
                 tracing::warn!(
                     ?target, %reference, error = %e, age_s = mapping.age().as_secs(),
                     "upstream failing; serving the last known tag mapping"

@@ -46,7 +46,8 @@ async fn handle_api<B>(app: App, req: Request<B>) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let head = method == Method::HEAD;
-    let (result, noted) = outcome::scoped(dispatch(&app, &req, head)).await;
+    let ns = namespace(&req);
+    let (result, noted) = outcome::scoped(dispatch(&app, &req, head, ns.as_deref())).await;
     let outcome = noted.outcome;
     let mut resp = match result {
         Ok(resp) => resp,
@@ -64,7 +65,7 @@ async fn handle_api<B>(app: App, req: Request<B>) -> Response<Body> {
         HeaderValue::from_static(API_VERSION),
     );
     // The spec asks a registry that scopes by `ns` to say so.
-    if let Some(ns) = namespace(&req).and_then(|ns| HeaderValue::from_str(&ns).ok()) {
+    if let Some(ns) = ns.as_deref().and_then(|ns| HeaderValue::from_str(ns).ok()) {
         resp.headers_mut().insert("oci-namespace", ns);
     }
     app.metrics()
@@ -83,6 +84,7 @@ async fn handle_api<B>(app: App, req: Request<B>) -> Response<Body> {
         started,
         outcome,
         upstream: noted.upstream.as_ref().map(|u| u.name().to_owned()),
+        ns,
     };
     let length = resp
         .headers()
@@ -92,13 +94,19 @@ async fn handle_api<B>(app: App, req: Request<B>) -> Response<Body> {
     resp.map(|body| access.wrap(body, length))
 }
 
-async fn dispatch<B>(app: &App, req: &Request<B>, head: bool) -> Result<Response<Body>, ApiError> {
+async fn dispatch<B>(
+    app: &App,
+    req: &Request<B>,
+    head: bool,
+    ns: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
     if let Some(auth) = app.pull_auth() {
         auth.check(req.headers())?;
     }
-    let ns = namespace(req);
     let target = |name: &str| {
-        let target = app.upstreams().resolve(ns.as_deref(), name)?;
+        let target = app.upstreams().resolve(ns, name).inspect_err(|_| {
+            outcome::note_refused("name");
+        })?;
         outcome::note_upstream(&target.upstream);
         Ok::<_, ApiError>(target)
     };

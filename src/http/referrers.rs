@@ -1,17 +1,20 @@
-//! `GET /v2/<name>/referrers/<digest>[?artifactType=]`: always an image
-//! index, empty when nothing refers to the digest (also for an unknown
-//! digest or repository), filtered by berth so that the filter is applied
-//! whatever the upstream supports.
+//! `GET /v2/<name>/referrers/<digest>[?artifactType=]`: an image index,
+//! empty when nothing refers to the digest (also for an unknown digest or
+//! repository), filtered by berth so that the filter is applied whatever the
+//! upstream supports. When berth cannot know the list (the upstream fails
+//! and nothing is stored, or berth is offline and holds no list) the answer
+//! is a retryable error, never an empty index.
 
 use http::{header, Response, StatusCode};
 use serde_json::Value;
 
 use super::body::{self, Body};
 use crate::digest::Digest;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ContentKind, ErrorCode};
 use crate::fill::FillError;
 use crate::referrers::{index_bytes, INDEX_MEDIA_TYPE};
 use crate::upstream::routing::Target;
+use crate::upstream::UpstreamError;
 use crate::App;
 
 pub async fn list(
@@ -26,7 +29,7 @@ pub async fn list(
         .referrers()
         .list(target, digest)
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(|e| cannot_list(&e, target, digest))?;
     let shown: Vec<Value> = match &filter {
         Some(t) => all
             .iter()
@@ -52,22 +55,35 @@ pub async fn list(
         .map_err(|e| ApiError::internal(format!("cannot build a response: {e}")))
 }
 
+/// The `artifactType` filter. A media type holds no space, so a raw `+`
+/// (as typed in `?artifactType=application/spdx+json`) is a `+`, not the
+/// space that form encoding would make of it.
 fn artifact_type(query: Option<&str>) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes())
+    let query = query?.replace('+', "%2B");
+    form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "artifactType")
         .map(|(_, v)| v.into_owned())
         .filter(|v| !v.is_empty())
 }
 
-/// Berth cannot know the referrers now (the upstream fails and nothing is
-/// cached): a retryable error, never a false empty list.
-fn unavailable(err: &FillError) -> ApiError {
+/// Berth cannot give the list now. Offline without a list, or with the
+/// upstream failing and nothing stored, it does not know: a retryable
+/// `503`, never a false empty list. An upstream answer berth cannot use
+/// whole (a list over the size limit, say) is the upstream's failure.
+fn cannot_list(err: &FillError, target: &Target, digest: &Digest) -> ApiError {
+    let message = match err {
+        FillError::Upstream(UpstreamError::Offline { .. }) => format!(
+            "berth is offline and holds no referrers list for {digest} in {target:?}: it never learnt one, and no imported bundle brought one"
+        ),
+        FillError::Upstream(u) if u.is_failing() => format!("cannot list referrers now: {err}"),
+        _ => return ApiError::from_fill(err, ContentKind::Manifest),
+    };
     let mut e = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Unavailable,
-        format!("cannot list referrers now: {err}"),
+        message,
     );
-    if let FillError::Upstream(crate::upstream::UpstreamError::Status { retry_after, .. }) = err {
+    if let FillError::Upstream(UpstreamError::Status { retry_after, .. }) = err {
         e.retry_after = retry_after.clone();
     }
     e
@@ -84,6 +100,17 @@ mod tests {
             Some("application/vnd.example.sbom.v1")
         );
         assert_eq!(artifact_type(Some("n=1")), None);
+        // As typed in curl: a raw `+`, and its encoded form.
+        for query in [
+            "artifactType=application/spdx+json",
+            "artifactType=application%2Fspdx%2Bjson",
+        ] {
+            assert_eq!(
+                artifact_type(Some(query)).as_deref(),
+                Some("application/spdx+json"),
+                "{query}"
+            );
+        }
         assert_eq!(artifact_type(None), None);
     }
 }

@@ -1,22 +1,43 @@
-//! `GET /v2/<name>/tags/list?n=&last=`: the upstream's tag list (not cached),
-//! answered the way the spec requires whatever the upstream does: sorted in
-//! lexical order, starting after `last`, at most `n` tags, and a `Link` to the
-//! next page when there are more. distribution 2.x, for one, ignores `n` and
-//! lists tags in storage order, so berth gathers the upstream's pages and
-//! paginates itself.
+//! `GET /v2/<name>/tags/list?n=&last=`: the repository's whole tag list
+//! (cached per repository, served stale while the upstream fails; see
+//! `tag_lists`), answered the way the spec requires whatever the upstream
+//! does: sorted in lexical order, starting after `last`, at most `n` tags,
+//! and a `Link` to the next page when there are more. distribution 2.x, for
+//! one, ignores `n` and lists tags in storage order, so berth gathers the
+//! upstream's pages and paginates itself.
 
 use http::{header, Response, StatusCode};
+use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
 
 use super::body::{self, Body};
-use crate::error::{ApiError, ContentKind};
+use crate::error::{ApiError, ContentKind, ErrorCode};
+use crate::fill::FillError;
+use crate::tag_lists::TagList;
 use crate::upstream::routing::Target;
+use crate::upstream::UpstreamError;
 use crate::App;
 
 #[derive(Serialize)]
-struct TagList<'a> {
+struct TagPage<'a> {
     name: &'a str,
-    tags: &'a [String],
+    tags: Names<'a>,
+}
+
+/// A page of a tag list, serialized without copying the names.
+struct Names<'a> {
+    list: &'a TagList,
+    range: std::ops::Range<usize>,
+}
+
+impl Serialize for Names<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.range.len()))?;
+        for name in self.range.clone().filter_map(|i| self.list.get(i)) {
+            seq.serialize_element(name)?;
+        }
+        seq.end()
+    }
 }
 
 /// The client's pagination parameters.
@@ -38,32 +59,24 @@ pub async fn list(
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let page = Page::parse(query);
-    let mut tags = match crate::upstream::listing::tags(target).await {
-        Ok(tags) => tags,
-        // Offline or failing: the tags berth has seen are the best answer.
-        Err(e) if e.is_failing() => {
-            let known = app.store().tags_of(target.upstream.name(), &target.repo)?;
-            if known.is_empty() {
-                return Err(ApiError::from_upstream(&e, ContentKind::Tags));
-            }
-            tracing::warn!(?target, error = %e, "upstream failing; listing the tags berth knows");
-            known
-        }
-        Err(e) => return Err(ApiError::from_upstream(&e, ContentKind::Tags)),
-    };
-    tags.sort();
-    tags.dedup();
-    let (shown, more) = page.apply(&tags);
-    let json = serde_json::to_vec(&TagList {
+    let answer = app
+        .tag_lists()
+        .get(target)
+        .await
+        .map_err(|e| cannot_list(&e, target))?;
+    let tags = &answer.list.list;
+    let (range, more) = tags.page(page.last.as_deref(), page.n);
+    let shown_last = range.end.checked_sub(1).and_then(|i| tags.get(i));
+    let json = serde_json::to_vec(&TagPage {
         name: client_name,
-        tags: shown,
+        tags: Names { list: tags, range },
     })
     .map_err(|e| ApiError::internal(format!("cannot encode the tag list: {e}")))?;
     let mut resp = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CONTENT_LENGTH, json.len());
-    if let (true, Some(n), Some(last)) = (more, page.n, shown.last()) {
+    if let (true, Some(n), Some(last)) = (more, page.n, shown_last) {
         let mut next = form_urlencoded::Serializer::new(String::new());
         next.append_pair("n", &n.to_string())
             .append_pair("last", last);
@@ -85,6 +98,34 @@ pub async fn list(
         .map_err(|e| ApiError::internal(format!("cannot build a response: {e}")))
 }
 
+/// With no whole list to serve and the upstream failing, berth cannot list
+/// now: a retryable 503 (or the upstream's own 429), never the few tags it
+/// happens to hold presented as the list.
+fn cannot_list(err: &FillError, target: &Target) -> ApiError {
+    let FillError::Upstream(upstream) = err else {
+        return ApiError::from_fill(err, ContentKind::Tags);
+    };
+    let answered_itself = match upstream {
+        UpstreamError::Status { status, .. } => *status == StatusCode::TOO_MANY_REQUESTS,
+        UpstreamError::Offline { .. } => true,
+        _ => false,
+    };
+    if !upstream.is_failing() || answered_itself {
+        return ApiError::from_upstream(upstream, ContentKind::Tags);
+    }
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unavailable,
+        format!(
+            "cannot list the tags of {target:?} now, and berth holds no whole list of them: {upstream}"
+        ),
+    );
+    if let UpstreamError::Status { retry_after, .. } = upstream {
+        e.retry_after = retry_after.clone();
+    }
+    e
+}
+
 impl Page {
     /// Reads `n` and `last`; a non-numeric `n` is ignored.
     fn parse(query: Option<&str>) -> Page {
@@ -99,40 +140,25 @@ impl Page {
         }
         page
     }
-
-    /// The slice of sorted `tags` this page shows, and whether more follow.
-    fn apply<'a>(&self, tags: &'a [String]) -> (&'a [String], bool) {
-        let start = match &self.last {
-            Some(last) => tags.partition_point(|t| t <= last),
-            None => 0,
-        };
-        let rest = &tags[start..];
-        match self.n {
-            Some(n) if n < rest.len() => (&rest[..n], true),
-            _ => (rest, false),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn tags(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
     #[test]
-    fn pages_follow_last_and_n() {
-        let all = tags(&["a", "b", "c", "v1"]);
-        let page = Page::parse(Some("n=2"));
-        assert_eq!(page.apply(&all), (&all[..2], true));
-        let page = Page::parse(Some("n=2&last=b"));
-        assert_eq!(page.apply(&all), (&all[2..], false));
-        let page = Page::parse(Some("last=bb&ns=docker.io"));
-        assert_eq!(page.apply(&all), (&all[2..], false));
-        assert_eq!(Page::parse(Some("n=0")).apply(&all), (&all[..0], true));
-        assert_eq!(Page::parse(None).apply(&all), (&all[..], false));
+    fn the_client_query_is_read() {
+        let page = Page::parse(Some("n=2&last=b&ns=docker.io&other=1"));
+        assert_eq!(
+            page,
+            Page {
+                n: Some(2),
+                last: Some("b".into()),
+                ns: Some("docker.io".into())
+            }
+        );
+        assert_eq!(Page::parse(Some("n=x")).n, None);
+        assert_eq!(Page::parse(None), Page::default());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod lifecycle;
 mod lock;
 pub mod pins;
 pub mod report;
+pub mod tag_lists;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -114,6 +115,10 @@ fn now_ms() -> u64 {
 pub struct ReferrersRecord {
     pub descriptors: Vec<serde_json::Value>,
     pub fetched_at_ms: u64,
+    /// The digest of the referrers tag's index the list was read from (the
+    /// tag schema), so that a `HEAD` of the tag can tell it is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_digest: Option<String>,
 }
 
 impl ReferrersRecord {
@@ -121,6 +126,15 @@ impl ReferrersRecord {
         ReferrersRecord {
             descriptors,
             fetched_at_ms: now_ms(),
+            tag_digest: None,
+        }
+    }
+
+    /// The same list, confirmed by the upstream just now.
+    pub fn renewed(&self) -> Self {
+        ReferrersRecord {
+            fetched_at_ms: now_ms(),
+            ..self.clone()
         }
     }
 
@@ -179,6 +193,8 @@ struct Inner {
     pins: sled::Tree,
     pins_by_rule: sled::Tree,
     sync_rules: sled::Tree,
+    /// Whole tag lists, per repository (`tag_lists`).
+    tag_lists: sled::Tree,
     files: Files,
     hot: Hot,
     inline_max: u64,
@@ -217,6 +233,7 @@ impl Store {
             pins: db.open_tree("pins")?,
             pins_by_rule: db.open_tree("pins_by_rule")?,
             sync_rules: db.open_tree("sync_rules")?,
+            tag_lists: db.open_tree("tag_lists")?,
             files: Files::open(dir).map_err(io_err(format!(
                 "cannot create the blob directories in {}",
                 dir.display()

@@ -23,7 +23,8 @@ use semver::{Version, VersionReq};
 #[derive(Clone, Default)]
 pub struct TagFilter {
     globs: Option<(Vec<String>, GlobSet)>,
-    regex: Option<Regex>,
+    /// The expression as written, and anchored.
+    regex: Option<(String, Regex)>,
     range: Option<Range>,
 }
 
@@ -38,9 +39,28 @@ impl fmt::Debug for TagFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TagFilter")
             .field("tags", &self.globs.as_ref().map(|(text, _)| text))
-            .field("tag_regex", &self.regex.as_ref().map(Regex::as_str))
+            .field("tag_regex", &self.regex.as_ref().map(|(text, _)| text))
             .field("semver", &self.range.as_ref().map(|r| &r.text))
             .finish()
+    }
+}
+
+/// As the configuration writes it: `tags`, `tag_regex`, `semver`, each
+/// only when set (a rule's fields, flattened into it).
+impl serde::Serialize for TagFilter {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some((globs, _)) = &self.globs {
+            map.serialize_entry("tags", globs)?;
+        }
+        if let Some((text, _)) = &self.regex {
+            map.serialize_entry("tag_regex", text)?;
+        }
+        if let Some(range) = &self.range {
+            map.serialize_entry("semver", &range.text)?;
+        }
+        map.end()
     }
 }
 
@@ -63,7 +83,7 @@ impl TagFilter {
         let anchored = format!("^(?:{pattern})$");
         let regex = Regex::new(&anchored)
             .map_err(|e| format!("{pattern:?} is not a regular expression: {e}"))?;
-        self.regex = Some(regex);
+        self.regex = Some((pattern.to_owned(), regex));
         Ok(self)
     }
 
@@ -95,7 +115,7 @@ impl TagFilter {
                 return false;
             }
         }
-        if let Some(regex) = &self.regex {
+        if let Some((_, regex)) = &self.regex {
             if !regex.is_match(tag) {
                 return false;
             }
@@ -107,9 +127,9 @@ impl TagFilter {
         }
     }
 
-    /// The tags of `listed` (in the upstream's order) that pass, at most
-    /// `max` of them: the newest by version when every passing tag reads as
-    /// a version, else the last ones the upstream lists.
+    /// The tags of `listed` (sorted, as berth keeps tag lists) that pass,
+    /// at most `max` of them: the newest by version when every passing tag
+    /// reads as a version, else the last ones in lexical order.
     pub fn select(&self, listed: &[String], max: Option<usize>) -> Vec<String> {
         let mut chosen: Vec<String> = listed.iter().filter(|t| self.matches(t)).cloned().collect();
         chosen.dedup();
@@ -254,7 +274,7 @@ mod tests {
         let f = range(">=1 <2");
         assert_eq!(f.select(&listed, None), tags(&["1.10", "1.2", "1.9"]));
         assert_eq!(f.select(&listed, Some(2)), tags(&["1.10", "1.9"]));
-        // Not every tag is a version: the last ones listed.
+        // Not every tag is a version: the last ones in the list.
         let any = TagFilter::default();
         assert_eq!(any.select(&listed, Some(2)), tags(&["latest", "0.1"]));
         assert_eq!(any.select(&listed, Some(9)).len(), 5);

@@ -13,6 +13,7 @@
 //! against eviction; each run is recorded (`status`) in the store, the
 //! metrics and the log.
 
+mod catalog;
 pub mod filter;
 pub mod run;
 pub mod schedule;

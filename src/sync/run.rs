@@ -15,12 +15,14 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use super::catalog;
 use crate::config::SyncRule;
 use crate::digest::Digest;
+use crate::fill::FillError;
 use crate::progress::Progress;
 use crate::reference::{ImageRef, Reference};
 use crate::upstream::routing::Target;
-use crate::upstream::{listing, Upstream, UpstreamError};
+use crate::upstream::{Upstream, UpstreamError};
 use crate::warm::local::Local;
 use crate::warm::{self, WarmError, Warmed};
 use crate::App;
@@ -71,14 +73,18 @@ impl RunReport {
     }
 
     fn warm_error(&mut self, what: String, e: &WarmError) {
-        let wait = match e {
-            WarmError::Fill(f) => match &**f {
-                crate::fill::FillError::Upstream(u) => retry_after(u),
-                _ => None,
-            },
-            _ => None,
-        };
-        self.note(format!("{what}: {e}"), e.is_failing(), wait);
+        match e {
+            WarmError::Fill(f) => self.fill_error(what, f),
+            _ => self.note(format!("{what}: {e}"), e.is_failing(), None),
+        }
+    }
+
+    fn fill_error(&mut self, what: String, e: &FillError) {
+        match e {
+            FillError::Upstream(u) => self.upstream_error(what, u),
+            FillError::Busy { .. } => self.note(format!("{what}: {e}"), true, None),
+            _ => self.note(format!("{what}: {e}"), false, None),
+        }
     }
 
     fn note(&mut self, error: String, failing: bool, wait: Option<Duration>) {
@@ -156,7 +162,7 @@ impl Syncer {
     ) -> Vec<Target> {
         let mut names = rule.repositories.names.clone();
         if let Some(patterns) = &rule.repositories.patterns {
-            match listing::repositories(upstream).await {
+            match catalog::repositories(upstream).await {
                 Ok(listed) => names.extend(listed.into_iter().filter(|r| patterns.matches(r))),
                 Err(e) => {
                     let what = if e.is_failing() {
@@ -195,10 +201,13 @@ impl Syncer {
         report: &mut RunReport,
         content: &mut BTreeSet<Digest>,
     ) {
-        let tags = match listing::tags(target).await {
-            Ok(tags) => tags,
-            Err(e) => return report.upstream_error(format!("listing the tags of {target:?}"), &e),
+        // Read now, not from the tag-list cache: a tag pushed a moment ago
+        // must be seen (and clients' tags/list gets the fresh list too).
+        let listed = match self.app.tag_lists().fresh(target).await {
+            Ok(record) => record,
+            Err(e) => return report.fill_error(format!("listing the tags of {target:?}"), &e),
         };
+        let tags: Vec<String> = listed.list.iter().map(str::to_owned).collect();
         let selected = rule.tags.select(&tags, rule.max_tags);
         report.tags_matched += selected.len() as u64;
         let options = warm::Options {

@@ -4,7 +4,6 @@
 //! turned into an `UpstreamError` that names the upstream.
 
 pub mod auth;
-pub mod listing;
 pub mod routing;
 
 use bytes::Bytes;
@@ -141,15 +140,29 @@ fn is_redirect(status: StatusCode) -> bool {
 }
 
 /// An error with its sources: the top level rarely says why (refused, DNS,
-/// TLS, a malformed certificate), its sources do.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut reason = err.to_string();
+/// TLS, a malformed certificate), its sources do. The URL an HTTP error
+/// names is left out: it is the upstream's internal address, which a
+/// client's message names by the upstream's configured name instead
+/// (the server's log keeps it, see `Upstream::execute`).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut reason = without_url(err);
     let mut source = err.source();
     while let Some(s) = source {
-        reason = format!("{reason}: {s}");
+        reason = format!("{reason}: {}", without_url(s));
         source = s.source();
     }
     reason
+}
+
+fn without_url(err: &(dyn std::error::Error + 'static)) -> String {
+    let text = err.to_string();
+    match err
+        .downcast_ref::<reqwest::Error>()
+        .and_then(reqwest::Error::url)
+    {
+        Some(url) => text.replace(&format!(" for url ({url})"), ""),
+        None => text,
+    }
 }
 
 async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
@@ -380,7 +393,7 @@ impl Upstream {
             }),
             Ok(Err(e)) => Err(UpstreamError::Body {
                 upstream: self.name().to_owned(),
-                reason: e.to_string(),
+                reason: error_chain(&e),
             }),
             Ok(Ok(chunk)) => Ok(chunk),
         }
@@ -478,7 +491,12 @@ impl Upstream {
                 upstream: self.name().to_owned(),
                 what: "connection",
             }),
-            Ok(Err(e)) => Err(UpstreamError::unreachable(self.name(), &e)),
+            Ok(Err(e)) => {
+                // The one place the upstream's address is logged: clients
+                // see the upstream's configured name only.
+                tracing::warn!(upstream = self.name(), url = e.url().map_or("-", |u| u.as_str()), error = %error_chain(&e), "upstream request failed");
+                Err(UpstreamError::unreachable(self.name(), &e))
+            }
             Ok(Ok(resp)) => Ok(resp),
         };
         let status = match &result {

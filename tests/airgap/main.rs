@@ -7,7 +7,9 @@
 //!   pulls from the offline berth; the bundle read by skopeo directly;
 //! - [`refusals`]: flipped and truncated bundles refused with nothing
 //!   imported; commands refused on a data directory a berth is serving;
-//! - [`support`]: the bundle tooling the two share.
+//! - [`offline_referrers`]: what an offline berth says of referrers, and
+//!   how a bundle names the referrers it did not bring;
+//! - [`support`]: the bundle tooling they share.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -15,6 +17,7 @@ mod common;
 #[path = "../referrers/support.rs"]
 mod referrers;
 
+mod offline_referrers;
 mod refusals;
 mod round_trip;
 mod support;

@@ -36,13 +36,19 @@ impl Berth {
     /// merged over the generated config (tables merge, values replace), e.g.
     /// `"[upstream]\nusername = \"u\"\n"` or `"[cache]\ninline_max = \"1KiB\"\n"`.
     pub async fn start(toml_extra: &str, upstream_url: &str) -> Berth {
+        Berth::start_at("127.0.0.1:0", toml_extra, upstream_url).await
+    }
+
+    /// [`Berth::start`] listening on `listen` (`[::1]:0`, say) instead of
+    /// a free port of 127.0.0.1.
+    pub async fn start_at(listen: &str, toml_extra: &str, upstream_url: &str) -> Berth {
         let data_dir = tempfile::Builder::new()
             .prefix("berth-data-")
             .tempdir()
             .expect("create berth's temp data dir");
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let listener = TcpListener::bind(listen)
             .await
-            .expect("bind berth's listener on 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("bind berth's listener on {listen}: {e}"));
         let addr = listener.local_addr().expect("berth's listener address");
         let config = config_text(toml_extra, upstream_url, addr, data_dir.path());
         let mut berth = Berth {
@@ -55,12 +61,12 @@ impl Berth {
         berth
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`http://[::1]:PORT` on IPv6).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// `127.0.0.1:PORT`, as a registry client names it.
+    /// `127.0.0.1:PORT` (`[::1]:PORT`), as a registry client names it.
     pub fn host(&self) -> String {
         self.addr.to_string()
     }

@@ -13,6 +13,8 @@
 //! `Accept` as a registry chooses between an index and a Docker v2 manifest,
 //! and a manifest's HEADs can be held at a gate, as GETs can.
 //!
+//! Tag lists are served in pages chained by `Link` headers.
+//!
 //! `/storage/<digest>` serves any known blob whole: the target of redirects,
 //! standing in for a CDN or object store. A second `Hostile` is another
 //! origin (another port) for redirects that leave the registry's host.
@@ -20,6 +22,7 @@
 mod reply;
 mod send;
 mod serve;
+mod tags;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -92,6 +95,8 @@ struct State {
     /// Gates that HEADs of a manifest wait behind.
     head_gates: HashMap<ManifestKey, watch::Sender<bool>>,
     blobs: HashMap<String, (Bytes, Behaviour)>,
+    /// Per repository: its tags, in the order served, and the page size.
+    tag_lists: HashMap<String, (Arc<Vec<String>>, usize)>,
     /// Blobs that exist in one repository only; others answer 404.
     blob_homes: HashMap<String, String>,
     gates: HashMap<String, watch::Sender<bool>>,
@@ -259,6 +264,16 @@ impl Hostile {
             .get(&(repo.to_owned(), reference.to_owned()))
             .unwrap_or_else(|| panic!("no gated manifest HEADs for {repo}:{reference}"));
         gate.send_replace(true);
+    }
+
+    /// Serve `tags` as `repo`'s tag list, in pages of `page_size` chained by
+    /// `Link` headers, as distribution does.
+    pub fn set_tag_list(&self, repo: &str, tags: Vec<String>, page_size: usize) {
+        assert!(page_size > 0, "a page holds at least one tag");
+        self.shared
+            .state()
+            .tag_lists
+            .insert(repo.to_owned(), (Arc::new(tags), page_size));
     }
 
     /// Serve a blob with `behaviour` in every repository; returns its digest.

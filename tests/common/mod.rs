@@ -10,6 +10,9 @@
 //! - [`content`]: image fixtures and pushing them over the registry API;
 //! - [`berth`]: berth itself, in-process, on a temporary data directory;
 //! - [`skopeo`]: a real client pulling through berth;
+//! - [`docker`]: a private Docker Engine, the client of berth as a mirror;
+//! - [`runnable`]: images whose layer holds a static program, for runtimes
+//!   that run what they pulled;
 //! - [`http`]: small helpers for raw HTTP checks.
 
 // Every test binary uses a different part of the harness.
@@ -17,10 +20,12 @@
 
 pub mod berth;
 pub mod content;
+pub mod docker;
 pub mod hostile;
 pub mod http;
 pub mod referrers_upstream;
 pub mod registry;
+pub mod runnable;
 pub mod skopeo;
 pub mod tls;
 

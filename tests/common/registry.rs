@@ -11,7 +11,7 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -41,6 +41,9 @@ struct Tls {
 /// A running (or stopped) docker-registry.
 pub struct Registry {
     dir: TempDir,
+    /// The address it listens on: loopback, unless started with
+    /// [`Registry::start_on`].
+    ip: IpAddr,
     port: u16,
     credentials: Option<(String, String)>,
     /// The CA certificate (PEM) that signed its server certificate, when it
@@ -52,13 +55,24 @@ pub struct Registry {
 impl Registry {
     /// Start an open registry: anyone may push and pull.
     pub fn start() -> Registry {
-        Registry::launch(None, None)
+        Registry::launch(IpAddr::V4(Ipv4Addr::LOCALHOST), None, None)
+    }
+
+    /// Start an open registry listening on `ip` (an address of this
+    /// machine, such as a test bridge's, which a container can reach)
+    /// instead of loopback.
+    pub fn start_on(ip: IpAddr) -> Registry {
+        Registry::launch(ip, None, None)
     }
 
     /// Start a registry that requires HTTP basic auth (htpasswd) for
     /// everything, pushes and pulls alike.
     pub fn start_with_htpasswd(user: &str, pass: &str) -> Registry {
-        Registry::launch(Some((user.to_owned(), pass.to_owned())), None)
+        Registry::launch(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some((user.to_owned(), pass.to_owned())),
+            None,
+        )
     }
 
     /// Start an open registry that serves HTTPS only, with the certificate
@@ -73,10 +87,10 @@ impl Registry {
             key: read(key_pem),
             ca: read(ca_pem),
         };
-        Registry::launch(None, Some(tls))
+        Registry::launch(IpAddr::V4(Ipv4Addr::LOCALHOST), None, Some(tls))
     }
 
-    fn launch(credentials: Option<(String, String)>, tls: Option<Tls>) -> Registry {
+    fn launch(ip: IpAddr, credentials: Option<(String, String)>, tls: Option<Tls>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("berth-registry-")
             .tempdir()
@@ -88,6 +102,7 @@ impl Registry {
         });
         let mut registry = Registry {
             dir,
+            ip,
             port: 0,
             credentials,
             tls_ca,
@@ -108,15 +123,18 @@ impl Registry {
         panic!("{last_error}");
     }
 
-    /// `http://127.0.0.1:PORT`, or `https://` when it serves HTTPS; no
-    /// trailing slash.
+    /// `http://127.0.0.1:PORT` (its address, when not loopback), or
+    /// `https://` when it serves HTTPS; no trailing slash.
     pub fn url(&self) -> String {
         let scheme = if self.tls_ca.is_some() {
             "https"
         } else {
             "http"
         };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        format!(
+            "{scheme}://{}",
+            std::net::SocketAddr::new(self.ip, self.port)
+        )
     }
 
     /// An HTTP client for talking to it directly: [`super::http::client`],
@@ -239,9 +257,9 @@ impl Registry {
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: berth-test-secret\n  draintimeout: 5s\n",
+             http:\n  addr: {addr}\n  secret: berth-test-secret\n  draintimeout: 5s\n",
             storage = root.join("storage").display(),
-            port = self.port,
+            addr = std::net::SocketAddr::new(self.ip, self.port),
         );
         if self.tls_ca.is_some() {
             config.push_str(&format!(
@@ -304,7 +322,7 @@ impl Registry {
                 ));
             }
             let status = match &self.tls_ca {
-                None => v2_status(self.port),
+                None => v2_status(self.ip, self.port),
                 Some(ca) => v2_status_tls(self.port, ca)
                     .map_err(|e| probe_error = e)
                     .ok(),
@@ -345,6 +363,12 @@ impl Drop for Registry {
     }
 }
 
+/// An htpasswd file at `path` with `user`'s bcrypt line, for berth's
+/// `[auth] htpasswd_file`.
+pub fn write_htpasswd(path: &Path, user: &str, pass: &str) {
+    fs::write(path, htpasswd_line(user, pass)).expect("write an htpasswd file");
+}
+
 /// One bcrypt htpasswd line, as `htpasswd -Bbn` writes it.
 fn htpasswd_line(user: &str, pass: &str) -> String {
     let output = Command::new("htpasswd")
@@ -364,10 +388,11 @@ fn htpasswd_line(user: &str, pass: &str) -> String {
 
 /// Status code of `GET /v2/` over a plain socket, or `None` if nothing answers
 /// yet. Synchronous on purpose: usable before any runtime exists.
-fn v2_status(port: u16) -> Option<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+fn v2_status(ip: IpAddr, port: u16) -> Option<u16> {
+    let addr = std::net::SocketAddr::new(ip, port);
+    let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let request = format!("GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    let request = format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).ok()?;

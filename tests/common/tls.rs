@@ -1,6 +1,6 @@
 //! Throwaway TLS material for upstreams served over HTTPS: a certificate
-//! authority and a server certificate for `IP:127.0.0.1` signed by it, made
-//! with the `openssl` command in a temporary directory.
+//! authority and a server certificate for `IP:127.0.0.1` and `IP:::1`
+//! signed by it, made with the `openssl` command in a temporary directory.
 //!
 //! rustls (berth's TLS stack) refuses a certificate without a matching
 //! subject alternative name, and a CA certificate presented as a server
@@ -27,7 +27,7 @@ const SERVER_EXTENSIONS: &str = "\
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1
+subjectAltName = IP:127.0.0.1, IP:::1
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 ";
@@ -112,7 +112,8 @@ impl TestPki {
         self.dir.path().join("ca.key")
     }
 
-    /// The server certificate for `IP:127.0.0.1`, signed by the CA.
+    /// The server certificate for `IP:127.0.0.1` and `IP:::1`, signed by
+    /// the CA.
     pub fn server_cert(&self) -> PathBuf {
         self.dir.path().join("server.pem")
     }

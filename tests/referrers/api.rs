@@ -6,12 +6,12 @@ use futures_util::future::join_all;
 use http::StatusCode;
 
 use crate::common::berth::Berth;
-use crate::common::content::{Fixture, OCI_INDEX};
+use crate::common::content::{Fixture, EMPTY_DIGEST, OCI_INDEX, OCI_MANIFEST};
 use crate::common::referrers_upstream::ReferrersUpstream;
 use crate::common::sha256_digest;
 use crate::support::{
-    get_manifest, list_referrers, listed, referrers_header_until, referrers_tag, sorted, Artifact,
-    Signed, ATTESTATION, SBOM, SIGNATURE,
+    descriptor, get_manifest, list_referrers, listed, referrers_header_until, referrers_tag,
+    sorted, Artifact, Signed, ATTESTATION, EMPTY_CONFIG, SBOM, SIGNATURE,
 };
 
 /// An upstream with the API, holding `signed`'s image and its three
@@ -220,5 +220,48 @@ async fn a_failing_upstream_gets_the_stored_list_or_a_retryable_error() {
     upstream.fail_with(None);
     let reply = list_referrers(&berth, signed.repo(), never_asked, None).await;
     assert!(listed(&reply, "upstream back").is_empty());
+    berth.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_more_pages_than_berth_follows_is_an_error_never_a_shorter_list() {
+    let image = Fixture::oci_image("test/crowded", "v1");
+    let upstream = ReferrersUpstream::start().await;
+    upstream.set_page_size(1);
+    add_fixture(&upstream, &image);
+    // 21 referrers, one a page: one page more than berth follows.
+    for i in 0..21 {
+        let note = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": format!("application/vnd.example.note.{i}"),
+            "config": {"mediaType": EMPTY_CONFIG, "digest": EMPTY_DIGEST, "size": 0},
+            "layers": [],
+            "subject": descriptor(&image.root),
+        });
+        let bytes = serde_json::to_vec(&note).expect("serialize a note");
+        upstream.add_manifest(&image.repo, None, OCI_MANIFEST, bytes.into());
+    }
+    let mut berth = Berth::start("", &upstream.url()).await;
+
+    let reply = list_referrers(&berth, &image.repo, &image.root.digest, None).await;
+    let body = String::from_utf8_lossy(&reply.body).into_owned();
+    assert_eq!(reply.status, 502, "{body}");
+    assert!(body.contains("more than 20 pages"), "{body}");
+    assert_eq!(upstream.referrers_gets(&image.repo, &image.root.digest), 20);
+
+    // Not kept as a list: a pull looks again in the background, and the
+    // manifest never says `absent`.
+    let reply = get_manifest(&berth, &image.repo, &image.root.digest).await;
+    assert_eq!(reply.status, 200);
+    let looked_again = crate::common::eventually(std::time::Duration::from_secs(30), || {
+        upstream.referrers_gets(&image.repo, &image.root.digest) >= 40
+    })
+    .await;
+    assert!(looked_again, "the pull made berth look again");
+    for _ in 0..10 {
+        let reply = get_manifest(&berth, &image.repo, &image.root.digest).await;
+        assert_eq!(reply.header("oci-referrers"), "", "berth does not know");
+    }
     berth.stop().await;
 }

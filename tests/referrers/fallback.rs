@@ -1,11 +1,13 @@
 //! Referrers through an upstream without the referrers API: Debian's
 //! docker-registry (distribution 2.8), where a spec-following client keeps
-//! the list in an OCI index under the referrers tag `sha256-<hex>`.
+//! the list in an OCI index under the referrers tag `sha256-<hex>`; and the
+//! in-process hostile upstream for a referrers tag past berth's bounds.
 
 use futures_util::future::join_all;
 
 use crate::common::berth::Berth;
-use crate::common::content::{Fixture, Pusher, OCI_INDEX};
+use crate::common::content::{Fixture, Pusher, OCI_INDEX, OCI_MANIFEST};
+use crate::common::hostile::Hostile;
 use crate::common::referrers_upstream::ZERO_DIGEST;
 use crate::common::registry::Registry;
 use crate::common::sha256_digest;
@@ -240,4 +242,113 @@ async fn a_stored_list_outlives_its_ttl_while_the_registry_is_down() {
     assert_eq!(reply.oci_error().0, "UNAVAILABLE");
     assert_ne!(reply.header("content-type"), OCI_INDEX, "not a list");
     berth.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_are_learnt_with_heads_and_the_header_stays_once_known() {
+    let signed = Signed::new("test/steady");
+    let plain = Fixture::oci_image("test/bare", "v1");
+    let mut registry = registry_with(&signed, std::slice::from_ref(&plain)).await;
+    // Every stored list is stale at once: each pull refreshes it in the
+    // background, and the header must not waver while it does.
+    let mut berth = Berth::start("[upstream]\nreferrers_ttl = \"0s\"\n", &registry.url()).await;
+    referrers_header_until(&berth, signed.repo(), signed.digest(), "present").await;
+    referrers_header_until(&berth, &plain.repo, &plain.root.digest, "absent").await;
+
+    let lookups = [
+        (signed.repo(), signed.digest()),
+        (plain.repo.as_str(), plain.root.digest.as_str()),
+        (plain.repo.as_str(), plain.tag.as_str()),
+    ];
+    let headers = |berth| referrers_headers(berth, &lookups);
+    for round in 0..20 {
+        assert_eq!(
+            headers(&berth).await,
+            ["present", "absent", "absent"],
+            "round {round}: stale lists still answer, while they refresh"
+        );
+    }
+    registry.stop();
+    for round in 0..5 {
+        assert_eq!(
+            headers(&berth).await,
+            ["present", "absent", "absent"],
+            "round {round} with the registry down: the last known lists"
+        );
+    }
+    berth.stop().await;
+
+    // A missing referrers tag costs HEADs only; an existing one is read
+    // once, then confirmed unchanged by conditional HEADs (304).
+    let tag_path =
+        |repo: &str, digest: &str| format!("/v2/{repo}/manifests/{}", referrers_tag(digest));
+    let plain_tag = tag_path(&plain.repo, &plain.root.digest);
+    let signed_tag = tag_path(signed.repo(), signed.digest());
+    assert_eq!(registry.requests_to("GET", &plain_tag), 0, "{plain_tag}");
+    assert!(registry.requests_to("HEAD", &plain_tag) >= 2, "{plain_tag}");
+    assert_eq!(registry.requests_to("GET", &signed_tag), 1, "{signed_tag}");
+    let heads = registry.requests_to("HEAD", &signed_tag);
+    assert!(heads >= 2, "{signed_tag}: {heads} HEADs");
+    let not_modified = registry
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("\"HEAD {signed_tag} HTTP/")) && l.contains("\" 304 "))
+        .count();
+    assert!(
+        not_modified >= 1,
+        "the unchanged tag is confirmed with a conditional HEAD:\n{}",
+        registry.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_referrers_tag_is_an_error_never_an_empty_list() {
+    let hostile = Hostile::start().await;
+    let image = Fixture::oci_image("test/crowded", "v1");
+    hostile.add_fixture(&image);
+    // A referrers tag past berth's 4 MiB bound on a list: 40,000 descriptors.
+    let descriptors: Vec<serde_json::Value> = (0..40_000)
+        .map(|i| {
+            serde_json::json!({
+                "mediaType": OCI_MANIFEST,
+                "digest": sha256_digest(format!("referrer {i}").as_bytes()),
+                "size": 1000 + i,
+                "artifactType": "application/vnd.example.note",
+            })
+        })
+        .collect();
+    let index = referrers_index(&descriptors);
+    assert!(index.bytes.len() > 4 * 1024 * 1024);
+    let tag = referrers_tag(&image.root.digest);
+    hostile.add_manifest_as(&image.repo, &tag, OCI_INDEX, index.bytes.clone());
+    let mut berth = Berth::start("", &hostile.url()).await;
+
+    let reply = list_referrers(&berth, &image.repo, &image.root.digest, None).await;
+    let body = String::from_utf8_lossy(&reply.body).into_owned();
+    assert_eq!(reply.status, 502, "{body}");
+    assert_ne!(reply.header("content-type"), OCI_INDEX, "not a list");
+    assert!(body.contains("partial list"), "{body}");
+
+    // Nothing was kept as "none": a pull asks again in the background, and
+    // no manifest response says `absent`.
+    let reply = get_manifest(&berth, &image.repo, &image.root.digest).await;
+    assert_eq!(reply.status, 200);
+    hostile.wait_manifest_gets(&image.repo, &tag, 2).await;
+    for _ in 0..10 {
+        let reply = get_manifest(&berth, &image.repo, &image.root.digest).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("oci-referrers"), "", "berth does not know");
+    }
+    berth.stop().await;
+}
+
+/// The `OCI-Referrers` header of a GET of each (repository, reference).
+async fn referrers_headers(berth: &Berth, lookups: &[(&str, &str)]) -> Vec<String> {
+    let mut seen = Vec::new();
+    for (repo, reference) in lookups {
+        let reply = get_manifest(berth, repo, reference).await;
+        assert_eq!(reply.status, 200, "{repo}@{reference}");
+        seen.push(reply.header("oci-referrers").to_owned());
+    }
+    seen
 }

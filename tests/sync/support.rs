@@ -29,16 +29,41 @@ impl Release {
         Release { image, signature }
     }
 
-    /// Pushes the image, its signature and the referrers tag listing it.
+    /// Pushes the image, its signature and the referrers tag listing it,
+    /// the image's tag last: a rule that sees the tag sees it signed (a
+    /// signature pushed later is found once berth's `referrers_ttl` has
+    /// passed, which these tests do not wait for).
     pub async fn push(&self, registry: &Registry) {
         let pusher = Pusher::to(registry);
-        pusher.push_all(std::slice::from_ref(&self.image)).await;
-        push_artifacts(&pusher, &self.image.repo, &[&self.signature]).await;
-        let list = referrers_index(&[self.signature.descriptor()]);
-        let tag = referrers_tag(&self.image.root.digest);
-        if let Err(e) = pusher.push_manifest(&self.image.repo, &tag, &list).await {
-            panic!("push the referrers tag {tag}: {e}");
+        let (image, repo) = (&self.image, self.image.repo.as_str());
+        let fail = |what: &str, e: String| panic!("push {what} of {}: {e}", image.reference());
+        for blob in &image.blobs {
+            pusher
+                .push_blob(repo, blob)
+                .await
+                .unwrap_or_else(|e| fail("a blob", e));
         }
+        for child in &image.children {
+            pusher
+                .push_manifest(repo, &child.digest, child)
+                .await
+                .unwrap_or_else(|e| fail("a child manifest", e));
+        }
+        pusher
+            .push_manifest(repo, &image.root.digest, &image.root)
+            .await
+            .unwrap_or_else(|e| fail("the root by digest", e));
+        push_artifacts(&pusher, repo, &[&self.signature]).await;
+        let list = referrers_index(&[self.signature.descriptor()]);
+        let tag = referrers_tag(&image.root.digest);
+        pusher
+            .push_manifest(repo, &tag, &list)
+            .await
+            .unwrap_or_else(|e| fail("the referrers tag", e));
+        pusher
+            .push_manifest(repo, &image.tag, &image.root)
+            .await
+            .unwrap_or_else(|e| fail("the tag", e));
     }
 
     pub fn tag(&self) -> &str {
@@ -67,18 +92,29 @@ pub fn rule(interval: &str) -> String {
 /// The value of one series of berth's `/metrics` (exactly as exposed,
 /// labels included), 0 when absent.
 pub async fn metric(berth: &Berth, series: &str) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", berth.url()))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("read /metrics");
+    let url = format!("{}/metrics", berth.url());
+    let text = match client().get(&url).send().await {
+        Ok(resp) => resp.text().await,
+        Err(e) => Err(e),
+    }
+    .unwrap_or_else(|e| panic!("GET {url}: {}", error_chain(&e)));
     text.lines()
         .filter_map(|line| line.rsplit_once(' '))
         .find(|(name, _)| *name == series)
         .map_or(0.0, |(_, value)| value.parse().unwrap_or(0.0))
+}
+
+/// Waits (60 s at most, a hang guard) until `series` is at least `n`.
+pub async fn wait_for_metric(berth: &Berth, series: &str, n: f64) -> f64 {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = metric(berth, series).await;
+        if now >= n {
+            return now;
+        }
+        assert!(Instant::now() < until, "{series} is {now}, never {n}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs of `rule` that ended with `outcome` (ok, partial, failed).
@@ -93,18 +129,8 @@ pub async fn runs(berth: &Berth, rule: &str, outcome: &str) -> f64 {
 /// Waits (60 s at most, a hang guard) until `rule` has `n` runs ending
 /// with `outcome`, and returns how many it has.
 pub async fn wait_for_runs(berth: &Berth, rule: &str, outcome: &str, n: f64) -> f64 {
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let now = runs(berth, rule, outcome).await;
-        if now >= n {
-            return now;
-        }
-        assert!(
-            Instant::now() < until,
-            "rule {rule} has {now} {outcome} runs, never {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let series = format!("berth_sync_runs_total{{rule=\"{rule}\",outcome=\"{outcome}\"}}");
+    wait_for_metric(berth, &series, n).await
 }
 
 /// Pulls `fixture` through berth the way a client does (manifests, then
@@ -134,4 +160,14 @@ pub async fn pull(berth: &Berth, fixture: &Fixture) -> Result<Duration, String> 
         }
     }
     Ok(started.elapsed())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }

@@ -77,12 +77,17 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
             manifest(&shared, name, reference, head, &accept).await
         }
         "blobs" => blob(&shared, name, reference, head),
+        "tags" => super::tags::page(&shared, name, request.uri().query()),
         _ => error(StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
     }
 }
 
-/// `library/alpine/manifests/latest` → ("library/alpine", "manifests", "latest").
+/// `library/alpine/manifests/latest` → ("library/alpine", "manifests", "latest");
+/// `library/alpine/tags/list` → ("library/alpine", "tags", "list").
 fn split_route(rest: &str) -> (&str, &str, &str) {
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return (name, "tags", "list");
+    }
     for kind in ["manifests", "blobs"] {
         let marker = format!("/{kind}/");
         if let Some(at) = rest.rfind(&marker) {

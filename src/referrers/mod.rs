@@ -3,32 +3,47 @@
 //!
 //! An upstream with the API is asked directly (all pages merged); one
 //! without it (distribution 2.x among many) is read through the referrers
-//! tag schema, the `sha256-<hex>` tag that spec-following clients maintain.
-//! Which of the two an upstream speaks is learnt once and remembered for its
-//! `capability_ttl`. Lists are kept in the store for the upstream's
-//! `referrers_ttl`, and served past it while the upstream fails, so a client
-//! never gets a false empty list because the upstream is down.
+//! tag schema, the `sha256-<hex>` tag that spec-following clients maintain,
+//! with a `HEAD` first so that an unchanged or missing tag costs no counted
+//! pull (`listing`). Which of the two an upstream speaks is learnt once and
+//! remembered for its `capability_ttl`.
+//!
+//! Lists are kept in the store. The referrers endpoint serves one for the
+//! upstream's `referrers_ttl`, then asks again, and serves it past that
+//! while the upstream fails, so a client never gets a false empty list
+//! because the upstream is down; with no list and no answer it gets a
+//! retryable error. Manifest responses say what berth knows
+//! (`OCI-Referrers`) from any list it holds, fresh or stale, while a
+//! background refresh (bounded per upstream, at most one per digest per
+//! `referrers_ttl`, only for manifests clients pull) brings it up to date.
 
-use std::sync::Arc;
+mod listing;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
+use self::listing::Listing;
+pub use self::listing::MAX_LIST_BYTES;
 use crate::digest::{Algorithm, Digest};
 use crate::fill::single_flight::SingleFlight;
 use crate::fill::FillError;
 use crate::metrics::Metrics;
 use crate::store::{ReferrersRecord, Store};
 use crate::upstream::routing::Target;
-use crate::upstream::{next_page_query, UpstreamError};
+use crate::upstream::UpstreamError;
 
 pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
-/// Pages of a paginated upstream answer followed before giving up.
-const MAX_PAGES: usize = 20;
-/// Largest page or fallback index read.
-const MAX_INDEX_BYTES: usize = 4 * 1024 * 1024;
+/// Background refreshes running at once for one upstream; a pull that
+/// finds them all busy starts none (the next pull of the digest will).
+const BACKGROUND_PER_UPSTREAM: usize = 4;
+/// Memory for remembering which background lookups were started lately.
+const ATTEMPTED_BYTES: u64 = 8 * 1024 * 1024;
 
 type Descriptors = Arc<Vec<Value>>;
 type ListResult = Result<Descriptors, Arc<FillError>>;
@@ -53,6 +68,8 @@ pub struct Referrers {
     /// Background lookups started, kept for the upstream's referrers_ttl, so
     /// that a failing upstream is asked at most once per digest per TTL.
     attempted: moka::sync::Cache<ListKey, Duration>,
+    /// Per upstream: permits for background refreshes.
+    background: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
 }
 
 struct LiveFor;
@@ -117,13 +134,23 @@ impl Referrers {
                 .expire_after(LiveFor)
                 .build(),
             attempted: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+                .weigher(|(upstream, repo, _): &ListKey, _: &Duration| {
+                    // The digest and the entry's own overhead: ~150 bytes.
+                    (upstream.len() + repo.len() + 150)
+                        .try_into()
+                        .unwrap_or(u32::MAX)
+                })
+                .max_capacity(ATTEMPTED_BYTES)
                 .expire_after(LiveFor)
                 .build(),
+            background: Arc::default(),
         }
     }
 
-    /// Every referrer of `digest` in the target repository.
+    /// Every referrer of `digest` in the target repository: the stored list
+    /// while it is fresh (or berth is offline), else the upstream's, else
+    /// the stored one while the upstream fails. Offline without a list,
+    /// berth does not know: an error, never an empty list.
     pub async fn list(&self, target: &Target, digest: &Digest) -> ListResult {
         let config = target.upstream.config();
         let cached = self
@@ -135,10 +162,11 @@ impl Referrers {
                 self.looked_up(true);
                 return Ok(Arc::new(record.descriptors.clone()));
             }
-            // Offline, berth is the registry of record: nothing known is none.
             None if config.offline => {
-                self.looked_up(true);
-                return Ok(Arc::default());
+                self.looked_up(false);
+                return Err(Arc::new(FillError::Upstream(UpstreamError::Offline {
+                    upstream: target.upstream.name().to_owned(),
+                })));
             }
             _ => self.looked_up(false),
         }
@@ -148,6 +176,7 @@ impl Referrers {
                 (Some(record), FillError::Upstream(u)) if u.is_failing() => {
                     tracing::warn!(?target, %digest, error = %u, "upstream failing; serving the last known referrers");
                     self.metrics.stale("referrers");
+                    crate::http::outcome::note_stale("referrers");
                     Ok(Arc::new(record.descriptors.clone()))
                 }
                 _ => Err(e),
@@ -160,9 +189,10 @@ impl Referrers {
         crate::http::outcome::note("referrers", hit);
     }
 
-    /// What berth knows now, from a fresh stored list only. When it knows
-    /// nothing, a lookup starts in the background (at most one per digest
-    /// per TTL), so that a later response can tell.
+    /// What berth knows now, from any list it holds, fresh or stale: a
+    /// manifest's `OCI-Referrers` does not come and go with the list's age.
+    /// A stale or missing list is refreshed in the background, so that a
+    /// later response tells what the upstream has now.
     pub fn known(&self, target: &Target, digest: &Digest) -> Known {
         let config = target.upstream.config();
         let record = self
@@ -170,35 +200,52 @@ impl Referrers {
             .referrers(target.upstream.name(), &target.repo, digest)
             .ok()
             .flatten();
-        match record {
-            Some(r) if r.age() < config.referrers_ttl || config.offline => {
-                if r.descriptors.is_empty() {
-                    Known::Absent
-                } else {
-                    Known::Present
-                }
-            }
-            _ => {
-                self.look_up_in_background(target, digest);
-                Known::Unknown
-            }
+        let Some(record) = record else {
+            self.look_up_in_background(target, digest);
+            return Known::Unknown;
+        };
+        if record.age() >= config.referrers_ttl {
+            self.look_up_in_background(target, digest);
+        }
+        if record.descriptors.is_empty() {
+            Known::Absent
+        } else {
+            Known::Present
         }
     }
 
-    /// Starts a lookup without waiting for it.
+    /// Starts a lookup without waiting for it: at most one per digest per
+    /// `referrers_ttl`, and at most `BACKGROUND_PER_UPSTREAM` at once per
+    /// upstream.
     pub fn look_up_in_background(&self, target: &Target, digest: &Digest) {
         let config = target.upstream.config();
         let key = list_key(target, digest);
         if config.offline || self.attempted.contains_key(&key) || self.lists.is_running(&key) {
             return;
         }
+        let Some(permit) = self.background_permit(target.upstream.name()) else {
+            tracing::debug!(?target, %digest, "background referrers lookups of this upstream all busy; skipped");
+            return;
+        };
         self.attempted.insert(key, config.referrers_ttl);
         let (this, target, digest) = (self.clone(), target.clone(), digest.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = this.refresh(&target, &digest).await {
                 tracing::debug!(?target, %digest, error = %e, "background referrers lookup failed");
             }
         });
+    }
+
+    fn background_permit(&self, upstream: &str) -> Option<OwnedSemaphorePermit> {
+        let semaphore = self
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(upstream.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(BACKGROUND_PER_UPSTREAM)))
+            .clone();
+        semaphore.try_acquire_owned().ok()
     }
 
     /// Asks the upstream (single flight) and stores the answer.
@@ -208,10 +255,21 @@ impl Referrers {
         let result = self
             .lists
             .run(list_key(target, digest), move || async move {
-                let descriptors = this.fetch(&t, &d).await.map_err(Arc::new)?;
-                let record = ReferrersRecord::new(descriptors);
+                let (upstream, repo) = (t.upstream.name(), t.repo.as_str());
+                let known = this
+                    .store
+                    .referrers(upstream, repo, &d)
+                    .map_err(|e| Arc::new(e.into()))?;
+                let record = match this.fetch(&t, &d, known.as_deref()).await {
+                    Ok(Listing::New(record)) => record,
+                    Ok(Listing::Unchanged) => match known {
+                        Some(known) => known.renewed(),
+                        None => return Err(Arc::new(unchanged_without_list(&t))),
+                    },
+                    Err(e) => return Err(Arc::new(e)),
+                };
                 this.store
-                    .put_referrers(t.upstream.name(), &t.repo, &d, &record)
+                    .put_referrers(upstream, repo, &d, &record)
                     .map_err(|e| Arc::new(e.into()))?;
                 Ok(Arc::new(record.descriptors))
             })
@@ -223,11 +281,16 @@ impl Referrers {
         })
     }
 
-    async fn fetch(&self, target: &Target, digest: &Digest) -> Result<Vec<Value>, FillError> {
+    async fn fetch(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        known: Option<&ReferrersRecord>,
+    ) -> Result<Listing, FillError> {
         if self.supports_api(target).await? {
-            Self::listed_by_api(target, digest).await
+            listing::by_api(target, digest).await.map(Listing::New)
         } else {
-            Self::listed_by_tag(target, digest).await
+            listing::by_tag(target, digest, known).await
         }
     }
 
@@ -271,49 +334,15 @@ impl Referrers {
             other => FillError::Io(std::io::Error::other(other.to_string())),
         })
     }
+}
 
-    async fn listed_by_api(target: &Target, digest: &Digest) -> Result<Vec<Value>, FillError> {
-        let upstream = &target.upstream;
-        let mut all = Vec::new();
-        let mut query: Option<String> = None;
-        for _ in 0..MAX_PAGES {
-            let resp = upstream
-                .referrers(&target.repo, digest, query.as_deref())
-                .await?;
-            let next = resp
-                .headers()
-                .get(http::header::LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(next_page_query);
-            let page = read_index(upstream, resp).await?.ok_or_else(|| {
-                FillError::Upstream(UpstreamError::BadResponse {
-                    upstream: upstream.name().to_owned(),
-                    reason: format!("its referrers answer for {digest} is not an image index"),
-                })
-            })?;
-            all.extend(page);
-            match next {
-                Some(q) if Some(&q) != query.as_ref() => query = Some(q),
-                _ => break,
-            }
-        }
-        Ok(all)
-    }
-
-    /// The referrers tag's index; no tag, or anything but an index, is none.
-    async fn listed_by_tag(target: &Target, digest: &Digest) -> Result<Vec<Value>, FillError> {
-        let upstream = &target.upstream;
-        let accept = http::HeaderValue::from_static(INDEX_MEDIA_TYPE);
-        let tag = fallback_tag(digest);
-        match upstream
-            .manifest(Method::GET, &target.repo, &tag, Some(&accept), None)
-            .await
-        {
-            Ok(resp) => Ok(read_index(upstream, resp).await?.unwrap_or_default()),
-            Err(e) if e.is_not_found() => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
-        }
-    }
+/// An upstream that confirmed a list berth does not hold (it was evicted
+/// meanwhile): asked again next time.
+fn unchanged_without_list(target: &Target) -> FillError {
+    FillError::Upstream(UpstreamError::BadResponse {
+        upstream: target.upstream.name().to_owned(),
+        reason: "it confirmed a referrers list berth no longer holds".to_owned(),
+    })
 }
 
 fn list_key(target: &Target, digest: &Digest) -> ListKey {
@@ -327,31 +356,6 @@ fn list_key(target: &Target, digest: &Digest) -> ListKey {
 /// Statuses by which a registry says it has no referrers API.
 fn lacks_api(status: StatusCode) -> bool {
     matches!(status.as_u16(), 400 | 404 | 405)
-}
-
-/// The descriptors of an image index body; `None` when it is not one.
-async fn read_index(
-    upstream: &crate::upstream::Upstream,
-    resp: reqwest::Response,
-) -> Result<Option<Vec<Value>>, FillError> {
-    let bytes = match upstream.read_body(resp, MAX_INDEX_BYTES).await? {
-        Ok(bytes) => bytes,
-        Err(_) => return Ok(None),
-    };
-    let doc: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let is_index = doc["schemaVersion"] == 2
-        && doc["mediaType"]
-            .as_str()
-            .is_none_or(|m| m == INDEX_MEDIA_TYPE);
-    Ok(match (is_index, doc["manifests"].as_array()) {
-        (true, Some(list)) => Some(
-            list.iter()
-                .filter(|d| d["digest"].is_string())
-                .cloned()
-                .collect(),
-        ),
-        _ => None,
-    })
 }
 
 #[cfg(test)]
