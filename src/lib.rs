@@ -7,7 +7,8 @@
 //! (`fill`) that stream to every waiting client while they write, hash and
 //! finally commit verified content. Nothing is cached until its digest is
 //! verified, and a repository is only served content the upstream showed in
-//! it.
+//! it. Sync rules (`sync`) keep chosen images fresh ahead of need through
+//! the same fills, and pin what they select against eviction.
 //!
 //! `run` serves until a shutdown future resolves; the binary in `main.rs` is
 //! a thin shell around it, and tests start the same server in-process.
