@@ -292,6 +292,16 @@ fn parse_config(f: &mut Fields) -> Config {
     let auth_config = serving::parse_auth(&mut auth);
     f.absorb(auth);
     let sync = sync::parse_rules(f, &upstreams);
+    let limits = &limits_config;
+    if !sync.is_empty() && limits.max_sync_fills >= limits.max_fills && limits.max_fills > 0 {
+        f.error(
+            "limits.max_sync_fills",
+            format!(
+                "must be less than limits.max_fills ({}) when there are sync rules, so that they never take every fill from clients",
+                limits.max_fills
+            ),
+        );
+    }
     Config {
         listen: f
             .get("listen")

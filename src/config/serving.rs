@@ -117,15 +117,6 @@ pub fn parse_limits(f: &mut Fields) -> Limits {
             f.error(key, "must be at least 1");
         }
     }
-    if limits.max_sync_fills >= limits.max_fills && limits.max_fills > 0 {
-        f.error(
-            "max_sync_fills",
-            format!(
-                "must be less than max_fills ({}), so that sync rules never take every fill from clients",
-                limits.max_fills
-            ),
-        );
-    }
     limits
 }
 

@@ -482,6 +482,21 @@ mod tests {
     }
 
     #[test]
+    fn rules_leave_clients_fills() {
+        let rule = "[[sync]]\nname = \"a\"\nrepository = \"x/y\"\n";
+        let errors = parse(&format!("[limits]\nmax_fills = 2\n{rule}")).expect_err("invalid");
+        assert!(
+            errors.iter().any(|e| e.field == "limits.max_sync_fills"),
+            "{errors:?}"
+        );
+        parse(&format!(
+            "[limits]\nmax_fills = 2\nmax_sync_fills = 1\n{rule}"
+        ))
+        .expect("valid");
+        parse("[limits]\nmax_fills = 1\n").expect("no rules, no share to leave");
+    }
+
+    #[test]
     fn rule_names_are_unique() {
         let errors = parse(
             "[[sync]]\nname = \"a\"\nrepository = \"x/y\"\n[[sync]]\nname = \"a\"\nrepository = \"x/z\"\n",
