@@ -10,10 +10,12 @@
 #
 #   berth        the binary
 #   rootfs/      the shared libraries it loads (as ldd lists them; none for
-#                a static binary), at the paths it loads them from, and the
+#                a static binary), at the paths it loads them from; the
 #                CA certificates it trusts for upstreams
 #                (/etc/ssl/certs/ca-certificates.crt, from $CA_BUNDLE,
-#                default: this machine's, from Debian's ca-certificates)
+#                default: this machine's, from Debian's ca-certificates);
+#                and /etc/nsswitch.conf, so that names resolve from
+#                /etc/hosts first, then DNS
 #   berth.toml   deploy/berth.toml, installed as /etc/berth/berth.toml
 #   data/        empty: /var/lib/berth, owned by the image's user
 #
@@ -67,6 +69,9 @@ mkdir -p "$context/rootfs/etc/ssl/certs" "$context/data"
 cp "$binary" "$context/berth"
 cp "$deploy/berth.toml" "$context/berth.toml"
 cp "$ca_bundle" "$context/rootfs/etc/ssl/certs/ca-certificates.crt"
+# glibc's default without this file asks DNS before /etc/hosts (where
+# `docker run --add-host` and Kubernetes' hostAliases put names).
+printf 'hosts: files dns\n' >"$context/rootfs/etc/nsswitch.conf"
 # `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` and the loader,
 # `/lib64/ld-linux-x86-64.so.2 (0x...)`; symbolic links are resolved.
 ldd "$binary" 2>/dev/null |

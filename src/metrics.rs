@@ -40,6 +40,11 @@ pub struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamName {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
 }
@@ -151,6 +156,9 @@ pub struct Families {
     pub connections: Gauge,
     pub refused: Family<KindLabels, Counter>,
     pub sync: SyncFamilies,
+    pub ratelimit_limit: Family<UpstreamName, Gauge>,
+    pub ratelimit_remaining: Family<UpstreamName, Gauge>,
+    pub ratelimit_paused: Family<UpstreamName, Gauge>,
 }
 
 #[derive(Clone)]
@@ -190,6 +198,9 @@ impl Metrics {
             connections: Gauge::default(),
             refused: Family::default(),
             sync: SyncFamilies::default(),
+            ratelimit_limit: Family::default(),
+            ratelimit_remaining: Family::default(),
+            ratelimit_paused: Family::default(),
         };
         let mut r = Registry::with_prefix("berth");
         r.register(
@@ -284,6 +295,21 @@ impl Metrics {
             f.refused.clone(),
         );
         f.sync.register(&mut r);
+        r.register(
+            "upstream_ratelimit_limit",
+            "The upstream's pull limit per window (ratelimit-limit), as it last said",
+            f.ratelimit_limit.clone(),
+        );
+        r.register(
+            "upstream_ratelimit_remaining",
+            "Pulls the upstream says are left in its window (ratelimit-remaining)",
+            f.ratelimit_remaining.clone(),
+        );
+        r.register(
+            "upstream_ratelimit_paused",
+            "1 while berth serves stale tags instead of revalidating, the upstream's rate limit reached",
+            f.ratelimit_paused.clone(),
+        );
         Metrics {
             inner: Arc::new((r, f)),
         }

@@ -56,6 +56,21 @@ fn the_quick_benchmark_runs_and_every_answer_is_right() {
             );
         }
     }
+    // What pulls cost upstream in Docker Hub's counted requests (manifest
+    // GETs): counts, not speed. A cold pull of a one-manifest image makes
+    // one; warm pulls within tag_ttl make none.
+    for (key, expected) in [
+        ("upstream_cold_counted", 1.0),
+        ("upstream_warm_counted", 0.0),
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["key"] == key)
+            .unwrap_or_else(|| panic!("no {key} row:\n{log}"));
+        for value in row["values"]["berth"]["runs"].as_array().expect("runs") {
+            assert_eq!(value.as_f64(), Some(expected), "{key}:\n{log}");
+        }
+    }
     // Every scenario produced a figure for berth.
     for key in [
         "cold1",
@@ -68,6 +83,8 @@ fn the_quick_benchmark_runs_and_every_answer_is_right() {
         "manifest_digest_rps",
         "rss_cold",
         "rss_warm",
+        "upstream_cold_uncounted",
+        "upstream_warm_uncounted",
     ] {
         let row = rows.iter().find(|r| r["key"] == key);
         assert!(

@@ -2,7 +2,9 @@
 //! documents it: `deploy/build-image.sh` builds `deploy/Dockerfile`, and
 //! `docker run` with a published port, a named data volume, a mounted
 //! configuration and a read-only root filesystem serves pulls, to a Docker
-//! Engine among others.
+//! Engine among others; it runs as 65532, becomes healthy by its
+//! HEALTHCHECK, drains a transfer in flight on `docker stop` and exits 0,
+//! and keeps its cache in the volume.
 //!
 //! The daemon is a private one (`common::docker`) whose containers sit on a
 //! bridge of the test's own, so that `-p` publishes berth's port on
@@ -17,6 +19,7 @@
 
 mod common;
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -29,6 +32,9 @@ use common::runnable::{self, Kind};
 
 /// The image the test builds (its daemon is private: no clash).
 const TAG: &str = "berth";
+/// The name the containers know the upstream by (`--add-host`), so that
+/// berth in the image resolves a name, as it does Docker Hub's.
+const UPSTREAM_HOST: &str = "upstream.test";
 /// The named volume of the README's `docker run`.
 const VOLUME: &str = "berth-cache";
 /// The uid/gid the Dockerfile runs berth as.
@@ -87,15 +93,17 @@ fn config_file(dir: &Path, upstream_url: &str) -> std::path::PathBuf {
     path
 }
 
-/// The README's `docker run`, with the port published on loopback only
-/// and the configuration mounted.
-async fn run_berth(docker: &Dockerd, name: &str, port: u16, config: &Path) {
+/// The README's `docker run`, with the port published on loopback only,
+/// the configuration mounted, and [`UPSTREAM_HOST`] naming `upstream`.
+async fn run_berth(docker: &Dockerd, name: &str, port: u16, config: &Path, upstream: IpAddr) {
     docker
         .docker_ok(&[
             "run",
             "--detach",
             "--name",
             name,
+            "--add-host",
+            &format!("{UPSTREAM_HOST}:{upstream}"),
             "--publish",
             &format!("127.0.0.1:{port}:5000"),
             "--volume",
@@ -172,6 +180,11 @@ async fn pull_and_run(docker: &Dockerd, port: u16, fixture: &Fixture, says: &str
 /// `docker stop` (SIGTERM): berth drains, flushes its store and exits 0.
 async fn stop_cleanly(docker: &Dockerd, name: &str) {
     docker.docker_ok(&["stop", name]).await;
+    exited_cleanly(docker, name).await;
+}
+
+/// The container exited 0 after flushing its store; removes it.
+async fn exited_cleanly(docker: &Dockerd, name: &str) {
     let state = inspect(docker, "container", name).await;
     let logs = docker.docker(&["logs", name]).await;
     assert_eq!(
@@ -186,6 +199,80 @@ async fn stop_cleanly(docker: &Dockerd, name: &str) {
         describe(&logs)
     );
     docker.docker_ok(&["rm", name]).await;
+}
+
+/// `docker stop` while a client is in the middle of a large blob, held
+/// there by not reading (TCP backpressure): berth gets SIGTERM, still
+/// sends the whole blob, then exits 0.
+async fn stop_during_a_transfer(docker: &Dockerd, name: &str, port: u16, big: &Fixture) {
+    let blob = big.largest_blob();
+    let url = format!(
+        "http://127.0.0.1:{port}/v2/{}/blobs/{}",
+        big.repo, blob.digest
+    );
+    let mut response = common::http::client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status(), 200, "GET {url}");
+    let mut body = Vec::with_capacity(blob.bytes.len());
+    let first = response.chunk().await.expect("the first bytes");
+    body.extend_from_slice(&first.expect("a first chunk"));
+
+    let mut stop = docker.command("docker");
+    let stop = stop.args(["stop", name]).spawn().expect("run docker stop");
+    let deadline = Instant::now() + SERVING_DEADLINE;
+    loop {
+        let logs = docker.docker(&["logs", name]).await;
+        if String::from_utf8_lossy(&logs.stderr).contains("SIGTERM received") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "docker stop never reached berth: {}",
+            describe(&logs)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        body.len() < blob.bytes.len(),
+        "the transfer ended before berth was stopped: choose a larger blob"
+    );
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .unwrap_or_else(|e| panic!("{url} was cut after {} bytes: {e}", body.len()))
+    {
+        body.extend_from_slice(&chunk);
+    }
+    assert_eq!(
+        common::sha256_digest(&body),
+        blob.digest,
+        "the blob sent while berth stopped"
+    );
+    let stopped = tokio::time::timeout(SERVING_DEADLINE, stop.wait_with_output())
+        .await
+        .expect("docker stop hung")
+        .expect("docker stop's status");
+    assert!(
+        stopped.status.success(),
+        "docker stop: {}",
+        describe(&stopped)
+    );
+    // berth logged the transfer, complete, after the signal: it drained.
+    let logs = docker.docker(&["logs", name]).await;
+    let logs = String::from_utf8_lossy(&logs.stderr).into_owned();
+    let lines: Vec<&str> = logs.lines().collect();
+    let signal = lines.iter().position(|l| l.contains("SIGTERM received"));
+    let sent = lines.iter().position(|l| {
+        l.contains(&format!("/blobs/{}", blob.digest)) && l.contains("body=\"complete\"")
+    });
+    assert!(
+        matches!((signal, sent), (Some(signal), Some(sent)) if sent > signal),
+        "berth did not finish the transfer after SIGTERM; its logs:\n{logs}"
+    );
+    exited_cleanly(docker, name).await;
 }
 
 /// The uid and gid of the container's main process (from /proc on the
@@ -237,7 +324,8 @@ async fn the_documented_image_builds_and_serves_pulls_as_a_non_root_read_only_co
         .expect("run berth check-config");
     assert_eq!(in_image, String::from_utf8_lossy(&on_host.stdout));
 
-    // An upstream the container reaches: the host's address on the bridge.
+    // An upstream the container reaches: the host's address on the bridge,
+    // by name (the image resolves it from /etc/hosts).
     let app = runnable::runnable(
         Kind::Docker,
         "library/app",
@@ -245,15 +333,18 @@ async fn the_documented_image_builds_and_serves_pulls_as_a_non_root_read_only_co
         "app from berth in Docker",
     );
     let tool = runnable::runnable(Kind::Oci, "team/tool", "2.0", "tool from berth in Docker");
+    // Far more than the socket buffers between berth and the test hold.
+    let big = Fixture::big_image("library/big", "1.0", 64 << 20);
     let mut registry = Registry::start_on(bridge.gateway());
     Pusher::to(&registry)
-        .push_all(&[app.clone(), tool.clone()])
+        .push_all(&[app.clone(), tool.clone(), big.clone()])
         .await;
     let dir = tempfile::tempdir().expect("temp dir for the config");
-    let config = config_file(dir.path(), &registry.url());
+    let upstream_url = format!("http://{UPSTREAM_HOST}:{}", registry.port());
+    let config = config_file(dir.path(), &upstream_url);
 
     let port = common::free_port();
-    run_berth(&docker, "berth", port, &config).await;
+    run_berth(&docker, "berth", port, &config, bridge.gateway()).await;
     wait_serving(&docker, "berth", port).await;
     let state = inspect(&docker, "container", "berth").await;
     assert_eq!(state["HostConfig"]["ReadonlyRootfs"], true);
@@ -263,7 +354,7 @@ async fn the_documented_image_builds_and_serves_pulls_as_a_non_root_read_only_co
     pull_and_run(&docker, port, &app, "app from berth in Docker").await;
     pull_and_run(&docker, port, &tool, "tool from berth in Docker").await;
     wait_healthy(&docker, "berth").await;
-    stop_cleanly(&docker, "berth").await;
+    stop_during_a_transfer(&docker, "berth", port, &big).await;
 
     // The cache is in the volume: a new container on it serves both
     // images with the upstream gone, and `berth du` lists them.
@@ -282,7 +373,7 @@ async fn the_documented_image_builds_and_serves_pulls_as_a_non_root_read_only_co
         assert!(du.contains(&fixture.repo), "berth du:\n{du}");
     }
     let port = common::free_port();
-    run_berth(&docker, "berth-again", port, &config).await;
+    run_berth(&docker, "berth-again", port, &config, bridge.gateway()).await;
     wait_serving(&docker, "berth-again", port).await;
     pull_and_run(&docker, port, &app, "app from berth in Docker").await;
     pull_and_run(&docker, port, &tool, "tool from berth in Docker").await;

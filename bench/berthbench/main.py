@@ -171,6 +171,9 @@ class Bench:
                 self.cold_concurrent(mirror, throttled=False)
             for mirror in self.mirrors:
                 self.cold_concurrent(mirror, throttled=True)
+            for mirror in self.mirrors:
+                if mirror.key in ("berth", "registry"):
+                    self.upstream_requests(mirror)
             self.berth_over_tls()
 
     def note(self, row, mirror, value):
@@ -258,6 +261,29 @@ class Bench:
                 self.note("slow_done_vs_link", key, max(done) / (self.large.size / self.p["rate"]))
         else:
             self.note("rss_cold", key, rss.peak_mib)
+
+    def upstream_requests(self, mirror):
+        """Scenario 7: what pulls cost upstream, counted the way Docker Hub
+        counts them against its pull limit (manifest GETs) and not (HEADs,
+        blobs, anything else, a mirror's background requests included): one
+        cold pull of a small image on a fresh mirror, then 100 warm pulls of
+        it within the tag's TTL."""
+        key, img = mirror.key, self.small[0]
+        mirror.start(self.upstream.url)
+        try:
+            for phase, pulls in (("cold", 1), ("warm", 100)):
+                mark = self.upstream.log_mark()
+                for _ in range(pulls):
+                    r = pull.pull_once(mirror.url, img.repo, img.tag, img.digest,
+                                       deadline_s=self.p["deadline"])
+                    self.check_results(mirror, f"{mirror.label} {phase} pull of {img.tag}", [r])
+                traffic = self.upstream.settled_traffic_since(mark)
+                counted = traffic["manifest_gets"]
+                self.note(f"upstream_{phase}_counted", key, counted / pulls)
+                self.note(f"upstream_{phase}_uncounted", key,
+                          (traffic["requests"] - counted) / pulls)
+        finally:
+            mirror.stop()
 
     def start_relay(self):
         """The throttled uplink between a mirror and the upstream."""
@@ -460,6 +486,16 @@ def rows():
             ratio_target(3, 1.0)),
         Row("manifest_digest_p99", "4. warm manifests by digest: p99", "ms", False,
             at_most(lambda v, p: 5.0, "< 5 ms")),
+        Row("upstream_cold_counted",
+            "7. upstream requests per pulled image, cold pull: counted (manifest GETs)", "",
+            False, at_most(lambda v, p: 1.0, "1 (one manifest)")),
+        Row("upstream_cold_uncounted",
+            "7. cold pull: uncounted (HEADs, blobs, other)", "", False),
+        Row("upstream_warm_counted",
+            "7. 100 warm pulls within tag_ttl: counted, per pull", "", False,
+            at_most(lambda v, p: 0.0, "0")),
+        Row("upstream_warm_uncounted",
+            "7. 100 warm pulls within tag_ttl: uncounted, per pull", "", False),
         Row("rss_cold", "5. peak RSS during scenario 2", "MiB", False,
             lambda v, p: ("below distribution's",
                           med(v, "registry") is not None and med(v, "berth") < med(v, "registry"))),

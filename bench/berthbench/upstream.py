@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import re
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -87,16 +88,34 @@ class Upstream:
             text = f.read().decode(errors="replace")
         return count_traffic(text)
 
+    def settled_traffic_since(self, mark, quiet=0.5, limit=10.0):
+        """`traffic_since`, once the access log has not grown for `quiet`
+        seconds (a mirror's background requests included), waiting at most
+        `limit` seconds for that."""
+        until = time.monotonic() + limit
+        size = self.log_mark()
+        while time.monotonic() < until:
+            time.sleep(quiet)
+            now = self.log_mark()
+            if now == size:
+                break
+            size = now
+        return self.traffic_since(mark)
+
 
 def count_traffic(text):
     """Tally access-log lines: requests by kind, and bytes of GET bodies (a
     HEAD's logged size is a Content-Length, not bytes sent)."""
-    out = {"requests": 0, "blob_gets": 0, "manifest_requests": 0, "bytes": 0}
+    out = {"requests": 0, "blob_gets": 0, "manifest_requests": 0, "manifest_gets": 0,
+           "bytes": 0}
     for m in _ACCESS_LINE.finditer(text):
         out["requests"] += 1
         path = m["path"]
         if "/manifests/" in path:
             out["manifest_requests"] += 1
+            # What Docker Hub counts against its pull limit.
+            if m["method"] == "GET":
+                out["manifest_gets"] += 1
         if m["method"] == "GET":
             if "/blobs/" in path:
                 out["blob_gets"] += 1

@@ -99,6 +99,10 @@ pub struct UpstreamConfig {
     pub capability_ttl: Duration,
     /// Answer a pull of a missing `sha256-<hex>` tag from the referrers API.
     pub referrers_tag_translation: bool,
+    /// A `Range` request on a blob berth does not hold is passed through to
+    /// the upstream at once; with this, the whole blob is also fetched and
+    /// cached in the background.
+    pub fill_on_range: bool,
     #[serde(serialize_with = "super::effective::duration")]
     pub connect_timeout: Duration,
     /// Time allowed until the upstream's response headers arrive.
@@ -138,6 +142,7 @@ impl UpstreamConfig {
             referrers_ttl: Duration::from_secs(15),
             capability_ttl: Duration::from_secs(600),
             referrers_tag_translation: true,
+            fill_on_range: true,
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
@@ -256,6 +261,7 @@ pub(super) fn parse(f: &mut Fields) -> Option<UpstreamConfig> {
     up.referrers_tag_translation = f
         .get("referrers_tag_translation")
         .unwrap_or(up.referrers_tag_translation);
+    up.fill_on_range = f.get("fill_on_range").unwrap_or(up.fill_on_range);
     up.connect_timeout = f
         .positive_duration("connect_timeout")
         .unwrap_or(up.connect_timeout);

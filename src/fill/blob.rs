@@ -65,6 +65,17 @@ impl BlobFill {
         while rx.changed().await.is_ok() {}
     }
 
+    /// How far the fill has come: the bytes in its file (verified so far as
+    /// they go), and the blob's size once known.
+    pub fn progress(&self) -> (u64, Option<u64>) {
+        match &*self.progress.borrow() {
+            Progress::Connecting | Progress::Failed(_) => (0, None),
+            Progress::Streaming { written, total, .. } => (*written, *total),
+            Progress::Done { size } => (*size, Some(*size)),
+            Progress::DiskFull(handover) => (handover.written, handover.total),
+        }
+    }
+
     /// A reader from `start` to `end` (exclusive), following the transfer.
     pub fn reader(&self, start: u64, end: Option<u64>) -> BlobReader {
         let resume = Resume {
@@ -131,6 +142,12 @@ impl BlobFills {
                 max_fills,
             }),
         }
+    }
+
+    /// The fill of `digest` running now, if any; none is started.
+    pub fn running(&self, digest: &Digest) -> Option<Arc<BlobFill>> {
+        let table = self.inner.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.get(digest).cloned()
     }
 
     /// Joins the running fill for `digest` or starts one from `target`. The

@@ -122,6 +122,10 @@ pub struct BlobReader {
     pos: u64,
     /// Exclusive end of the requested range; `None` reads to the blob's end.
     end: Option<u64>,
+    /// Whether the last byte waits for the fill's verified end: for the
+    /// whole blob, yes; a part of one cannot be verified on its own, and is
+    /// sent as it arrives (see `unverified_range`).
+    hold_last: bool,
     /// How to fetch the rest of the blob if the fill hands over.
     resume: Option<Resume>,
     direct: Option<Direct>,
@@ -146,6 +150,7 @@ impl BlobReader {
             progress,
             pos: start,
             end,
+            hold_last: true,
             resume,
             direct: None,
             held: None,
@@ -159,9 +164,23 @@ impl BlobReader {
         Self::following(Some(file), progress, start, Some(end), None)
     }
 
+    /// This reader, for a part of the blob that ends before the blob does:
+    /// its bytes go out as the fill writes them, without waiting for the
+    /// whole blob's verification (a range cannot be checked on its own,
+    /// whether from a fill or passed through from upstream). A fill that
+    /// fails before the range is written still ends it in an error.
+    pub fn unverified_range(mut self) -> Self {
+        self.hold_last = false;
+        self
+    }
+
     /// The next chunk of the body; `None` at a verified end.
     pub async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
         loop {
+            if !self.hold_last && Some(self.pos) == self.end {
+                // An unverified range, sent whole.
+                return None;
+            }
             let progress = self.progress.borrow_and_update().clone();
             let (available, finished, recent) = match progress {
                 Progress::Connecting => (0, false, None),
@@ -173,7 +192,7 @@ impl BlobReader {
                 Progress::DiskFull(handover) => return self.next_handed_over(&handover).await,
             };
             let mut limit = self.end.map_or(available, |end| end.min(available));
-            if !finished && Some(limit) == self.end {
+            if !finished && self.hold_last && Some(limit) == self.end {
                 // Hold the final byte back until the digest is verified.
                 limit = limit.saturating_sub(1);
             }
@@ -375,6 +394,32 @@ mod tests {
         let (last, mut r) = waiter.await.expect("join");
         assert_eq!(last, Some(Some(b"d".to_vec())));
         assert!(r.next_chunk().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unverified_range_ends_as_soon_as_it_is_written() {
+        let file = file_with(b"abcdef");
+        let (tx, rx) = watch::channel(Progress::Streaming {
+            written: 6,
+            total: Some(10),
+            recent: Recent::default(),
+        });
+        let r = BlobReader::following(Some(file.clone()), rx, 1, Some(4), None).unverified_range();
+        assert_eq!(
+            drain(r).await.expect("ok"),
+            b"bcd",
+            "without waiting for the rest"
+        );
+        // A whole-blob reader of the same fill still waits for the verdict.
+        let mut whole = BlobReader::following(Some(file), tx.subscribe(), 0, Some(6), None);
+        assert_eq!(
+            &whole.next_chunk().await.expect("chunk").expect("ok")[..],
+            b"abcde"
+        );
+        tx.send_replace(Progress::Failed(Arc::new(FillError::Io(io::Error::other(
+            "digest mismatch",
+        )))));
+        assert!(whole.next_chunk().await.expect("an end").is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `GET`/`HEAD /v2/<name>/blobs/<digest>`: cached blobs from memory, sled or
 //! their file (with `Range`), missing ones by joining or starting a fill and
-//! streaming it as it arrives.
+//! streaming it as it arrives; a `Range` on a missing blob that no fill has
+//! reached yet is passed through to the upstream (`lazy`).
 
 use http::{header, HeaderMap, Method, Response, StatusCode};
 
@@ -43,6 +44,11 @@ pub async fn get(
     if head {
         return head_uncached(app, target, digest).await;
     }
+    if let Some(range) = range.filter(|r| super::lazy::is_single_range(r)) {
+        if let Some(resp) = super::lazy::serve(app, target, digest, range).await? {
+            return Ok(resp);
+        }
+    }
     let source = app
         .blobs()
         .fetch(target, digest)
@@ -74,10 +80,13 @@ pub async fn get(
                 return finish(resp, body::stream(fill.reader(0, None).into_stream()));
             };
             let (resp, start, end) = ranged(digest, total, range)?;
-            finish(
-                resp,
-                body::stream(fill.reader(start, Some(end)).into_stream()),
-            )
+            let mut reader = fill.reader(start, Some(end));
+            if (start, end) != (0, total) {
+                // A part of the blob: sent as it arrives, as a passed-through
+                // range is; only the whole blob can be verified.
+                reader = reader.unverified_range();
+            }
+            finish(resp, body::stream(reader.into_stream()))
         }
     }
 }

@@ -95,6 +95,14 @@ async fn resolve(
             app.record("tag", true);
             return Ok(manifest.clone());
         }
+        // The upstream's rate limit is reached: what berth knows, without
+        // asking (the pause is logged once, where it starts).
+        if within_max_stale(mapping, target) && target.upstream.rate_limit().paused() {
+            app.record("tag", true);
+            app.metrics().stale("tag");
+            super::outcome::note_stale("tag");
+            return Ok(manifest.clone());
+        }
     }
     let kind = match reference {
         Reference::Digest(_) => "manifest",
@@ -138,11 +146,15 @@ fn cached_tag(
 }
 
 fn may_serve_stale(err: &FillError, mapping: &TagMapping, target: &Target) -> bool {
+    matches!(err, FillError::Upstream(e) if e.is_failing()) && within_max_stale(mapping, target)
+}
+
+/// Whether a mapping is young enough to serve stale (`max_stale`).
+fn within_max_stale(mapping: &TagMapping, target: &Target) -> bool {
     let config = target.upstream.config();
-    let within_bound = config
+    config
         .max_stale
-        .is_none_or(|max| mapping.age() <= config.tag_ttl + max);
-    matches!(err, FillError::Upstream(e) if e.is_failing()) && within_bound
+        .is_none_or(|max| mapping.age() <= config.tag_ttl + max)
 }
 
 /// A missing `sha256-<hex>` tag that berth may answer from the referrers API.

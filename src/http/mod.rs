@@ -8,6 +8,7 @@ pub mod auth;
 pub mod blobs;
 pub mod body;
 pub mod conditional;
+pub mod lazy;
 pub mod manifests;
 pub mod outcome;
 pub mod range;

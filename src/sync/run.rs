@@ -141,6 +141,17 @@ impl Syncer {
             );
             return report;
         };
+        // The upstream's pull limit is reached: a run would spend what
+        // clients need. Wait for the pause to end instead.
+        if upstream.rate_limit().paused() {
+            let left = upstream.rate_limit().pause_left();
+            let what = format!(
+                "upstream {}'s rate limit is reached; the rule waits for its pause to end",
+                upstream.name()
+            );
+            report.note(what, true, left);
+            return report;
+        }
         for target in self.repositories(rule, &upstream, &mut report).await {
             self.repository(rule, &target, progress, &mut report, &mut content)
                 .await;

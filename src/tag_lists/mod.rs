@@ -76,6 +76,14 @@ impl TagLists {
             self.looked_up(true);
             return Ok(fresh(record.clone()));
         }
+        if let Some(record) = stored.as_ref() {
+            // The upstream's rate limit is reached: the last whole list,
+            // without asking.
+            if within_max_stale(record, target) && target.upstream.rate_limit().paused() {
+                self.looked_up(true);
+                return Ok(self.stale(record.clone()));
+            }
+        }
         self.looked_up(false);
         match self.refresh(target, key).await {
             Ok(record) => Ok(fresh(record)),
@@ -85,12 +93,7 @@ impl TagLists {
                         ?target, error = %e, age_s = record.age().as_secs(),
                         "upstream failing; serving the last known tag list (stale)"
                     );
-                    self.metrics.stale("tag_list");
-                    crate::http::outcome::note_stale("tag_list");
-                    Ok(Answer {
-                        list: record,
-                        stale: true,
-                    })
+                    Ok(self.stale(record))
                 }
                 _ => Err(e),
             },
@@ -103,6 +106,12 @@ impl TagLists {
     pub async fn fresh(&self, target: &Target) -> Fetched {
         let key = (target.upstream.name().to_owned(), target.repo.clone());
         self.refresh(target, key).await
+    }
+
+    fn stale(&self, list: Arc<TagListRecord>) -> Answer {
+        self.metrics.stale("tag_list");
+        crate::http::outcome::note_stale("tag_list");
+        Answer { list, stale: true }
     }
 
     fn looked_up(&self, hit: bool) {
@@ -174,9 +183,12 @@ fn fresh(list: Arc<TagListRecord>) -> Answer {
 }
 
 fn may_serve_stale(err: &FillError, record: &TagListRecord, target: &Target) -> bool {
+    matches!(err, FillError::Upstream(e) if e.is_failing()) && within_max_stale(record, target)
+}
+
+fn within_max_stale(record: &TagListRecord, target: &Target) -> bool {
     let config = target.upstream.config();
-    let within_bound = config
+    config
         .max_stale
-        .is_none_or(|max| record.age() <= config.tag_list_ttl + max);
-    matches!(err, FillError::Upstream(e) if e.is_failing()) && within_bound
+        .is_none_or(|max| record.age() <= config.tag_list_ttl + max)
 }

@@ -4,6 +4,7 @@
 //! turned into an `UpstreamError` that names the upstream.
 
 pub mod auth;
+pub mod ratelimit;
 pub mod routing;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use http::{HeaderValue, Method, StatusCode};
 use serde::Deserialize;
 
 use self::auth::{Auth, Credential};
+use self::ratelimit::RateLimit;
 use crate::config::UpstreamConfig;
 use crate::digest::Digest;
 
@@ -206,6 +208,7 @@ pub struct Upstream {
     http: reqwest::Client,
     auth: Auth,
     manifest_accept: HeaderValue,
+    rate_limit: RateLimit,
 }
 
 impl Upstream {
@@ -251,6 +254,7 @@ impl Upstream {
             HeaderValue::from_str(&manifest_accept()).map_err(|e| bad(e.to_string()))?;
         Ok(Upstream {
             config: config.clone(),
+            rate_limit: RateLimit::new(&config.name, &metrics),
             metrics,
             http,
             auth: Auth::new(config.name.clone(), basic),
@@ -264,6 +268,12 @@ impl Upstream {
 
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    /// What the upstream says of its rate limit, and whether berth pauses
+    /// revalidation for it.
+    pub fn rate_limit(&self) -> &RateLimit {
+        &self.rate_limit
     }
 
     /// `GET` (or `HEAD`) of a manifest by tag or digest, with berth's own
@@ -295,6 +305,24 @@ impl Upstream {
         digest: &Digest,
     ) -> Result<reqwest::Response, UpstreamError> {
         self.send(method, repo, &format!("blobs/{digest}"), Default::default())
+            .await
+    }
+
+    /// `GET` of a client's `Range` of a blob (`bytes=...`, one range); the
+    /// upstream may answer `206` with it, or `200` with the whole blob.
+    pub async fn blob_range(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        range: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut headers = http::HeaderMap::new();
+        let range = HeaderValue::from_str(range).map_err(|e| UpstreamError::BadResponse {
+            upstream: self.name().to_owned(),
+            reason: e.to_string(),
+        })?;
+        headers.insert(http::header::RANGE, range);
+        self.send(Method::GET, repo, &format!("blobs/{digest}"), headers)
             .await
     }
 
@@ -499,6 +527,9 @@ impl Upstream {
             }
             Ok(Ok(resp)) => Ok(resp),
         };
+        if let Ok(resp) = &result {
+            self.rate_limit.observe(resp.status(), resp.headers());
+        }
         let status = match &result {
             Ok(resp) => resp.status().as_u16().to_string(),
             Err(UpstreamError::Timeout { .. }) => "timeout".to_owned(),

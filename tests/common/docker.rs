@@ -18,7 +18,9 @@
 //!   the daemon is given a [`Bridge`] (then `docker run -p` publishes ports
 //!   on loopback through docker-proxy).
 //! - Dropped, it is stopped by the PID in its pidfile: SIGTERM (dockerd
-//!   stops its containers and its containerd), then SIGKILL.
+//!   stops its containers and its containerd), then SIGKILL. A test process
+//!   that dies without dropping it sends SIGTERM too (a parent death
+//!   signal).
 //!
 //! Needs Debian's `docker.io` (dockerd, the docker CLI, containerd, runc),
 //! `util-linux` (unshare, mount), `iproute2` for a bridge, and root.
@@ -122,10 +124,13 @@ impl Dockerd {
         }
         let log = fs::File::create(self.path("dockerd.log")).expect("dockerd log");
         let proxy = format!("http://{}", self.sink.addr);
-        // unshare(1) execs sh, which execs dockerd: the child's PID is
-        // dockerd's, the one its pidfile holds.
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        // setpriv execs unshare, which execs sh, which execs dockerd: the
+        // child's PID is dockerd's, the one its pidfile holds. The parent
+        // death signal survives those execs, so a test process that dies
+        // without dropping this (a nextest timeout, say) still stops it.
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "TERM", "--", "unshare"])
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
             .arg(r#"mount --bind "$1" /etc/docker && shift && exec dockerd "$@""#)
             .arg("sh")
             .arg(self.path("etc"))
@@ -143,8 +148,9 @@ impl Dockerd {
             .stderr(log);
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
-                "cannot run unshare/dockerd ({e}): install Debian's docker.io and util-linux \
-                 (apt-get install docker.io util-linux); the Docker tests need them and root"
+                "cannot run setpriv/unshare/dockerd ({e}): install Debian's docker.io and \
+                 util-linux (apt-get install docker.io util-linux); the Docker tests need \
+                 them and root"
             )
         });
         self.child = Some(child);
@@ -335,6 +341,9 @@ impl Dockerd {
     /// Stop dockerd by the PID in its pidfile: SIGTERM, and SIGKILL if it
     /// has not exited within [`STOP_DEADLINE`]. Idempotent.
     pub fn stop(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
         let pid = self.pid();
         let Some(mut child) = self.child.take() else {
             return;

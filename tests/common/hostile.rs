@@ -13,12 +13,14 @@
 //! `Accept` as a registry chooses between an index and a Docker v2 manifest,
 //! and a manifest's HEADs can be held at a gate, as GETs can.
 //!
-//! Tag lists are served in pages chained by `Link` headers.
+//! Tag lists are served in pages chained by `Link` headers. A pull limit can
+//! be set, counted and announced the way Docker Hub does it.
 //!
 //! `/storage/<digest>` serves any known blob whole: the target of redirects,
 //! standing in for a CDN or object store. A second `Hostile` is another
 //! origin (another port) for redirects that leave the registry's host.
 
+mod ratelimit;
 mod reply;
 mod send;
 mod serve;
@@ -36,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use self::ratelimit::PullLimit;
 pub use self::reply::Canned;
 pub use self::send::{Behaviour, SendOutcome};
 use self::serve::serve;
@@ -70,6 +73,8 @@ pub struct Seen {
     pub authorization: Option<String>,
     /// The `Accept` headers, joined with ", ", if any.
     pub accept: Option<String>,
+    /// The `Range` header, if any.
+    pub range: Option<String>,
 }
 
 /// What the upstream asks of a request before it answers.
@@ -95,6 +100,11 @@ struct State {
     /// Gates that HEADs of a manifest wait behind.
     head_gates: HashMap<ManifestKey, watch::Sender<bool>>,
     blobs: HashMap<String, (Bytes, Behaviour)>,
+    /// Whether blob GETs honour a single `Range` (206); by default the
+    /// whole blob is sent (200), as some registries and CDNs do.
+    serve_ranges: bool,
+    /// Docker Hub's pull limit, when set: manifest GETs count against it.
+    pull_limit: Option<PullLimit>,
     /// Per repository: its tags, in the order served, and the page size.
     tag_lists: HashMap<String, (Arc<Vec<String>>, usize)>,
     /// Blobs that exist in one repository only; others answer 404.
@@ -138,6 +148,10 @@ impl Shared {
                 .get(header::AUTHORIZATION)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
             accept: (!accept.is_empty()).then(|| accept.join(", ")),
+            range: request
+                .headers()
+                .get(header::RANGE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         };
         self.state().requests.push(seen);
         self.changes.send_modify(|n| *n += 1);
@@ -266,6 +280,23 @@ impl Hostile {
         gate.send_replace(true);
     }
 
+    /// From now on, blob GETs with a single `Range` get `206` and that
+    /// range (sent with the blob's behaviour, pauses included).
+    pub fn serve_ranges(&self) {
+        self.shared.state().serve_ranges = true;
+    }
+
+    /// Count manifest GETs against `limit` from now on, as Docker Hub does
+    /// (HEADs are free), answering 429 once none remain.
+    pub fn set_pull_limit(&self, limit: PullLimit) {
+        self.shared.state().pull_limit = Some(limit);
+    }
+
+    /// Pulls left under the limit.
+    pub fn pulls_remaining(&self) -> Option<u64> {
+        self.shared.state().pull_limit.as_ref().map(|l| l.remaining)
+    }
+
     /// Serve `tags` as `repo`'s tag list, in pages of `page_size` chained by
     /// `Link` headers, as distribution does.
     pub fn set_tag_list(&self, repo: &str, tags: Vec<String>, page_size: usize) {
@@ -353,7 +384,7 @@ impl Hostile {
     }
 
     /// GET requests for blob `digest` answered with its bytes so far (HEADs,
-    /// 404s and redirects not counted).
+    /// 404s and redirects not counted; ranges counted).
     pub fn blob_gets(&self, digest: &str) -> usize {
         self.shared
             .state()

@@ -7,9 +7,11 @@ use std::time::Duration;
 use crate::common::berth::Berth;
 use bytes::BytesMut;
 use futures_util::stream::{self, StreamExt};
+use http::Method;
 
 use crate::common::content::{random_bytes, Blob, Fixture, Pusher, OCI_LAYER};
 use crate::common::free_port;
+use crate::common::hostile::{Hostile, PullLimit};
 use crate::common::registry::Registry;
 use crate::common::skopeo::copy_and_verify;
 use crate::support::{metric, pull, runs, wait_for_runs, Release, REPO};
@@ -83,6 +85,42 @@ async fn a_rule_whose_upstream_is_down_backs_off_while_the_others_run() {
         "beside a failing rule",
     )
     .await;
+}
+
+/// A 429 with `Retry-After` (which a real registry cannot be made to send
+/// on demand: the in-process upstream plays Docker Hub's pull limit): the
+/// rule waits as long as the upstream asked, not its short interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_rule_waits_as_long_as_the_upstream_asks() {
+    let hostile = Hostile::start().await;
+    let image = Fixture::multi_platform("library/app", "1.0");
+    hostile.add_fixture(&image);
+    hostile.set_tag_list("library/app", vec!["1.0".to_owned()], 10);
+    hostile.set_pull_limit(PullLimit {
+        limit: 100,
+        remaining: 0,
+        headers: true,
+        retry_after: "30",
+    });
+    let rule = "[[sync]]\nname = \"hub\"\nrepository = \"library/app\"\ninterval = \"200ms\"\njitter = \"0s\"\n";
+    let berth = Berth::start(rule, &hostile.url()).await;
+    wait_for_runs(&berth, "hub", "failed", 1.0).await;
+    let backoff = metric(&berth, "berth_sync_backoff_seconds{rule=\"hub\"}").await;
+    assert!(
+        backoff >= 30.0,
+        "the rule waits the 30 s asked, not {backoff} s"
+    );
+    let gets = hostile
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::GET && r.path.contains("/manifests/"))
+        .count();
+    assert_eq!(
+        gets,
+        1,
+        "the run stopped at the first 429: {:#?}",
+        hostile.requests()
+    );
 }
 
 /// The long sync: layers big enough that pulls happen while it runs.

@@ -74,9 +74,20 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
                 .filter_map(|v| v.to_str().ok())
                 .collect::<Vec<_>>()
                 .join(",");
-            manifest(&shared, name, reference, head, &accept).await
+            if let Some(refused) = super::ratelimit::charge(&shared, head) {
+                return refused;
+            }
+            let mut response = manifest(&shared, name, reference, head, &accept).await;
+            super::ratelimit::stamp(&shared, &mut response);
+            response
         }
-        "blobs" => blob(&shared, name, reference, head),
+        "blobs" => {
+            let range = request
+                .headers()
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok());
+            blob(&shared, name, reference, head, range)
+        }
         "tags" => super::tags::page(&shared, name, request.uri().query()),
         _ => error(StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
     }
@@ -216,8 +227,14 @@ fn variant_for(variants: &[(String, Bytes)], accept: &str) -> (String, Bytes) {
         .expect("a tag with variants has at least one")
 }
 
-fn blob(shared: &Arc<Shared>, name: &str, digest: &str, head: bool) -> Response<Body> {
-    let (bytes, behaviour, gate) = {
+fn blob(
+    shared: &Arc<Shared>,
+    name: &str,
+    digest: &str,
+    head: bool,
+    range: Option<&str>,
+) -> Response<Body> {
+    let (bytes, behaviour, gate, span) = {
         let mut state = shared.state();
         let here = state.blob_homes.get(digest).is_none_or(|home| home == name);
         let Some((bytes, behaviour)) = state.blobs.get(digest).filter(|_| here).cloned() else {
@@ -233,9 +250,23 @@ fn blob(shared: &Arc<Shared>, name: &str, digest: &str, head: bool) -> Response<
         }
         *state.blob_gets.entry(digest.to_owned()).or_default() += 1;
         let gate = state.gates.get(digest).map(|g| g.subscribe());
-        (bytes, behaviour, gate)
+        let span = range
+            .filter(|_| state.serve_ranges)
+            .and_then(|r| byte_span(r, bytes.len()));
+        (bytes, behaviour, gate, span)
     };
-    let builder = blob_headers(digest, bytes.len());
+    let (builder, bytes) = match span {
+        Some((start, end)) => {
+            let builder = blob_headers(digest, end - start)
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(
+                    header::CONTENT_RANGE,
+                    format!("bytes {start}-{}/{}", end - 1, bytes.len()),
+                );
+            (builder, bytes.slice(start..end))
+        }
+        None => (blob_headers(digest, bytes.len()), bytes),
+    };
     let (tx, body) = channel_body();
     let (shared, digest) = (shared.clone(), digest.to_owned());
     tokio::spawn(async move {
@@ -243,6 +274,26 @@ fn blob(shared: &Arc<Shared>, name: &str, digest: &str, head: bool) -> Response<
         shared.record_outcome(&digest, outcome);
     });
     builder.body(body).expect("valid blob response")
+}
+
+/// The span (`start..end`) of one `Range: bytes=...` of a blob of `len`
+/// bytes; `None` for anything else (several ranges, bad syntax, past the
+/// end), which is answered with the whole blob.
+fn byte_span(range: &str, len: usize) -> Option<(usize, usize)> {
+    let spec = range.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let (start, end) = match (first.trim(), last.trim()) {
+        ("", n) => (len.checked_sub(n.parse().ok()?)?, len),
+        (a, "") => (a.parse().ok()?, len),
+        (a, b) => (
+            a.parse().ok()?,
+            b.parse::<usize>().ok()?.checked_add(1)?.min(len),
+        ),
+    };
+    (start < end).then_some((start, end))
 }
 
 /// `/storage/<digest>`: any known blob, whole, whatever its behaviour.
