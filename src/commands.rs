@@ -18,15 +18,19 @@ use crate::bundle::BundleError;
 use crate::progress::{bytes, Progress};
 use crate::reference::ImageRef;
 use crate::store::check::CheckReport;
-use crate::store::pins::{Pinned, SyncRecord};
+use crate::store::pins::SyncRecord;
+use crate::store::report::CacheReport;
 use crate::store::{Store, StoreError};
 use crate::upstream::routing::Upstreams;
 use crate::warm::{self, WarmError, Warmed};
 use crate::{Config, Error};
 
 fn open(config: &Config) -> Result<Store, Error> {
-    let (store, _) = Store::open_with(&config.data_dir, &config.cache, &config.storage)?;
-    Ok(store)
+    Ok(Store::open_ready(
+        &config.data_dir,
+        &config.cache,
+        &config.storage,
+    )?)
 }
 
 /// Re-hashes every blob and manifest. Returns whether the store is clean
@@ -54,6 +58,7 @@ pub fn check(config: &Config, repair: bool) -> Result<bool, Error> {
             }
         })?
     };
+    store.close()?;
     print_check(&report, repair);
     Ok(report.problems.is_empty() || report.repaired == report.problems.len())
 }
@@ -77,43 +82,34 @@ fn print_check(report: &CheckReport, repair: bool) {
     );
 }
 
-/// `berth du --json`: the cache report with the sync rules' records.
-#[derive(serde::Serialize)]
-struct DuJson<'a> {
-    #[serde(flatten)]
-    report: &'a crate::store::report::CacheReport,
-    sync: Vec<RuleUsage>,
-}
-
-/// A sync rule's last run and what it pins.
-#[derive(serde::Serialize)]
-struct RuleUsage {
-    #[serde(flatten)]
-    record: SyncRecord,
-    pinned: Pinned,
-}
-
-fn rule_usage(store: &Store) -> Result<Vec<RuleUsage>, Error> {
-    let mut rules = Vec::new();
-    for record in store.sync_records()? {
-        let pinned = store.pinned_usage(&record.rule)?;
-        rules.push(RuleUsage { record, pinned });
-    }
-    Ok(rules)
-}
-
-/// Prints what the cache holds, as a table or JSON.
+/// Prints what the cache holds, as a table or JSON. Changes nothing: a
+/// running berth is asked (its admin endpoint), else the report the last
+/// clean stop wrote is read; only a store that never wrote one is opened.
 pub fn du(config: &Config, json: bool) -> Result<(), Error> {
-    let store = open(config)?;
-    let report = store.report()?;
-    let rules = rule_usage(&store)?;
+    let report = match crate::store::ensure_free(&config.data_dir) {
+        Err(StoreError::InUse { dir }) => match report_from_server(config) {
+            Ok(report) => report,
+            Err(reason) => Store::read_report(&dir).ok_or_else(|| {
+                Error::Io(std::io::Error::other(format!(
+                    "berth serves from {} and cannot be asked ({reason}); it writes a report within 30 s of starting",
+                    dir.display()
+                )))
+            })?,
+        },
+        Err(e) => return Err(e.into()),
+        Ok(()) => match Store::read_report(&config.data_dir) {
+            Some(report) => report,
+            None => {
+                let store = open(config)?;
+                let report = store.report()?;
+                store.close()?;
+                report
+            }
+        },
+    };
     let mut out = std::io::stdout().lock();
     if json {
-        let du = DuJson {
-            report: &report,
-            sync: rules,
-        };
-        let text = serde_json::to_string_pretty(&du).map_err(std::io::Error::other)?;
+        let text = serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?;
         writeln!(out, "{text}")?;
         return Ok(());
     }
@@ -147,20 +143,54 @@ pub fn du(config: &Config, json: bool) -> Result<(), Error> {
         )?,
         None => writeln!(out, "no requests recorded since the server started")?,
     }
-    if let (Some(oldest), Some(newest)) = (report.oldest_ms, report.newest_ms) {
+    if let (Some(least), Some(most)) = (report.least_recent_ms, report.most_recent_ms) {
         writeln!(
             out,
-            "oldest blob stored at {}, newest at {}",
-            rfc3339(oldest),
-            rfc3339(newest)
+            "least recently used content last used at {}, most recently at {}",
+            rfc3339(least),
+            rfc3339(most)
         )?;
     }
-    print_rules(&mut out, &rules)?;
+    if !report.counted {
+        writeln!(out, "(counts are being rebuilt after an unclean stop)")?;
+    }
+    print_rules(&mut out, &report.sync)?;
     Ok(())
 }
 
+/// The report of the berth serving from the data directory, from its admin
+/// endpoint (`admin_listen`, else `listen`).
+fn report_from_server(config: &Config) -> Result<CacheReport, String> {
+    let mut addr = config.admin_listen.unwrap_or(config.listen);
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/du");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {}", crate::upstream::error_chain(&e)))?;
+        if !resp.status().is_success() {
+            return Err(format!("GET {url}: {}", resp.status()));
+        }
+        resp.json::<CacheReport>()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))
+    })
+}
+
 /// The sync rules' table of `du`.
-fn print_rules(out: &mut impl Write, rules: &[RuleUsage]) -> std::io::Result<()> {
+fn print_rules(out: &mut impl Write, rules: &[SyncRecord]) -> std::io::Result<()> {
     if rules.is_empty() {
         return Ok(());
     }
@@ -170,8 +200,7 @@ fn print_rules(out: &mut impl Write, rules: &[RuleUsage]) -> std::io::Result<()>
         "SYNC RULE", "LAST RUN", "NEXT RUN", "MATCHED", "FETCHED", "BYTES", "ERRORS", "PINNED"
     )?;
     let time = |ms: Option<u64>| ms.map(rfc3339).unwrap_or_else(|| "-".to_owned());
-    for r in rules {
-        let record = &r.record;
+    for record in rules {
         writeln!(
             out,
             "{:<20}  {:<20}  {:<20}  {:>7}  {:>7}  {:>10}  {:>6}  {:>10}",
@@ -182,7 +211,7 @@ fn print_rules(out: &mut impl Write, rules: &[RuleUsage]) -> std::io::Result<()>
             record.tags_fetched,
             bytes(record.bytes),
             record.errors,
-            bytes(r.pinned.bytes),
+            bytes(record.pinned_bytes),
         )?;
         if let Some(error) = &record.last_error {
             let failing = if record.failures > 0 {
@@ -228,8 +257,10 @@ pub fn sync(config: Config, only: Option<&str>) -> Result<bool, WarmError> {
         let app = local.app();
         let refs: Vec<&crate::config::SyncRule> = rules.iter().collect();
         let reports = crate::sync::run_once(app, &refs, &progress).await;
-        app.store().flush_access()?;
-        app.store().flush().await?;
+        let store = app.store().clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| WarmError::Open(Error::Io(std::io::Error::other(e))))??;
         Ok::<_, WarmError>(reports)
     });
     progress.finish();
@@ -360,8 +391,11 @@ fn open_exclusive(config: &Config) -> Result<Store, BundleError> {
         )),
         other => other.into(),
     })?;
-    let (store, _) = Store::open_with(&config.data_dir, &config.cache, &config.storage)?;
-    Ok(store)
+    Ok(Store::open_ready(
+        &config.data_dir,
+        &config.cache,
+        &config.storage,
+    )?)
 }
 
 fn upstreams(config: &Config) -> Result<Upstreams, BundleError> {
@@ -392,6 +426,7 @@ pub fn export(
         &progress,
     );
     progress.finish();
+    store.close()?;
     let exported = exported?;
     for note in &exported.notes {
         eprintln!("note: {note}");
@@ -440,6 +475,7 @@ pub fn import(config: &Config, input: &Path) -> Result<Imported, BundleError> {
         progress.finish();
         result?
     };
+    store.close()?;
     for note in &imported.notes {
         eprintln!("note: {note}");
     }

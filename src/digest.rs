@@ -80,6 +80,42 @@ impl Digest {
     pub fn is_empty_blob(&self) -> bool {
         *self == self.algorithm.digest(b"")
     }
+
+    /// A compact binary form for database keys: one byte for the
+    /// algorithm, then the raw hash (33 or 65 bytes, against 71 or 135 as
+    /// text), so that a million keys cost half the space.
+    pub fn to_key(&self) -> Vec<u8> {
+        let tag = match self.algorithm {
+            Algorithm::Sha256 => b'2',
+            Algorithm::Sha512 => b'5',
+        };
+        let mut key = Vec::with_capacity(1 + self.hex.len() / 2);
+        key.push(tag);
+        // The hex part was validated at construction.
+        key.extend(hex::decode(&self.hex).unwrap_or_default());
+        key
+    }
+
+    /// Reads a key written by `to_key` from the front of `bytes`; returns
+    /// the digest and what follows it.
+    pub fn from_key(bytes: &[u8]) -> Option<(Digest, &[u8])> {
+        let (&tag, rest) = bytes.split_first()?;
+        let algorithm = match tag {
+            b'2' => Algorithm::Sha256,
+            b'5' => Algorithm::Sha512,
+            _ => return None,
+        };
+        let len = algorithm.hex_len() / 2;
+        if rest.len() < len {
+            return None;
+        }
+        let (raw, rest) = rest.split_at(len);
+        let digest = Digest {
+            algorithm,
+            hex: hex::encode(raw),
+        };
+        Some((digest, rest))
+    }
 }
 
 impl FromStr for Digest {
@@ -194,6 +230,22 @@ mod tests {
         let parsed: Digest = d.to_string().parse().expect("valid");
         assert_eq!(parsed.algorithm(), Algorithm::Sha512);
         assert_eq!(parsed.hex().len(), 128);
+    }
+
+    #[test]
+    fn database_keys_round_trip() {
+        for d in [
+            Algorithm::Sha256.digest(b"a"),
+            Algorithm::Sha512.digest(b"b"),
+        ] {
+            let mut key = d.to_key();
+            key.extend_from_slice(b"rest");
+            let (back, rest) = Digest::from_key(&key).expect("a key");
+            assert_eq!(back, d);
+            assert_eq!(rest, b"rest");
+        }
+        assert!(Digest::from_key(b"2short").is_none());
+        assert!(Digest::from_key(b"").is_none());
     }
 
     #[test]

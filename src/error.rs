@@ -52,6 +52,29 @@ impl ErrorCode {
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
+
+    /// The code an upstream named, when it is one of the spec's (or the
+    /// two server-side codes registries use).
+    pub fn parse(code: &str) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        [
+            BlobUnknown,
+            DigestInvalid,
+            ManifestInvalid,
+            ManifestUnknown,
+            NameInvalid,
+            NameUnknown,
+            SizeInvalid,
+            Unauthorized,
+            Denied,
+            Unsupported,
+            TooManyRequests,
+            Unavailable,
+            Unknown,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == code)
+    }
 }
 
 /// What a request was after, so that "not found" upstream gets the right code.
@@ -175,6 +198,12 @@ impl ApiError {
                         ErrorCode::TooManyRequests,
                         message,
                     ),
+                    // Any other refusal with the spec's own code: the client
+                    // hears what the upstream said, not a gateway failure.
+                    400..=499 => match code.as_deref().and_then(ErrorCode::parse) {
+                        Some(c) => Self::new(*status, c, message),
+                        None => Self::new(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, message),
+                    },
                     503 => Self::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         ErrorCode::Unavailable,
@@ -197,18 +226,20 @@ impl ApiError {
                 ErrorCode::DigestInvalid,
                 err.to_string(),
             ),
-            FillError::TooLarge { .. } => Self::new(
+            FillError::TooLarge { .. } | FillError::Invalid { .. } => Self::new(
                 StatusCode::BAD_GATEWAY,
                 ErrorCode::ManifestInvalid,
                 err.to_string(),
             ),
-            FillError::Truncated { .. } | FillError::Overlong { .. } => Self::new(
+            FillError::Truncated { .. }
+            | FillError::Overlong { .. }
+            | FillError::BlobTooLarge { .. } => Self::new(
                 StatusCode::BAD_GATEWAY,
                 ErrorCode::SizeInvalid,
                 err.to_string(),
             ),
             FillError::Store(e) => Self::from(e),
-            FillError::Busy { .. } => Self::new(
+            FillError::Busy { .. } | FillError::Abandoned { .. } => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Unavailable,
                 err.to_string(),

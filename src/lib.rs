@@ -25,6 +25,7 @@ pub mod graph;
 pub mod health;
 pub mod http;
 pub mod logging;
+pub mod manifest;
 pub mod metrics;
 pub mod progress;
 pub mod reference;
@@ -73,12 +74,15 @@ struct AppInner {
 }
 
 impl App {
-    /// Opens the store (repairing what an interrupted run left) and builds
-    /// the upstream client.
+    /// Opens the store and builds the upstream client. After an unclean
+    /// stop the store serves at once and is reconciled in the background.
     pub fn new(config: Config) -> Result<App, Error> {
-        let (store, recovery) = Store::open_with(&config.data_dir, &config.cache, &config.storage)?;
-        if recovery != Default::default() {
-            tracing::info!(?recovery, "repaired the store after an interrupted run");
+        let (store, opened) = Store::open_with(&config.data_dir, &config.cache, &config.storage)?;
+        if opened.migrated {
+            tracing::info!("the data directory was converted to the current format");
+        }
+        if !opened.clean {
+            reconcile_in_background(store.clone());
         }
         let metrics = Metrics::new();
         let pull_auth = http::auth::PullAuth::from_config(&config.auth)?;
@@ -88,7 +92,7 @@ impl App {
             store.clone(),
             fills.clone(),
             metrics.clone(),
-            config.limits.max_fills,
+            &config.limits,
         );
         let manifests = ManifestFills::new(store.clone(), fills.clone());
         let referrers = Referrers::new(store.clone(), fills.clone(), metrics.clone());
@@ -149,7 +153,7 @@ impl App {
     /// Counts a cache lookup of `kind` (manifest, blob, tag, referrers) in
     /// the metrics, the store's activity and the request's log line.
     pub fn record(&self, kind: &'static str, hit: bool) {
-        self.inner.store.record(hit);
+        self.inner.store.count_lookup(hit);
         self.inner.metrics.cache(kind, hit);
         http::outcome::note(kind, hit);
     }
@@ -226,14 +230,37 @@ pub async fn serve(
         tracing::warn!("fills still running at the shutdown deadline; they are abandoned and nothing partial is kept");
     }
     maintenance.abort();
-    app.store().flush_access()?;
-    app.store().flush().await?;
+    let store = app.store().clone();
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .map_err(std::io::Error::other)??;
     tracing::info!("store flushed; stopped");
     Ok(())
 }
 
+/// Mends what an unclean stop left, off the request path: the store serves
+/// meanwhile, checking each object as it is used.
+fn reconcile_in_background(store: Store) {
+    let spawned = std::thread::Builder::new()
+        .name("berth-reconcile".into())
+        .spawn(move || {
+            tracing::info!(
+                "the last run did not stop cleanly; reconciling the store in the background"
+            );
+            match store.reconcile() {
+                Ok(report) => tracing::info!(?report, "store reconciled"),
+                Err(e) => tracing::error!(error = %e, "reconciling the store failed"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start reconciling the store");
+    }
+}
+
 /// How often access times are written down when nothing else prompts it.
 const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a store that cannot write looks for space to write again.
+const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Background upkeep of the store: batched access times, and eviction when
 /// the cache passes its high watermark. Never on a request's path.
@@ -242,12 +269,15 @@ async fn maintain(app: App) {
     loop {
         tokio::select! {
             () = store.pressure() => {}
-            () = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+            () = tokio::time::sleep(if store.writable() { MAINTENANCE_INTERVAL } else { RECOVERY_INTERVAL }) => {}
         }
         let s = store.clone();
         let outcome = tokio::task::spawn_blocking(move || {
+            s.reopen_if_failed();
             s.flush_access()?;
-            s.evict_if_needed()
+            let evicted = s.evict_if_needed()?;
+            s.write_report()?;
+            Ok::<_, crate::store::StoreError>(evicted)
         })
         .await;
         match outcome {

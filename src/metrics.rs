@@ -156,6 +156,7 @@ pub struct Families {
     pub connections: Gauge,
     pub refused: Family<KindLabels, Counter>,
     pub sync: SyncFamilies,
+    pub store_writable: Gauge,
     pub ratelimit_limit: Family<UpstreamName, Gauge>,
     pub ratelimit_remaining: Family<UpstreamName, Gauge>,
     pub ratelimit_paused: Family<UpstreamName, Gauge>,
@@ -198,6 +199,7 @@ impl Metrics {
             connections: Gauge::default(),
             refused: Family::default(),
             sync: SyncFamilies::default(),
+            store_writable: Gauge::default(),
             ratelimit_limit: Family::default(),
             ratelimit_remaining: Family::default(),
             ratelimit_paused: Family::default(),
@@ -288,6 +290,11 @@ impl Metrics {
             "connections",
             "Client connections open now",
             f.connections.clone(),
+        );
+        r.register(
+            "store_writable",
+            "1 while the store takes writes; 0 while it cannot (a full disk): pulls pass through uncached",
+            f.store_writable.clone(),
         );
         r.register(
             "refused",

@@ -143,10 +143,12 @@ async fn pull_and_run_everything(docker: &Dockerd, images: &Images) {
     docker.docker_ok(&["pull", "app:1.0"]).await;
     assert_repo_digest(docker, "app:1.0", "app", &images.app.root.digest).await;
 
-    docker.docker_ok(&["pull", "team/app:1.0"]).await;
-    assert_repo_digest(docker, "team/app:1.0", "team/app", &images.team.root.digest).await;
+    // By digest first, while Docker holds nothing of the image.
     let by_digest = format!("team/app@{}", images.team.root.digest);
     docker.docker_ok(&["pull", &by_digest]).await;
+    assert_repo_digest(docker, &by_digest, "team/app", &images.team.root.digest).await;
+    docker.docker_ok(&["pull", "team/app:1.0"]).await;
+    assert_repo_digest(docker, "team/app:1.0", "team/app", &images.team.root.digest).await;
 
     // Docker picks its own platform from the index...
     docker.docker_ok(&["pull", "multi:1.0"]).await;

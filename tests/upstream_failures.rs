@@ -448,12 +448,16 @@ async fn a_blob_that_stalls_mid_body_fails_the_transfer_and_is_not_cached() {
 // Manifests
 // ---------------------------------------------------------------------------
 
+/// berth remembers an upstream's failure for `error_ttl`; these tests look
+/// at each attempt going upstream, so they keep nothing.
+const FORGET_ERRORS: &str = "[upstream]\nerror_ttl = \"0s\"\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_over_4_mib_is_refused_and_not_cached() {
     let hostile = Hostile::start().await;
     let bytes = manifest_of_len(MANIFEST_LIMIT + 1);
     hostile.add_manifest("test/huge", "v1", OCI_MANIFEST, bytes);
-    let mut berth = Berth::start("", &hostile.url()).await;
+    let mut berth = Berth::start(FORGET_ERRORS, &hostile.url()).await;
     let url = manifest_url(&berth, "test/huge", "v1");
 
     for attempt in 1..=2 {
@@ -491,7 +495,7 @@ async fn a_manifest_by_digest_whose_bytes_do_not_match_is_refused_and_not_cached
     let other = Fixture::oci_image("test/other", "v1").root;
     assert_ne!(claimed.digest, other.digest);
     hostile.add_manifest_as("test/lying", &claimed.digest, OCI_MANIFEST, other.bytes);
-    let mut berth = Berth::start("", &hostile.url()).await;
+    let mut berth = Berth::start(FORGET_ERRORS, &hostile.url()).await;
     let url = manifest_url(&berth, "test/lying", &claimed.digest);
 
     for attempt in 1..=2 {
@@ -521,7 +525,7 @@ async fn a_manifest_whose_digest_header_disagrees_with_its_bytes_is_refused() {
         "v1",
         ManifestBehaviour::WrongDigestHeader,
     );
-    let mut berth = Berth::start("", &hostile.url()).await;
+    let mut berth = Berth::start(FORGET_ERRORS, &hostile.url()).await;
     let url = manifest_url(&berth, "test/mislabelled", "v1");
 
     for attempt in 1..=2 {

@@ -23,7 +23,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::graph;
 use crate::reference::{ImageRef, Reference};
 use crate::referrers::{index_bytes, INDEX_MEDIA_TYPE};
-use crate::store::lifecycle::Kind as ContentKind;
+use crate::store::Kind as ContentKind;
 use crate::store::{Store, TagMapping};
 use crate::upstream::routing::Upstreams;
 

@@ -25,8 +25,8 @@ use super::import::{Blob, Bundle, Imported};
 use super::layout::{blob_path, Entry, Kind, Place, INDEX_FILE};
 use super::BundleError;
 use crate::digest::Digest;
-use crate::fill::manifest::media_type_of;
 use crate::graph;
+use crate::manifest::validate;
 use crate::store::{Manifest, ReferrersRecord, Store, TagMapping};
 
 /// Deepest nesting of indexes followed.
@@ -276,22 +276,13 @@ fn descriptor<'v>(
     ))
 }
 
-/// The media type to serve a manifest with: its own `mediaType`, which a
-/// descriptor pointing at it must not contradict; else the descriptor's;
-/// else what its shape says.
+/// The media type to serve a manifest with, once it passes the checks a
+/// fill's manifest passes: its own `mediaType`, which the descriptor
+/// pointing at it must not contradict; else the descriptor's; else what its
+/// shape says.
 fn manifest_media_type(described: &str, bytes: &[u8], path: &str) -> Result<String, BundleError> {
-    let own = serde_json::from_slice::<Value>(bytes)
-        .ok()
-        .and_then(|doc| doc["mediaType"].as_str().map(str::to_owned));
-    match own {
-        Some(own) if !described.is_empty() && own != described => Err(BundleError::refused(
-            path,
-            format!("a {own} described as {described}"),
-        )),
-        Some(own) => Ok(own),
-        None if !described.is_empty() => Ok(described.to_owned()),
-        None => Ok(media_type_of(None, bytes)),
-    }
+    let described = (!described.is_empty()).then_some(described);
+    validate::check(described, bytes).map_err(|e| BundleError::refused(path, e.to_string()))
 }
 
 /// Commits what `verify` accepted: content first, records after.

@@ -86,9 +86,13 @@ pub struct CacheConfig {
     /// Memory bound of the hot tier (manifests, tags, small blobs), in bytes.
     #[serde(serialize_with = "effective::size")]
     pub hot_size: u64,
-    /// Blobs up to this size are kept inline in sled rather than as files.
+    /// Blobs up to this size are held in the hot tier once read.
     #[serde(serialize_with = "effective::size")]
     pub inline_max: u64,
+    /// Memory for the metadata database's page cache, in bytes: part of
+    /// berth's memory budget beside `hot_size`.
+    #[serde(serialize_with = "effective::size")]
+    pub meta_cache: u64,
 }
 
 /// A credential that must never reach a log line.
@@ -121,6 +125,7 @@ impl Default for CacheConfig {
         CacheConfig {
             hot_size: 256 * 1024 * 1024,
             inline_max: 64 * 1024,
+            meta_cache: 64 * 1024 * 1024,
         }
     }
 }
@@ -397,6 +402,7 @@ fn parse_cache(f: &mut Fields) -> CacheConfig {
     let d = CacheConfig::default();
     let hot_size = f.size("hot_size").unwrap_or(d.hot_size);
     let inline_max = f.size("inline_max").unwrap_or(d.inline_max);
+    let meta_cache = f.size("meta_cache").unwrap_or(d.meta_cache);
     if inline_max > 4 * 1024 * 1024 {
         f.error(
             "inline_max",
@@ -406,6 +412,7 @@ fn parse_cache(f: &mut Fields) -> CacheConfig {
     CacheConfig {
         hot_size,
         inline_max,
+        meta_cache,
     }
 }
 

@@ -35,6 +35,18 @@ pub struct Limits {
     /// Of those, how many sync rules may run at once (fewer than
     /// `max_fills`, so that clients always have fills left).
     pub max_sync_fills: usize,
+    /// The largest blob berth fetches; a larger one (announced, or sent
+    /// past this without a `Content-Length`) fails its fill.
+    #[serde(serialize_with = "super::effective::size")]
+    pub max_blob_size: u64,
+    /// How long a fill may run with no client waiting for it before it has
+    /// to keep up `min_unattended_rate`.
+    #[serde(serialize_with = "super::effective::duration")]
+    pub unattended_grace: Duration,
+    /// Bytes per second a fill nobody waits for must sustain (over the last
+    /// `unattended_grace`), or it is abandoned and frees its slot.
+    #[serde(serialize_with = "super::effective::size")]
+    pub min_unattended_rate: u64,
 }
 
 impl Default for Limits {
@@ -45,6 +57,9 @@ impl Default for Limits {
             max_connections: 10_000,
             max_fills: 512,
             max_sync_fills: 2,
+            max_blob_size: 64 * 1024 * 1024 * 1024,
+            unattended_grace: Duration::from_secs(30),
+            min_unattended_rate: 64 * 1024,
         }
     }
 }
@@ -107,7 +122,17 @@ pub fn parse_limits(f: &mut Fields) -> Limits {
         max_connections: f.get("max_connections").unwrap_or(d.max_connections),
         max_fills: f.get("max_fills").unwrap_or(d.max_fills),
         max_sync_fills: f.get("max_sync_fills").unwrap_or(d.max_sync_fills),
+        max_blob_size: f.size("max_blob_size").unwrap_or(d.max_blob_size),
+        unattended_grace: f
+            .positive_duration("unattended_grace")
+            .unwrap_or(d.unattended_grace),
+        min_unattended_rate: f
+            .size("min_unattended_rate")
+            .unwrap_or(d.min_unattended_rate),
     };
+    if limits.max_blob_size == 0 {
+        f.error("max_blob_size", "must be more than zero");
+    }
     for (key, value) in [
         ("max_connections", limits.max_connections),
         ("max_fills", limits.max_fills),

@@ -8,6 +8,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use super::fields::Fields;
 use super::Secret;
+use crate::upstream::destination::AddressClass;
 
 /// The registries berth mirrors when the configuration names none.
 pub const BUILTIN_UPSTREAMS: &str = r#"
@@ -87,6 +88,10 @@ pub struct UpstreamConfig {
     /// How long an upstream "not found" for a manifest or tag is remembered.
     #[serde(serialize_with = "super::effective::duration")]
     pub negative_ttl: Duration,
+    /// How long any other upstream failure for a manifest or tag is
+    /// remembered (and answered with) before berth asks again.
+    #[serde(serialize_with = "super::effective::duration")]
+    pub error_ttl: Duration,
     /// Never contact this upstream: serve what is cached, refuse the rest.
     pub offline: bool,
     /// How long a referrers list from this upstream is served before berth
@@ -117,6 +122,11 @@ pub struct UpstreamConfig {
     /// Repositories that may never be pulled, whatever `allow` says.
     #[serde(skip_serializing_if = "RepoPatterns::is_empty")]
     pub deny: RepoPatterns,
+    /// Address classes (loopback, private, link-local) that redirects and
+    /// token realms may lead to beyond public addresses and the upstream's
+    /// own class.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redirect_allow: Vec<AddressClass>,
 }
 
 impl UpstreamConfig {
@@ -138,6 +148,7 @@ impl UpstreamConfig {
             max_stale: None,
             tag_list_ttl: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(30),
+            error_ttl: Duration::from_secs(10),
             offline: false,
             referrers_ttl: Duration::from_secs(15),
             capability_ttl: Duration::from_secs(600),
@@ -148,6 +159,7 @@ impl UpstreamConfig {
             idle_timeout: Duration::from_secs(60),
             allow: RepoPatterns::default(),
             deny: RepoPatterns::default(),
+            redirect_allow: Vec::new(),
         }
     }
 
@@ -255,6 +267,7 @@ pub(super) fn parse(f: &mut Fields) -> Option<UpstreamConfig> {
     up.max_stale = f.duration("max_stale");
     up.tag_list_ttl = f.duration("tag_list_ttl").unwrap_or(up.tag_list_ttl);
     up.negative_ttl = f.duration("negative_ttl").unwrap_or(up.negative_ttl);
+    up.error_ttl = f.duration("error_ttl").unwrap_or(up.error_ttl);
     up.offline = f.get("offline").unwrap_or(false);
     up.referrers_ttl = f.duration("referrers_ttl").unwrap_or(up.referrers_ttl);
     up.capability_ttl = f.duration("capability_ttl").unwrap_or(up.capability_ttl);
@@ -273,7 +286,23 @@ pub(super) fn parse(f: &mut Fields) -> Option<UpstreamConfig> {
         .unwrap_or(up.idle_timeout);
     up.allow = patterns(f, "allow");
     up.deny = patterns(f, "deny");
+    up.redirect_allow = address_classes(f, "redirect_allow");
     (name.is_some() && url.is_some()).then_some(up)
+}
+
+fn address_classes(f: &mut Fields, key: &str) -> Vec<AddressClass> {
+    let names: Vec<String> = f.get(key).unwrap_or_default();
+    let mut classes = Vec::new();
+    for name in names {
+        match AddressClass::parse(&name) {
+            Some(class) => classes.push(class),
+            None => f.error(
+                key,
+                format!("{name:?} is not an address class (loopback, private, link-local)"),
+            ),
+        }
+    }
+    classes
 }
 
 fn f_has_password_error(f: &Fields) -> bool {

@@ -13,10 +13,11 @@ use tokio_util::task::TaskTracker;
 use super::passthrough::{Handover, Resume};
 use super::reader::{batch_len, BlobReader, Progress, Recent};
 use super::FillError;
+use crate::config::Limits;
 use crate::digest::{Digest, Hasher};
 use crate::metrics::{KindLabels, Metrics};
 use crate::store::files::TempFile;
-use crate::store::{BlobContent, Store, StoreError};
+use crate::store::{best_effort, BlobContent, Store};
 use crate::upstream::announced_length;
 use crate::upstream::routing::Target;
 
@@ -127,19 +128,19 @@ struct Inner {
     metrics: Metrics,
     /// One permit per running fill: `limits.max_fills`.
     permits: Arc<tokio::sync::Semaphore>,
-    max_fills: usize,
+    limits: Limits,
 }
 
 impl BlobFills {
-    pub fn new(store: Store, tasks: TaskTracker, metrics: Metrics, max_fills: usize) -> Self {
+    pub fn new(store: Store, tasks: TaskTracker, metrics: Metrics, limits: &Limits) -> Self {
         BlobFills {
             inner: Arc::new(Inner {
                 table: Mutex::new(HashMap::new()),
                 store,
                 tasks,
                 metrics,
-                permits: Arc::new(tokio::sync::Semaphore::new(max_fills)),
-                max_fills,
+                permits: Arc::new(tokio::sync::Semaphore::new(limits.max_fills)),
+                limits: limits.clone(),
             }),
         }
     }
@@ -195,10 +196,12 @@ impl BlobFills {
                 .blob(Method::HEAD, &target.repo, digest)
                 .await
                 .map_err(|e| Arc::new(e.into()))?;
-            self.inner
-                .store
-                .add_link(target.upstream.name(), &target.repo, digest)
-                .map_err(|e| Arc::new(e.into()))?;
+            best_effort(
+                self.inner
+                    .store
+                    .add_link(target.upstream.name(), &target.repo, digest),
+                "a repository link",
+            );
         }
         Ok(BlobSource::Filling(fill))
     }
@@ -207,12 +210,12 @@ impl BlobFills {
         let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
             self.inner.metrics.refused("fills");
             return Err(FillError::Busy {
-                limit: self.inner.max_fills,
+                limit: self.inner.limits.max_fills,
             });
         };
         let temp = match self.inner.store.temp_file() {
             Ok(temp) => temp,
-            Err(e) if is_disk_full(&e) => return Ok(self.pass_through(target, digest)),
+            Err(e) if e.is_disk_full() => return Ok(self.pass_through(target, digest)),
             Err(e) => return Err(e.into()),
         };
         let (tx, progress) = watch::channel(Progress::Connecting);
@@ -263,7 +266,9 @@ impl BlobFills {
         tx: watch::Sender<Progress>,
     ) {
         let families = self.inner.metrics.get();
-        families.fills_in_flight.inc();
+        // However the fill ends (a panic or a cancelled task included), it
+        // leaves the table, so the next request starts afresh.
+        let leave = LeaveTable::enter(self.clone(), digest.clone());
         let started = std::time::Instant::now();
         let outcome = match self.transfer(&target, &digest, &temp, &tx).await {
             Ok(size) => {
@@ -279,12 +284,7 @@ impl BlobFills {
         // as soon as its transfer failed must start a new fill, not join
         // this dead one. (On success the store has the blob by now, or
         // could not keep it.)
-        self.inner
-            .table
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&digest);
-        families.fills_in_flight.dec();
+        drop(leave);
         families
             .fill_seconds
             .get_or_create(&KindLabels { kind: "blob" })
@@ -314,6 +314,16 @@ impl BlobFills {
         let upstream = &target.upstream;
         let mut resp = upstream.blob(Method::GET, &target.repo, digest).await?;
         let total = announced_length(&resp);
+        let max_size = self.inner.limits.max_blob_size;
+        let too_large = |size: u64| FillError::BlobTooLarge {
+            upstream: upstream.name().to_owned(),
+            size,
+            limit: max_size,
+        };
+        if let Some(total) = total.filter(|t| *t > max_size) {
+            return Err(too_large(total));
+        }
+        let mut watchdog = Watchdog::new(&self.inner.limits);
         let mut recent = Recent::default();
         tx.send_replace(Progress::Streaming {
             written: 0,
@@ -360,12 +370,18 @@ impl BlobFills {
                 break hasher;
             };
             let batch = gather(first, &mut resp);
-            if total.is_some_and(|t| written + batch_len(&batch) > t) {
+            let after = written + batch_len(&batch);
+            if total.is_some_and(|t| after > t) {
                 return Err(FillError::Overlong {
                     upstream: upstream.name().to_owned(),
                     expected: total.unwrap_or(0),
                 });
             }
+            if after > max_size {
+                return Err(too_large(after));
+            }
+            // The fill's own receiver is one; any other is a waiting reader.
+            watchdog.check(tx.receiver_count() > 1, after)?;
             hashing = Hashing::Busy(write_and_hash(temp.file().clone(), hasher, batch, written));
         };
         if let Some(expected) = total.filter(|t| written < *t) {
@@ -396,7 +412,7 @@ impl BlobFills {
         size: u64,
     ) -> Result<u64, FillError> {
         if let Err(e) = self.commit(target, digest, temp, size).await {
-            if matches!(&e, FillError::Store(s) if is_disk_full(s)) {
+            if matches!(&e, FillError::Store(s) if s.is_disk_full()) {
                 self.disk_full(digest);
             }
             tracing::error!(%digest, ?target, error = %e, "a verified blob could not be cached");
@@ -420,6 +436,77 @@ impl BlobFills {
             .store
             .add_link(target.upstream.name(), &target.repo, digest)?;
         Ok(())
+    }
+}
+
+/// Keeps a fill nobody waits for from holding a slot forever: once no
+/// reader has been attached for the grace period, the fill must have moved
+/// at least the minimum rate over the last grace period.
+struct Watchdog {
+    grace: std::time::Duration,
+    min_rate: u64,
+    /// When the fill was last seen with a reader (or started).
+    attended_at: std::time::Instant,
+    /// Where the current measuring window began: when and at which byte.
+    window: (std::time::Instant, u64),
+}
+
+impl Watchdog {
+    fn new(limits: &Limits) -> Self {
+        let now = std::time::Instant::now();
+        Watchdog {
+            grace: limits.unattended_grace,
+            min_rate: limits.min_unattended_rate,
+            attended_at: now,
+            window: (now, 0),
+        }
+    }
+
+    fn check(&mut self, attended: bool, written: u64) -> Result<(), FillError> {
+        let now = std::time::Instant::now();
+        if attended {
+            self.attended_at = now;
+        }
+        let (since, from) = self.window;
+        let elapsed = now.duration_since(since);
+        if elapsed < self.grace {
+            return Ok(());
+        }
+        let rate = ((written - from) as f64 / elapsed.as_secs_f64()) as u64;
+        let unattended = now.duration_since(self.attended_at) >= self.grace;
+        if unattended && rate < self.min_rate {
+            return Err(FillError::Abandoned { rate });
+        }
+        self.window = (now, written);
+        Ok(())
+    }
+}
+
+/// A running fill's place in the table and the in-flight gauge, given up
+/// when dropped: at the fill's end, or while a panic unwinds its task.
+struct LeaveTable {
+    fills: BlobFills,
+    digest: Digest,
+}
+
+impl LeaveTable {
+    fn enter(fills: BlobFills, digest: Digest) -> Self {
+        fills.inner.metrics.get().fills_in_flight.inc();
+        LeaveTable { fills, digest }
+    }
+}
+
+impl Drop for LeaveTable {
+    fn drop(&mut self) {
+        let removed = self
+            .fills
+            .inner
+            .table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.digest);
+        drop(removed);
+        self.fills.inner.metrics.get().fills_in_flight.dec();
     }
 }
 
@@ -496,8 +583,4 @@ type WriteTask = tokio::task::JoinHandle<(Hasher, std::io::Result<()>, Vec<Bytes
 enum Hashing {
     Idle(Box<Hasher>),
     Busy(WriteTask),
-}
-
-fn is_disk_full(e: &StoreError) -> bool {
-    matches!(e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
 }

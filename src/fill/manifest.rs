@@ -7,33 +7,39 @@
 //! `HEAD` (which Docker Hub does not count against its pull limit) renews the
 //! mapping when the digest is unchanged, and only a changed tag costs a
 //! `GET`. Upstream "not found" answers are remembered for the upstream's
-//! `negative_ttl`, so a storm of pulls of a missing tag asks once.
+//! `negative_ttl`, and other failures for its `error_ttl`, so that a storm
+//! of pulls of a missing or failing reference asks once, not once per pull.
+//!
+//! A client's `Accept` enters the key only as the set of known media types
+//! it names (`MediaTypes`), so every map here is bounded by what berth
+//! understands, not by what clients send.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Method, StatusCode};
+use http::{Method, StatusCode};
 use tokio_util::task::TaskTracker;
 
 use super::single_flight::SingleFlight;
 use super::FillError;
 use crate::digest::{Algorithm, Digest};
+use crate::manifest::{validate, MediaTypes};
 use crate::reference::Reference;
-use crate::store::{Manifest, Store, TagMapping};
+use crate::store::{best_effort, Manifest, Store, TagMapping};
+use crate::upstream;
 use crate::upstream::routing::Target;
-use crate::upstream::{UpstreamError, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2};
 
 /// Manifests larger than this are refused, as the distribution spec allows
 /// and as registries themselves do.
 pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
-/// Bound on remembered "not found" answers.
-const MAX_REMEMBERED_MISSING: u64 = 100_000;
+/// Memory for remembered upstream answers, keys and errors together.
+const REMEMBERED_BYTES: u64 = 32 * 1024 * 1024;
 
 type FillResult = Result<Arc<Manifest>, Arc<FillError>>;
 
-/// (upstream, repository, reference, the client's `Accept` when berth's own
-/// could not be used).
-type FillKey = (String, String, String, Option<String>);
+/// (upstream, repository, reference, the known media types a client's
+/// `Accept` names when berth's own could not be used).
+type FillKey = (String, String, String, Option<MediaTypes>);
 
 #[derive(Clone)]
 pub struct ManifestFills {
@@ -42,30 +48,45 @@ pub struct ManifestFills {
 
 struct Inner {
     flights: SingleFlight<FillKey, FillResult>,
-    /// Upstream 404s, each kept for its upstream's `negative_ttl`.
-    missing: moka::sync::Cache<FillKey, Duration>,
+    /// Upstream failures: "not found" kept for the upstream's
+    /// `negative_ttl`, other failures for its `error_ttl`.
+    remembered: moka::sync::Cache<FillKey, Remembered>,
     store: Store,
 }
 
-/// Each remembered "not found" lives as long as its value says.
-struct RememberFor;
+/// A failure the upstream gave, and how long to answer with it.
+#[derive(Clone)]
+struct Remembered {
+    error: Arc<FillError>,
+    ttl: Duration,
+}
 
-impl moka::Expiry<FillKey, Duration> for RememberFor {
-    fn expire_after_create(&self, _: &FillKey, ttl: &Duration, _: Instant) -> Option<Duration> {
-        Some(*ttl)
+/// Each remembered failure lives as long as its `ttl` says.
+struct KeepFor;
+
+impl moka::Expiry<FillKey, Remembered> for KeepFor {
+    fn expire_after_create(&self, _: &FillKey, value: &Remembered, _: Instant) -> Option<Duration> {
+        Some(value.ttl)
     }
+}
+
+/// Rough bytes a remembered answer holds.
+fn remembered_weight(key: &FillKey, value: &Remembered) -> u32 {
+    let size = key.0.len() + key.1.len() + key.2.len() + value.error.to_string().len() + 128;
+    u32::try_from(size).unwrap_or(u32::MAX)
 }
 
 impl ManifestFills {
     pub fn new(store: Store, tasks: TaskTracker) -> Self {
-        let missing = moka::sync::Cache::builder()
-            .max_capacity(MAX_REMEMBERED_MISSING)
-            .expire_after(RememberFor)
+        let remembered = moka::sync::Cache::builder()
+            .max_capacity(REMEMBERED_BYTES)
+            .weigher(remembered_weight)
+            .expire_after(KeepFor)
             .build();
         ManifestFills {
             inner: Arc::new(Inner {
                 flights: SingleFlight::new(tasks),
-                missing,
+                remembered,
                 store,
             }),
         }
@@ -73,23 +94,23 @@ impl ManifestFills {
 
     /// Fetches `reference` from `target`'s upstream, joining a fetch already
     /// running for it; the result is stored (manifest, link and, for berth's
-    /// own `Accept`, the tag mapping) before it is returned. `accept` is a
-    /// client's `Accept`, for a client that cannot read what berth holds.
+    /// own `Accept`, the tag mapping) before it is returned. `accept` is the
+    /// known types of a client's `Accept`, for a client that cannot read
+    /// what berth holds.
     pub async fn fetch(
         &self,
         target: &Target,
         reference: &Reference,
-        accept: Option<&HeaderValue>,
+        accept: Option<MediaTypes>,
     ) -> FillResult {
-        let accept = accept.and_then(|a| a.to_str().ok()).map(str::to_owned);
         let key = (
             target.upstream.name().to_owned(),
             target.repo.clone(),
             reference.to_string(),
             accept,
         );
-        if self.inner.missing.contains_key(&key) {
-            return Err(Arc::new(FillError::Upstream(remembered_missing(target))));
+        if let Some(known) = self.inner.remembered.get(&key) {
+            return Err(known.error);
         }
         let (this, target, reference) = (self.clone(), target.clone(), reference.clone());
         let work_key = key.clone();
@@ -97,13 +118,13 @@ impl ManifestFills {
             .inner
             .flights
             .run(key, move || async move {
-                let accept = work_key.3.as_deref();
-                let result = this.transfer(&target, &reference, accept).await;
-                if let Err(e) = &result {
+                let result = this.transfer(&target, &reference, work_key.3).await;
+                result.map_err(|e| {
                     tracing::warn!(?target, %reference, error = %e, "manifest fill failed");
-                    this.remember_if_missing(&work_key, &target, e);
-                }
-                result.map_err(Arc::new)
+                    let e = Arc::new(e);
+                    this.remember(&work_key, &target, &e);
+                    e
+                })
             })
             .await;
         result.unwrap_or_else(|| {
@@ -113,10 +134,21 @@ impl ManifestFills {
         })
     }
 
-    fn remember_if_missing(&self, key: &FillKey, target: &Target, err: &FillError) {
-        let ttl = target.upstream.config().negative_ttl;
-        if matches!(err, FillError::Upstream(e) if e.is_not_found()) && !ttl.is_zero() {
-            self.inner.missing.insert(key.clone(), ttl);
+    /// Keeps an upstream's failure for a while, so that clients retrying in
+    /// a loop do not become an upstream flood (nor spend a rate limit).
+    fn remember(&self, key: &FillKey, target: &Target, err: &Arc<FillError>) {
+        let config = target.upstream.config();
+        let ttl = match &**err {
+            FillError::Upstream(e) if e.is_not_found() => config.negative_ttl,
+            e if e.is_upstream_answer() => config.error_ttl,
+            _ => return,
+        };
+        if !ttl.is_zero() {
+            let remembered = Remembered {
+                error: err.clone(),
+                ttl,
+            };
+            self.inner.remembered.insert(key.clone(), remembered);
         }
     }
 
@@ -124,7 +156,7 @@ impl ManifestFills {
         &self,
         target: &Target,
         reference: &Reference,
-        accept: Option<&str>,
+        accept: Option<MediaTypes>,
     ) -> Result<Arc<Manifest>, FillError> {
         let canonical = accept.is_none();
         if let (true, Reference::Tag(tag)) = (canonical, reference) {
@@ -133,15 +165,12 @@ impl ManifestFills {
             }
         }
         let (upstream, repo) = (&target.upstream, target.repo.as_str());
-        let accept = accept.and_then(|a| HeaderValue::from_str(a).ok());
+        let accept = match accept {
+            None => upstream::Accept::Berth,
+            Some(types) => upstream::Accept::These(types.header_value()),
+        };
         let resp = upstream
-            .manifest(
-                Method::GET,
-                repo,
-                &reference.to_string(),
-                accept.as_ref(),
-                None,
-            )
+            .manifest(Method::GET, repo, &reference.to_string(), accept, None)
             .await?;
         let announced: Option<Digest> =
             header_str(&resp, "docker-content-digest").and_then(|d| d.parse().ok());
@@ -173,17 +202,36 @@ impl ManifestFills {
                 actual: digest,
             });
         }
-        let media_type = media_type_of(content_type.as_deref(), &bytes);
+        let media_type =
+            validate::check(content_type.as_deref(), &bytes).map_err(|e| FillError::Invalid {
+                upstream: upstream.name().to_owned(),
+                reason: e.to_string(),
+            })?;
         let store = &self.inner.store;
-        let manifest = store.put_manifest(Manifest {
+        let manifest = Manifest {
             digest: digest.clone(),
             media_type,
             bytes,
-        })?;
-        store.add_link(upstream.name(), repo, &digest)?;
+        };
+        // A store that cannot write (a full disk) still answers the
+        // clients: the verified manifest, uncached.
+        let manifest = match store.put_manifest(manifest.clone()) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "manifest served without caching");
+                return Ok(Arc::new(manifest));
+            }
+        };
+        best_effort(
+            store.add_link(upstream.name(), repo, &digest),
+            "a repository link",
+        );
         if let (true, Reference::Tag(tag)) = (canonical, reference) {
             let mapping = TagMapping::new(&digest, etag);
-            store.put_tag(upstream.name(), repo, tag, mapping)?;
+            best_effort(
+                store.put_tag(upstream.name(), repo, tag, mapping),
+                "a tag mapping",
+            );
         }
         Ok(manifest)
     }
@@ -211,7 +259,13 @@ impl ManifestFills {
             .clone()
             .unwrap_or_else(|| format!("\"{digest}\""));
         let resp = upstream
-            .manifest(Method::HEAD, repo, tag, None, Some(&etag))
+            .manifest(
+                Method::HEAD,
+                repo,
+                tag,
+                upstream::Accept::Berth,
+                Some(&etag),
+            )
             .await?;
         let now_at =
             header_str(&resp, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
@@ -225,81 +279,14 @@ impl ManifestFills {
         if let Some(etag) = header_str(&resp, "etag") {
             renewed.etag = Some(etag.to_owned());
         }
-        store.put_tag(upstream.name(), repo, tag, renewed)?;
+        best_effort(
+            store.put_tag(upstream.name(), repo, tag, renewed),
+            "a tag mapping",
+        );
         Ok(Some(cached))
-    }
-}
-
-/// The error for a "not found" that berth remembers rather than asks again.
-fn remembered_missing(target: &Target) -> UpstreamError {
-    UpstreamError::Status {
-        upstream: target.upstream.name().to_owned(),
-        status: StatusCode::NOT_FOUND,
-        code: None,
-        message: "not found (a recent answer, remembered)".to_owned(),
-        retry_after: None,
     }
 }
 
 fn header_str<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The media type to serve a manifest with: the upstream's `Content-Type`
-/// when it names a manifest type, else the document's own `mediaType`, else
-/// what its shape says (OCI manifests may omit `mediaType`).
-pub fn media_type_of(content_type: Option<&str>, bytes: &[u8]) -> String {
-    use oci_spec::image::MediaType;
-    let known = [
-        MediaType::ImageIndex.to_string(),
-        MediaType::ImageManifest.to_string(),
-        DOCKER_MANIFEST_LIST.to_owned(),
-        DOCKER_MANIFEST_V2.to_owned(),
-    ];
-    if let Some(ct) = content_type
-        .filter(|ct| known.iter().any(|k| k == ct) || ct.starts_with("application/vnd."))
-    {
-        return ct.to_owned();
-    }
-    let doc: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
-    if let Some(mt) = doc.get("mediaType").and_then(|m| m.as_str()) {
-        return mt.to_owned();
-    }
-    if doc.get("manifests").is_some() {
-        MediaType::ImageIndex.to_string()
-    } else {
-        MediaType::ImageManifest.to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn media_type_prefers_the_upstream_header() {
-        assert_eq!(
-            media_type_of(Some(DOCKER_MANIFEST_V2), b"{}"),
-            DOCKER_MANIFEST_V2
-        );
-    }
-
-    #[test]
-    fn media_type_falls_back_to_the_document() {
-        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
-        assert_eq!(
-            media_type_of(Some("application/json"), index),
-            "application/vnd.oci.image.index.v1+json"
-        );
-        let manifest =
-            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
-        assert_eq!(
-            media_type_of(None, manifest),
-            "application/vnd.oci.image.manifest.v1+json"
-        );
-        assert_eq!(
-            media_type_of(None, br#"{"schemaVersion":2,"config":{}}"#),
-            "application/vnd.oci.image.manifest.v1+json"
-        );
-    }
 }

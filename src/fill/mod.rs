@@ -44,10 +44,40 @@ pub enum FillError {
         size: usize,
         limit: usize,
     },
+    #[error("upstream {upstream} has a blob of {size} bytes or more; berth fetches at most {limit} (limits.max_blob_size)")]
+    BlobTooLarge {
+        upstream: String,
+        size: u64,
+        limit: u64,
+    },
+    #[error("the fill was abandoned: no client waited for it and it moved {rate} bytes/s, under limits.min_unattended_rate")]
+    Abandoned { rate: u64 },
+    #[error("upstream {upstream} sent a manifest berth will not keep: {reason}")]
+    Invalid { upstream: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("berth is already running {limit} fills (limits.max_fills); retry later")]
     Busy { limit: usize },
     #[error("cache write failed: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl FillError {
+    /// Whether the upstream's answer (not berth, not the disk) made the
+    /// fill fail: what is worth remembering for a while.
+    pub fn is_upstream_answer(&self) -> bool {
+        match self {
+            FillError::Upstream(e) => !matches!(e, UpstreamError::Offline { .. }),
+            FillError::DigestMismatch { .. }
+            | FillError::Truncated { .. }
+            | FillError::Overlong { .. }
+            | FillError::TooLarge { .. }
+            | FillError::BlobTooLarge { .. }
+            | FillError::Invalid { .. } => true,
+            FillError::Store(_)
+            | FillError::Busy { .. }
+            | FillError::Abandoned { .. }
+            | FillError::Io(_) => false,
+        }
+    }
 }

@@ -72,15 +72,39 @@ where
     where
         F: Future<Output = T> + Send + 'static,
     {
-        let table = self.table.clone();
-        // The task leaves the table itself, once done; it cannot do so before
-        // it is inserted, since inserting holds the table's lock.
+        // The task leaves the table itself, however it ends: done, panicked
+        // or cancelled (the guard's drop runs while a panic unwinds). It
+        // cannot leave before it is inserted, since inserting holds the
+        // table's lock.
+        let leave = Leave {
+            table: self.table.clone(),
+            key: Some(key),
+        };
         let task = self.tasks.spawn(async move {
-            let result = work.await;
-            table.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-            result
+            let _leave = leave;
+            work.await
         });
         task.map(Result::ok).boxed().shared()
+    }
+}
+
+/// Removes a flight's key from its table when dropped.
+struct Leave<K: Eq + Hash, T> {
+    table: Arc<Mutex<HashMap<K, Flight<T>>>>,
+    key: Option<K>,
+}
+
+impl<K: Eq + Hash, T> Drop for Leave<K, T> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            // Dropped outside the lock: a flight's value may own anything.
+            let removed = self
+                .table
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            drop(removed);
+        }
     }
 }
 
@@ -122,5 +146,26 @@ mod tests {
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert!(!flights.is_running(&"k"));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_flight_leaves_the_table() {
+        let flights: SingleFlight<&str, usize> = SingleFlight::new(TaskTracker::new());
+        let first = flights
+            .run("k", || async {
+                if flights_panic() {
+                    panic!("a bug inside the work");
+                }
+                0
+            })
+            .await;
+        assert_eq!(first, None, "a panic is reported as no result");
+        assert!(!flights.is_running(&"k"), "the key is free again");
+        let second = flights.run("k", || async { 7 }).await;
+        assert_eq!(second, Some(7), "the next caller starts afresh");
+    }
+
+    fn flights_panic() -> bool {
+        true
     }
 }

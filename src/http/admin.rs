@@ -1,5 +1,6 @@
 //! The operator's endpoints: `/metrics` (Prometheus text), `/healthz` (the
-//! process answers) and `/readyz` (the store is open and answering). They
+//! process answers), `/readyz` (the store is open and answering) and `/du`
+//! (what `berth du` prints, as JSON). They
 //! live on the registry listener, or only on `admin_listen` when that is set,
 //! and are never confused with the registry API, which is all under `/v2/`.
 
@@ -13,7 +14,7 @@ const PROMETHEUS_TEXT: &str = "application/openmetrics-text; version=1.0.0; char
 /// The admin answer for `req`, or `None` when it is not an admin path.
 pub fn handle<B>(app: &App, req: &Request<B>) -> Option<Response<Body>> {
     let path = req.uri().path();
-    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/du") {
         return None;
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -26,6 +27,7 @@ pub fn handle<B>(app: &App, req: &Request<B>) -> Option<Response<Body>> {
     Some(match path {
         "/metrics" => text(StatusCode::OK, PROMETHEUS_TEXT, metrics(app)),
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/du" => du(app),
         _ => ready(app),
     })
 }
@@ -51,6 +53,9 @@ fn metrics(app: &App) -> String {
     let (entries, bytes) = app.store().hot_usage();
     families.hot_entries.set(clamp(entries));
     families.hot_bytes.set(clamp(bytes));
+    families
+        .store_writable
+        .set(i64::from(app.store().writable()));
     app.metrics().encode()
 }
 
@@ -58,9 +63,33 @@ fn clamp(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// What `berth du` prints, from the running server's counts.
+fn du(app: &App) -> Response<Body> {
+    match app.store().report() {
+        Ok(report) => text(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string(&report).unwrap_or_default(),
+        ),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("cannot report: {e}\n"),
+        ),
+    }
+}
+
+/// Ready while the store answers. A store that cannot write (a full disk)
+/// is still ready: it serves what it holds and passes the rest through
+/// uncached, and says so here and in `berth_store_writable`.
 fn ready(app: &App) -> Response<Body> {
+    let store = if app.store().writable() {
+        "ok"
+    } else {
+        "cannot write: serving without caching until there is room"
+    };
     match app.store().ping() {
-        Ok(()) => text(StatusCode::OK, "application/json", ready_body(app, "ok")),
+        Ok(()) => text(StatusCode::OK, "application/json", ready_body(app, store)),
         Err(e) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "application/json",
@@ -76,7 +105,12 @@ fn ready_body(app: &App, store: &str) -> String {
         .iter()
         .map(|u| serde_json::json!({ "name": u.name(), "offline": u.config().offline }))
         .collect();
-    let body = serde_json::json!({ "store": store, "upstreams": upstreams });
+    let body = serde_json::json!({
+        "store": store,
+        "store_writable": app.store().writable(),
+        "store_counted": app.store().is_counted(),
+        "upstreams": upstreams,
+    });
     format!("{body}\n")
 }
 

@@ -12,7 +12,7 @@ use crate::digest::Digest;
 use crate::error::{ApiError, ContentKind};
 use crate::fill::blob::BlobSource;
 use crate::fill::reader::BlobReader;
-use crate::store::BlobContent;
+use crate::store::{best_effort, BlobContent};
 use crate::upstream::announced_length;
 use crate::upstream::routing::Target;
 use crate::App;
@@ -99,8 +99,11 @@ async fn confirm(app: &App, target: &Target, digest: &Digest) -> Result<Option<u
         .blob(Method::HEAD, &target.repo, digest)
         .await
         .map_err(|e| ApiError::from_upstream(&e, ContentKind::Blob))?;
-    app.store()
-        .add_link(target.upstream.name(), &target.repo, digest)?;
+    best_effort(
+        app.store()
+            .add_link(target.upstream.name(), &target.repo, digest),
+        "a repository link",
+    );
     Ok(announced_length(&resp))
 }
 

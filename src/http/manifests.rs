@@ -14,6 +14,7 @@ use super::{conditional, content_headers, not_modified};
 use crate::digest::Algorithm;
 use crate::error::{ApiError, ContentKind};
 use crate::fill::FillError;
+use crate::manifest::MediaTypes;
 use crate::reference::Reference;
 use crate::referrers::{index_bytes, subject_of_tag, Known, INDEX_MEDIA_TYPE};
 use crate::store::{Manifest, TagMapping};
@@ -207,9 +208,9 @@ async fn negotiate(
     reference: &Reference,
     headers: &HeaderMap,
 ) -> Result<Arc<Manifest>, ApiError> {
-    let accept = conditional::accept_value(headers);
+    let accept = MediaTypes::from_accept(headers);
     app.manifests()
-        .fetch(target, reference, accept.as_ref())
+        .fetch(target, reference, Some(accept))
         .await
         .map_err(|e| ApiError::from_fill(&e, ContentKind::Manifest))
 }

@@ -4,14 +4,16 @@
 //! lets running responses finish.
 //!
 //! Limits are enforced here: headers must arrive within the header-read
-//! timeout, a connection with no traffic for the idle timeout is closed, and
+//! timeout (counted from the accept, so a socket that never sends a byte
+//! gives its slot back as soon as one that sent half a request would), a
+//! connection with no traffic for the idle timeout is closed, and
 //! connections beyond `max_connections` are answered with a 503 OCI error
 //! and closed rather than left waiting.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -48,7 +50,16 @@ struct Front {
     tls: Option<TlsAcceptor>,
     graceful: GracefulShutdown,
     permits: Arc<Semaphore>,
+    timeouts: Timeouts,
+}
+
+/// How long a connection may stay quiet.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    /// No traffic at all for this long closes it.
     idle: Duration,
+    /// Nothing received this long after the accept closes it.
+    first_byte: Duration,
 }
 
 /// Serves until `shutdown` resolves, then waits up to `drain` for open
@@ -74,7 +85,10 @@ pub async fn serve(
         tls,
         graceful: GracefulShutdown::new(),
         permits: Arc::new(Semaphore::new(limits.max_connections)),
-        idle: limits.idle_timeout,
+        timeouts: Timeouts {
+            idle: limits.idle_timeout,
+            first_byte: limits.header_read_timeout,
+        },
     };
     tokio::pin!(shutdown);
     loop {
@@ -136,7 +150,7 @@ impl Front {
             Service::Registry | Service::Refuse => self.tls.clone(),
             Service::Admin => None,
         };
-        let (app, builder, idle) = (self.app.clone(), self.builder.clone(), self.idle);
+        let (app, builder, timeouts) = (self.app.clone(), self.builder.clone(), self.timeouts);
         let watcher = self.graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
@@ -146,13 +160,14 @@ impl Front {
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            connection(app.clone(), builder, watcher, stream, service, idle).await
+                            connection(app.clone(), builder, watcher, stream, service, timeouts)
+                                .await
                         }
                         Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
                         Err(_) => Err("TLS handshake timed out".to_owned()),
                     }
                 }
-                None => connection(app.clone(), builder, watcher, stream, service, idle).await,
+                None => connection(app.clone(), builder, watcher, stream, service, timeouts).await,
             };
             app.metrics().get().connections.dec();
             if let Err(e) = result {
@@ -170,12 +185,12 @@ async fn connection<S>(
     watcher: hyper_util::server::graceful::Watcher,
     stream: S,
     service: Service,
-    idle: Duration,
+    timeouts: Timeouts,
 ) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (stream, last_activity) = Activity::wrap(stream);
+    let (stream, stamps) = Activity::wrap(stream);
     let svc = service_fn(move |req| {
         let app = app.clone();
         async move { Ok::<_, Infallible>(respond(app, req, service).await) }
@@ -184,7 +199,19 @@ where
     let conn = watcher.watch(conn.into_owned());
     tokio::select! {
         result = conn => result.map_err(|e| e.to_string()),
-        () = idle_for(&last_activity, idle) => Err(format!("idle for {idle:?}; closed")),
+        () = idle_for(&stamps, timeouts.idle) => Err(format!("idle for {:?}; closed", timeouts.idle)),
+        () = silent_for(&stamps, timeouts.first_byte) => {
+            Err(format!("nothing received within {:?} of the accept; closed", timeouts.first_byte))
+        }
+    }
+}
+
+/// Resolves if nothing at all was received within `limit` of now (the
+/// accept); never once a byte has arrived.
+async fn silent_for(stamps: &Stamps, limit: Duration) {
+    tokio::time::sleep(limit).await;
+    if stamps.received.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -202,9 +229,10 @@ async fn respond<B>(app: App, req: Request<B>, service: Service) -> Response<Bod
 }
 
 /// Resolves once nothing has been read or written for `idle`.
-async fn idle_for(last: &AtomicU64, idle: Duration) {
+async fn idle_for(stamps: &Stamps, idle: Duration) {
     loop {
-        let quiet = Duration::from_millis(now_ms().saturating_sub(last.load(Ordering::Relaxed)));
+        let last = stamps.last.load(Ordering::Relaxed);
+        let quiet = Duration::from_millis(now_ms().saturating_sub(last));
         if quiet >= idle {
             return;
         }
@@ -218,26 +246,35 @@ fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
+/// When a connection last moved, and whether it ever sent anything.
+struct Stamps {
+    last: AtomicU64,
+    received: AtomicBool,
+}
+
 /// A stream that stamps the time of its last read or write.
 struct Activity<S> {
     inner: S,
-    last: Arc<AtomicU64>,
+    stamps: Arc<Stamps>,
 }
 
 impl<S> Activity<S> {
-    fn wrap(inner: S) -> (Self, Arc<AtomicU64>) {
-        let last = Arc::new(AtomicU64::new(now_ms()));
+    fn wrap(inner: S) -> (Self, Arc<Stamps>) {
+        let stamps = Arc::new(Stamps {
+            last: AtomicU64::new(now_ms()),
+            received: AtomicBool::new(false),
+        });
         (
             Activity {
                 inner,
-                last: last.clone(),
+                stamps: stamps.clone(),
             },
-            last,
+            stamps,
         )
     }
 
     fn touch(&self) {
-        self.last.store(now_ms(), Ordering::Relaxed);
+        self.stamps.last.store(now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -247,9 +284,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if poll.is_ready() {
             self.touch();
+            if buf.filled().len() > before {
+                self.stamps.received.store(true, Ordering::Relaxed);
+            }
         }
         poll
     }

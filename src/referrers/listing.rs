@@ -17,7 +17,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::fill::FillError;
 use crate::store::ReferrersRecord;
 use crate::upstream::routing::Target;
-use crate::upstream::{next_page_query, Upstream, UpstreamError};
+use crate::upstream::{next_page_query, Accept, Upstream, UpstreamError};
 
 /// Pages of a paginated upstream answer followed before giving up.
 const MAX_PAGES: usize = 20;
@@ -77,7 +77,7 @@ pub async fn by_tag(
     known: Option<&ReferrersRecord>,
 ) -> Result<Listing, FillError> {
     let upstream = &target.upstream;
-    let accept = HeaderValue::from_static(INDEX_MEDIA_TYPE);
+    let accept = || Accept::These(Some(HeaderValue::from_static(INDEX_MEDIA_TYPE)));
     let tag = fallback_tag(digest);
     let held = known.and_then(|k| k.tag_digest.as_deref());
     let validator = held.map(|d| format!("\"{d}\""));
@@ -86,7 +86,7 @@ pub async fn by_tag(
             Method::HEAD,
             &target.repo,
             &tag,
-            Some(&accept),
+            accept(),
             validator.as_deref(),
         )
         .await;
@@ -106,7 +106,7 @@ pub async fn by_tag(
         return Ok(Listing::Unchanged);
     }
     let resp = match upstream
-        .manifest(Method::GET, &target.repo, &tag, Some(&accept), None)
+        .manifest(Method::GET, &target.repo, &tag, accept(), None)
         .await
     {
         Ok(resp) => resp,

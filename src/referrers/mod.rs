@@ -34,7 +34,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::fill::single_flight::SingleFlight;
 use crate::fill::FillError;
 use crate::metrics::Metrics;
-use crate::store::{ReferrersRecord, Store};
+use crate::store::{best_effort, ReferrersRecord, Store};
 use crate::upstream::routing::Target;
 use crate::upstream::UpstreamError;
 
@@ -268,9 +268,10 @@ impl Referrers {
                     },
                     Err(e) => return Err(Arc::new(e)),
                 };
-                this.store
-                    .put_referrers(upstream, repo, &d, &record)
-                    .map_err(|e| Arc::new(e.into()))?;
+                best_effort(
+                    this.store.put_referrers(upstream, repo, &d, &record),
+                    "a referrers list",
+                );
                 Ok(Arc::new(record.descriptors))
             })
             .await;

@@ -1,13 +1,17 @@
 //! `berth check`: re-hash everything the store holds and report (or, with
 //! repair, remove) whatever does not match its digest, so that it is fetched
-//! again from upstream on the next pull.
+//! again from upstream on the next pull. It can run beside a serving berth
+//! (`check --online`, through the admin listener) at a bounded rate, so a
+//! large cache is verified without downtime and without starving clients.
 
 use std::io::Read;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::lifecycle::Kind;
-use super::{decode_manifest, BlobRecord, Store, StoreError};
+use super::keys::{self, Kind};
+use super::records::ObjectRecord;
+use super::{Store, StoreError};
 use crate::digest::{Digest, Hasher};
 
 /// One stored item that is not what its digest says.
@@ -26,99 +30,93 @@ pub struct CheckReport {
     pub repaired: usize,
 }
 
+/// Reads at most this many bytes a second (`None`: as fast as the disk).
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    bytes_per_second: Option<u64>,
+    started: Instant,
+}
+
+impl Pace {
+    pub fn new(bytes_per_second: Option<u64>) -> Pace {
+        Pace {
+            bytes_per_second: bytes_per_second.filter(|r| *r > 0),
+            started: Instant::now(),
+        }
+    }
+
+    /// Sleeps as long as reading `done` bytes so far is ahead of the pace.
+    fn wait(&self, done: u64) {
+        if let Some(rate) = self.bytes_per_second {
+            let due = Duration::from_secs_f64(done as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+    }
+}
+
 impl Store {
     /// Bytes `check` will read: the total for a progress display.
     pub fn stored_bytes(&self) -> u64 {
-        self.usage().0
+        self.inner.totals.snapshot().content
     }
 
     /// Re-hashes every blob and manifest; `progress` is told the bytes read
     /// so far. With `repair`, mismatches are removed (record first).
     pub fn check(&self, repair: bool, progress: impl Fn(u64)) -> Result<CheckReport, StoreError> {
+        self.check_paced(repair, Pace::new(None), progress)
+    }
+
+    /// `check` at a bounded rate. Blocking.
+    pub fn check_paced(
+        &self,
+        repair: bool,
+        pace: Pace,
+        progress: impl Fn(u64),
+    ) -> Result<CheckReport, StoreError> {
         let mut report = CheckReport::default();
-        let mut bad = Vec::new();
-        for entry in self.inner.blobs.iter() {
+        let trees = self.trees()?;
+        for entry in trees.objects.iter() {
             let (key, raw) = entry?;
-            let name = String::from_utf8_lossy(&key).into_owned();
-            let verdict = match (
-                name.parse::<Digest>(),
-                serde_json::from_slice::<BlobRecord>(&raw),
-            ) {
-                (Ok(digest), Ok(record)) => {
+            report.checked += 1;
+            let Some((kind, digest)) = keys::parse_object(&key) else {
+                self.wrote(trees.objects.remove(&key))?;
+                continue;
+            };
+            let verdict = match ObjectRecord::decode(&raw) {
+                Some(record) => {
                     report.bytes += record.size;
-                    let result = self.verify_blob(&digest, &record);
-                    result
-                        .err()
-                        .map(|reason| (Kind::Blob, Some(digest), reason))
+                    self.verify(kind, &digest, &record)
                 }
-                _ => Some((Kind::Blob, None, "unreadable record".to_owned())),
+                None => Err("unreadable record".to_owned()),
             };
-            report.checked += 1;
             progress(report.bytes);
-            if let Some((kind, digest, reason)) = verdict {
-                bad.push((kind, digest, name, reason));
-            }
-        }
-        for entry in self.inner.manifests.iter() {
-            let (key, raw) = entry?;
-            let name = String::from_utf8_lossy(&key).into_owned();
-            report.bytes += raw.len() as u64;
-            report.checked += 1;
-            progress(report.bytes);
-            let verdict = match name.parse::<Digest>() {
-                Ok(digest) => match decode_manifest(&digest, &raw) {
-                    Ok(m) if digest.algorithm().digest(&m.bytes) == digest => None,
-                    Ok(m) => Some((
-                        Some(digest.clone()),
-                        format!("content hashes to {}", digest.algorithm().digest(&m.bytes)),
-                    )),
-                    Err(e) => Some((Some(digest), e.to_string())),
-                },
-                Err(_) => Some((None, "key is not a digest".to_owned())),
-            };
-            if let Some((digest, reason)) = verdict {
-                bad.push((Kind::Manifest, digest, name, reason));
-            }
-        }
-        for (kind, digest, name, reason) in bad {
-            report.problems.push(Problem {
-                kind: match kind {
-                    Kind::Blob => "blob",
-                    Kind::Manifest => "manifest",
-                },
-                digest: name.clone(),
-                reason,
-            });
-            if repair {
-                self.remove_item(kind, digest.as_ref(), &name)?;
-                report.repaired += 1;
+            pace.wait(report.bytes);
+            if let Err(reason) = verdict {
+                report.problems.push(Problem {
+                    kind: kind.name(),
+                    digest: digest.to_string(),
+                    reason,
+                });
+                if repair {
+                    self.forget(kind, &digest)?;
+                    report.repaired += 1;
+                }
             }
         }
         Ok(report)
     }
 
-    fn verify_blob(&self, digest: &Digest, record: &BlobRecord) -> Result<(), String> {
+    fn verify(&self, kind: Kind, digest: &Digest, record: &ObjectRecord) -> Result<(), String> {
         let mut hasher = Hasher::new(digest.algorithm());
-        let size = if record.inline {
-            let data = self
-                .inner
-                .blob_data
-                .get(digest.to_string())
-                .map_err(|e| e.to_string())?
-                .ok_or("inline blob without data")?;
-            hasher.update(&data);
-            data.len() as u64
-        } else {
-            hash_file(
-                &mut self
-                    .inner
-                    .files
-                    .open_blob(digest)
-                    .map_err(|e| format!("cannot open its file: {e}"))?,
-                &mut hasher,
-            )
-            .map_err(|e| format!("cannot read its file: {e}"))?
-        };
+        let mut file = self
+            .inner
+            .files
+            .open_file(kind, digest)
+            .map_err(|e| format!("cannot open its file: {e}"))?;
+        let size = hash_reader(&mut file, &mut hasher)
+            .map_err(|e| format!("cannot read its file: {e}"))?;
         if size != record.size {
             return Err(format!("{size} bytes stored, {} recorded", record.size));
         }
@@ -128,28 +126,9 @@ impl Store {
         }
         Ok(())
     }
-
-    fn remove_item(
-        &self,
-        kind: Kind,
-        digest: Option<&Digest>,
-        key: &str,
-    ) -> Result<(), StoreError> {
-        match (kind, digest) {
-            (Kind::Blob, Some(d)) => self.forget(Kind::Blob, d),
-            (Kind::Manifest, Some(d)) => self.forget(Kind::Manifest, d),
-            (Kind::Blob, None) => self.inner.blobs.remove(key).map(drop).map_err(Into::into),
-            (Kind::Manifest, None) => self
-                .inner
-                .manifests
-                .remove(key)
-                .map(drop)
-                .map_err(Into::into),
-        }
-    }
 }
 
-fn hash_file(file: &mut std::fs::File, hasher: &mut Hasher) -> std::io::Result<u64> {
+fn hash_reader(file: &mut std::fs::File, hasher: &mut Hasher) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
@@ -175,6 +154,7 @@ mod tests {
         let cache = CacheConfig {
             hot_size: 1 << 20,
             inline_max: 4,
+            ..CacheConfig::default()
         };
         let (store, _) = Store::open(dir.path(), &cache).expect("open");
         let bytes = b"some blob content";
@@ -191,7 +171,7 @@ mod tests {
             .problems
             .is_empty());
 
-        let path = store.inner.files.path_of(&digest);
+        let path = store.inner.files.path_of(Kind::Blob, &digest);
         let mut content = std::fs::read(&path).expect("read");
         content[3] ^= 1;
         std::fs::write(&path, content).expect("write");

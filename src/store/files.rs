@@ -1,24 +1,41 @@
-//! Large blobs as files, addressed by digest: `blobs/<algorithm>/<2 hex>/<hex>`.
+//! Content as files, addressed by digest: blobs under
+//! `blobs/<algorithm>/<2 hex>/<hex>`, manifests under `manifests/...` the
+//! same way. This is the near cache: what the disk budget counts, block by
+//! block, as the filesystem does.
 //!
 //! A fill writes into `tmp/` first; only verified content is renamed into
-//! `blobs/`. A `TempFile` deletes itself when dropped without being
+//! place. A `TempFile` deletes itself when dropped without being
 //! committed, so an abandoned or failed fill leaves nothing behind, and
 //! start-up clears whatever a crash left in `tmp/`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::keys::Kind;
 use crate::digest::Digest;
 
-/// The two directories of the file tier.
+/// The directories of the file tier.
 #[derive(Debug)]
 pub struct Files {
     blobs: PathBuf,
+    manifests: PathBuf,
     tmp: PathBuf,
     next_temp: AtomicU64,
+}
+
+/// Bytes a file takes on disk: whole blocks, as `du` counts them.
+pub fn disk_bytes(metadata: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    // A filesystem that reports no blocks (or not yet): round to 4 KiB.
+    let blocks = metadata.blocks() * 512;
+    if blocks > 0 {
+        blocks
+    } else {
+        metadata.len().div_ceil(4096) * 4096
+    }
 }
 
 /// A file being filled. Readers share the handle and read it by offset, so
@@ -81,21 +98,26 @@ impl Files {
     pub fn open(root: &Path) -> io::Result<Files> {
         let files = Files {
             blobs: root.join("blobs"),
+            manifests: root.join("manifests"),
             tmp: root.join("tmp"),
             next_temp: AtomicU64::new(0),
         };
         fs::create_dir_all(&files.blobs)?;
+        fs::create_dir_all(&files.manifests)?;
         fs::create_dir_all(&files.tmp)?;
         Ok(files)
     }
 
-    pub fn blobs_dir(&self) -> &Path {
-        &self.blobs
+    fn dir(&self, kind: Kind) -> &Path {
+        match kind {
+            Kind::Blob => &self.blobs,
+            Kind::Manifest => &self.manifests,
+        }
     }
 
-    pub fn path_of(&self, digest: &Digest) -> PathBuf {
+    pub fn path_of(&self, kind: Kind, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
-        self.blobs
+        self.dir(kind)
             .join(digest.algorithm().name())
             .join(&hex[..2])
             .join(hex)
@@ -117,35 +139,60 @@ impl Files {
         })
     }
 
-    /// Makes a verified temp file durable and moves it to its digest's place.
-    pub fn commit(&self, mut temp: TempFile, digest: &Digest) -> io::Result<()> {
+    /// Makes a verified temp file durable and moves it to its digest's
+    /// place; returns the bytes it takes on disk.
+    pub fn commit(&self, mut temp: TempFile, kind: Kind, digest: &Digest) -> io::Result<u64> {
         temp.file.sync_all()?;
-        let target = self.path_of(digest);
-        let dir = target.parent().unwrap_or(&self.blobs);
-        fs::create_dir_all(dir)?;
-        fs::rename(&temp.path, &target)?;
+        let disk = self.place(&temp.path, kind, digest)?;
         temp.committed = true;
-        // The rename is durable only once the directory is.
-        File::open(dir)?.sync_all()
+        Ok(disk)
     }
 
     /// `commit` for a staged file.
-    pub fn commit_staged(&self, mut staged: Staged, digest: &Digest) -> io::Result<()> {
+    pub fn commit_staged(
+        &self,
+        mut staged: Staged,
+        kind: Kind,
+        digest: &Digest,
+    ) -> io::Result<u64> {
         File::open(&staged.path)?.sync_all()?;
-        let target = self.path_of(digest);
-        let dir = target.parent().unwrap_or(&self.blobs);
-        fs::create_dir_all(dir)?;
-        fs::rename(&staged.path, &target)?;
+        let disk = self.place(&staged.path, kind, digest)?;
         staged.committed = true;
-        File::open(dir)?.sync_all()
+        Ok(disk)
     }
 
-    pub fn open_blob(&self, digest: &Digest) -> io::Result<File> {
-        File::open(self.path_of(digest))
+    /// Writes a small document (a manifest) in place. No fsync: a document
+    /// is re-hashed whenever it is read from its file, so one that a power
+    /// cut left incomplete is never served, only fetched again.
+    pub fn write_small(&self, kind: Kind, digest: &Digest, bytes: &[u8]) -> io::Result<u64> {
+        let mut temp = self.temp()?;
+        (&*temp.file).write_all(bytes)?;
+        let disk = self.place(&temp.path, kind, digest)?;
+        temp.committed = true;
+        Ok(disk)
     }
 
-    pub fn remove(&self, digest: &Digest) -> io::Result<()> {
-        match fs::remove_file(self.path_of(digest)) {
+    /// Renames a complete file to its digest's place, durably.
+    fn place(&self, from: &Path, kind: Kind, digest: &Digest) -> io::Result<u64> {
+        let target = self.path_of(kind, digest);
+        let dir = target.parent().unwrap_or(self.dir(kind));
+        fs::create_dir_all(dir)?;
+        fs::rename(from, &target)?;
+        // The rename is durable only once the directory is.
+        File::open(dir)?.sync_all()?;
+        Ok(disk_bytes(&fs::metadata(&target)?))
+    }
+
+    pub fn open_file(&self, kind: Kind, digest: &Digest) -> io::Result<File> {
+        File::open(self.path_of(kind, digest))
+    }
+
+    pub fn read(&self, kind: Kind, digest: &Digest) -> io::Result<Vec<u8>> {
+        fs::read(self.path_of(kind, digest))
+    }
+
+    pub fn remove(&self, kind: Kind, digest: &Digest) -> io::Result<()> {
+        match fs::remove_file(self.path_of(kind, digest)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -162,20 +209,55 @@ impl Files {
         Ok(removed)
     }
 
-    /// Every blob file on disk, with the digest its path names (files whose
-    /// path is not a digest are returned with `None`).
-    pub fn list(&self) -> io::Result<Vec<(PathBuf, Option<Digest>)>> {
-        let mut out = Vec::new();
-        for alg in fs::read_dir(&self.blobs)? {
+    /// Bytes the content directories themselves take (not their files).
+    pub fn directory_bytes(&self) -> u64 {
+        let mut total = 0;
+        for top in [&self.blobs, &self.manifests, &self.tmp] {
+            let Ok(meta) = fs::metadata(top) else {
+                continue;
+            };
+            total += disk_bytes(&meta);
+            let Ok(algs) = fs::read_dir(top) else {
+                continue;
+            };
+            for alg in algs.flatten() {
+                let Ok(meta) = alg.metadata() else { continue };
+                if !meta.is_dir() || top == &self.tmp {
+                    continue;
+                }
+                total += disk_bytes(&meta);
+                let Ok(prefixes) = fs::read_dir(alg.path()) else {
+                    continue;
+                };
+                total += prefixes
+                    .flatten()
+                    .filter_map(|p| p.metadata().ok())
+                    .filter(|m| m.is_dir())
+                    .map(|m| disk_bytes(&m))
+                    .sum::<u64>();
+            }
+        }
+        total
+    }
+
+    /// Calls `visit` for every file of `kind` on disk, with the digest its
+    /// path names (`None` for a file whose path is not a digest). Streams:
+    /// a million files are never listed in memory at once.
+    pub fn visit(
+        &self,
+        kind: Kind,
+        mut visit: impl FnMut(PathBuf, Option<Digest>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        for alg in fs::read_dir(self.dir(kind))? {
             let alg = alg?;
             if !alg.file_type()?.is_dir() {
-                out.push((alg.path(), None));
+                visit(alg.path(), None)?;
                 continue;
             }
             for prefix in fs::read_dir(alg.path())? {
                 let prefix = prefix?;
                 if !prefix.file_type()?.is_dir() {
-                    out.push((prefix.path(), None));
+                    visit(prefix.path(), None)?;
                     continue;
                 }
                 for file in fs::read_dir(prefix.path())? {
@@ -185,11 +267,11 @@ impl Files {
                         alg.file_name().to_string_lossy(),
                         file.file_name().to_string_lossy()
                     );
-                    out.push((file.path(), name.parse().ok()));
+                    visit(file.path(), name.parse().ok())?;
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -217,11 +299,22 @@ mod tests {
         let temp = files.temp().expect("temp");
         (&*temp.file).write_all(b"hello").expect("write");
         let digest = Algorithm::Sha256.digest(b"hello");
-        files.commit(temp, &digest).expect("commit");
-        assert_eq!(fs::read(files.path_of(&digest)).expect("read"), b"hello");
+        let disk = files.commit(temp, Kind::Blob, &digest).expect("commit");
+        assert!(disk >= 5, "whole blocks");
         assert_eq!(
-            files.list().expect("list"),
-            vec![(files.path_of(&digest), Some(digest))]
+            fs::read(files.path_of(Kind::Blob, &digest)).expect("read"),
+            b"hello"
+        );
+        let mut listed = Vec::new();
+        files
+            .visit(Kind::Blob, |path, d| {
+                listed.push((path, d));
+                Ok(())
+            })
+            .expect("list");
+        assert_eq!(
+            listed,
+            vec![(files.path_of(Kind::Blob, &digest), Some(digest))]
         );
         assert_eq!(files.clear_temp().expect("clear"), 0);
     }
@@ -241,9 +334,12 @@ mod tests {
         (&*temp.file).write_all(b"staged").expect("write");
         let digest = Algorithm::Sha256.digest(b"staged");
         files
-            .commit_staged(temp.into_staged(), &digest)
+            .commit_staged(temp.into_staged(), Kind::Blob, &digest)
             .expect("commit");
-        assert_eq!(fs::read(files.path_of(&digest)).expect("read"), b"staged");
+        assert_eq!(
+            fs::read(files.path_of(Kind::Blob, &digest)).expect("read"),
+            b"staged"
+        );
         assert_eq!(files.clear_temp().expect("clear"), 0);
     }
 }

@@ -7,10 +7,8 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
-use super::lifecycle::Kind;
-use super::{decode_manifest, BlobContent, BlobRecord, Manifest, Store, StoreError, TagMapping};
+use super::keys::{self, Kind};
+use super::{BlobContent, Manifest, Store, StoreError, TagMapping};
 use crate::digest::Digest;
 
 /// A tag mapping with where it belongs.
@@ -30,27 +28,16 @@ pub struct LinkEntry {
     pub digest: Digest,
 }
 
-/// Splits a `upstream \0 repository \0 last` key.
-fn split_key(key: &[u8]) -> Option<(String, String, String)> {
-    let mut parts = key.splitn(3, |b| *b == 0);
-    let mut next = || {
-        parts
-            .next()
-            .and_then(|p| std::str::from_utf8(p).ok())
-            .map(str::to_owned)
-    };
-    Some((next()?, next()?, next()?))
-}
-
 impl Store {
     /// Every tag mapping, in key order (upstream, repository, tag).
     pub fn tag_entries(&self) -> Result<Vec<TagEntry>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.inner.tags.iter() {
+        for entry in self.trees()?.tags.iter() {
             let (key, raw) = entry?;
-            let (Some((upstream, repo, tag)), Ok(mapping)) =
-                (split_key(&key), serde_json::from_slice::<TagMapping>(&raw))
-            else {
+            let (Some((upstream, repo, tag)), Ok(mapping)) = (
+                keys::split_scoped(&key),
+                serde_json::from_slice::<TagMapping>(&raw),
+            ) else {
                 tracing::warn!(key = %String::from_utf8_lossy(&key), "unreadable tag record skipped");
                 continue;
             };
@@ -64,15 +51,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Every repository link, in key order.
+    /// Every repository link, in key order (by digest).
     pub fn link_entries(&self) -> Result<Vec<LinkEntry>, StoreError> {
         let mut out = Vec::new();
-        for key in self.inner.links.iter().keys() {
+        for key in self.trees()?.links.iter().keys() {
             let key = key?;
-            let Some((upstream, repo, digest)) = split_key(&key) else {
-                continue;
-            };
-            if let Ok(digest) = digest.parse() {
+            if let Some((digest, upstream, repo)) = keys::parse_by_digest(&key) {
                 out.push(LinkEntry {
                     upstream,
                     repo,
@@ -85,54 +69,31 @@ impl Store {
 
     /// A stored manifest, read without counting as a use.
     pub fn peek_manifest(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, StoreError> {
-        match self.inner.manifests.get(digest.to_string())? {
-            Some(raw) => Ok(Some(Arc::new(decode_manifest(digest, &raw)?))),
-            None => Ok(None),
-        }
+        Ok(self.load_manifest(digest)?.map(Arc::new))
     }
 
     /// The size of a stored blob, when it is stored.
     pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
-        Ok(self.blob_record(digest)?.map(|r| r.size))
+        Ok(self.record(Kind::Blob, digest)?.map(|r| r.size))
     }
 
     /// A stored blob's content, read without counting as a use.
     pub fn peek_blob(&self, digest: &Digest) -> Result<Option<BlobContent>, StoreError> {
-        let Some(record) = self.blob_record(digest)? else {
+        let Some(record) = self.record(Kind::Blob, digest)? else {
             return Ok(None);
         };
-        if record.inline {
-            return Ok(self
-                .inner
-                .blob_data
-                .get(digest.to_string())?
-                .map(|b| BlobContent::Inline(Bytes::copy_from_slice(&b))));
-        }
-        match self.inner.files.open_blob(digest) {
-            Ok(file) => Ok(Some(BlobContent::File {
+        Ok(self
+            .open_checked(digest, &record)?
+            .map(|file| BlobContent::File {
                 file: Arc::new(file),
                 size: record.size,
-            })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Io {
-                what: format!("cannot open blob {digest}"),
-                source: e,
-            }),
-        }
+            }))
     }
 
     /// When content was last used, or stored if never read since (in
-    /// milliseconds since the Unix epoch); `None` when berth cannot tell.
+    /// milliseconds since the Unix epoch); `None` when it is not stored.
     pub fn used_at(&self, kind: Kind, digest: &Digest) -> Result<Option<u64>, StoreError> {
-        if let Some(at) = self.last_access(kind, digest)? {
-            return Ok(Some(at));
-        }
-        Ok(match kind {
-            Kind::Blob => self
-                .blob_record(digest)?
-                .map(|r: BlobRecord| r.stored_at_ms),
-            Kind::Manifest => None,
-        })
+        self.last_access(kind, digest)
     }
 }
 

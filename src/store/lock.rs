@@ -20,10 +20,11 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Opens the sled database, waiting briefly for its lock. A lock still held
 /// after that is another berth on the same data directory, which is refused
 /// with a message that says so.
-pub(super) fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+pub(super) fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
     let started = std::time::Instant::now();
+    let config = sled::Config::new().path(path).cache_capacity(cache_bytes);
     loop {
-        match sled::Config::new().path(path).open() {
+        match config.open() {
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 if started.elapsed() > LOCK_WAIT {
                     return Err(StoreError::Io {

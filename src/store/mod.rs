@@ -1,43 +1,61 @@
-//! The cache's storage: one facade over three tiers.
+//! The cache's storage: one facade over its tiers.
 //!
-//! - moka (`hot`): manifests, tag resolutions and small blobs in memory;
-//! - sled: metadata, manifests, small blobs inline, tag mappings and
-//!   repository links, plus the schema version;
-//! - files (`files`): large blobs, content-addressed.
+//! - `hot` (moka): manifests, tag resolutions, referrers lists and small
+//!   blobs in memory, bounded in bytes;
+//! - `meta` (sled): one small record per stored object, the access index,
+//!   repository links, tag mappings, referrers lists and the census;
+//! - `files`: the content itself, blobs and manifests, by digest: the near
+//!   cache, bounded on disk (`lru`).
 //!
 //! Content is stored once per digest, whatever repository it came from;
 //! *links* record which repositories the upstream showed it in, because a
 //! repository may only be served what it was seen to contain. Write order is
-//! always: verify, commit the file, then the sled record; so a record never
-//! points at content that is not complete.
+//! always: verify, commit the file, then the record; so a record never
+//! points at content that is not complete. Costs do not grow with what the
+//! store holds: a clean start reads no per-object record (`recovery`), an
+//! eviction round reads about as many records as it removes (`lru`), and
+//! `berth du` reads maintained counts (`census`).
 
+pub mod census;
 pub mod check;
 pub mod files;
 pub mod hot;
 pub mod inventory;
-pub mod lifecycle;
+pub mod keys;
 mod lock;
+pub mod lru;
+mod meta;
+mod migrate;
 pub mod pins;
+pub mod records;
+pub mod recovery;
 pub mod report;
 pub mod tag_lists;
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
+use self::census::Counts;
 use self::files::{Files, Staged, TempFile};
 use self::hot::{Hot, HotKey, HotValue};
-use self::lifecycle::{Kind, Lifecycle};
+pub use self::keys::Kind;
 pub use self::lock::ensure_free;
+use self::lru::Lru;
+use self::meta::Meta;
+use self::records::{encode_json, now_ms};
+pub use self::records::{BlobContent, Manifest, ObjectRecord, ReferrersRecord, TagMapping};
+pub use self::recovery::Opened;
 use crate::config::{CacheConfig, StorageConfig};
 use crate::digest::{Digest, Hasher};
 
 /// The on-disk format version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
-const SCHEMA_KEY: &[u8] = b"schema_version";
+pub const SCHEMA_VERSION: u32 = 2;
+/// Free space the disk needs before a database that failed to write is
+/// opened again (room for sled to write a few segments).
+const REOPEN_FREE_SPACE: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -54,125 +72,33 @@ pub enum StoreError {
     SchemaTooNew { found: u32, supported: u32 },
     #[error("{} is in use by a running berth (one data directory serves one berth)", dir.display())]
     InUse { dir: std::path::PathBuf },
+    #[error("the metadata database is being reopened")]
+    Reopening,
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+impl StoreError {
+    /// Whether the disk (or the database on it) ran out of space.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            StoreError::Db(sled::Error::Io(e)) => e.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+}
+
+/// For writes on a client's path that only make the cache better (a link,
+/// a tag mapping, a referrers list): a failure is logged and the client is
+/// answered anyway, as if berth had not cached it.
+pub fn best_effort(result: Result<(), StoreError>, what: &str) {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "{what} was not cached");
+    }
+}
+
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     let what = what.into();
     move |source| StoreError::Io { what, source }
-}
-
-/// A manifest as stored: its bytes and the media type to serve them with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Manifest {
-    pub digest: Digest,
-    pub media_type: String,
-    pub bytes: Bytes,
-}
-
-/// Where a tag pointed when berth last asked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TagMapping {
-    pub digest: String,
-    /// Milliseconds since the Unix epoch.
-    pub fetched_at_ms: u64,
-    /// The upstream's `ETag` for the tag, for conditional revalidation.
-    #[serde(default)]
-    pub etag: Option<String>,
-}
-
-impl TagMapping {
-    pub fn new(digest: &Digest, etag: Option<String>) -> Self {
-        TagMapping {
-            digest: digest.to_string(),
-            fetched_at_ms: now_ms(),
-            etag,
-        }
-    }
-
-    /// The same mapping, confirmed by the upstream just now.
-    pub fn renewed(&self) -> Self {
-        TagMapping {
-            fetched_at_ms: now_ms(),
-            ..self.clone()
-        }
-    }
-
-    pub fn age(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.fetched_at_ms))
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// The manifests that refer to a digest (their descriptors, as the
-/// referrers API lists them), and when berth learnt them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReferrersRecord {
-    pub descriptors: Vec<serde_json::Value>,
-    pub fetched_at_ms: u64,
-    /// The digest of the referrers tag's index the list was read from (the
-    /// tag schema), so that a `HEAD` of the tag can tell it is unchanged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag_digest: Option<String>,
-}
-
-impl ReferrersRecord {
-    pub fn new(descriptors: Vec<serde_json::Value>) -> Self {
-        ReferrersRecord {
-            descriptors,
-            fetched_at_ms: now_ms(),
-            tag_digest: None,
-        }
-    }
-
-    /// The same list, confirmed by the upstream just now.
-    pub fn renewed(&self) -> Self {
-        ReferrersRecord {
-            fetched_at_ms: now_ms(),
-            ..self.clone()
-        }
-    }
-
-    pub fn age(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.fetched_at_ms))
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct BlobRecord {
-    size: u64,
-    inline: bool,
-    stored_at_ms: u64,
-}
-
-/// A cached blob, ready to be sent.
-#[derive(Debug, Clone)]
-pub enum BlobContent {
-    Inline(Bytes),
-    File { file: Arc<std::fs::File>, size: u64 },
-}
-
-impl BlobContent {
-    pub fn size(&self) -> u64 {
-        match self {
-            BlobContent::Inline(b) => b.len() as u64,
-            BlobContent::File { size, .. } => *size,
-        }
-    }
-}
-
-/// What start-up recovery found and mended.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Recovery {
-    pub temp_files_removed: usize,
-    pub records_dropped: usize,
-    pub files_adopted: usize,
-    pub files_removed: usize,
 }
 
 /// A cheap, clonable handle on the store.
@@ -182,34 +108,21 @@ pub struct Store {
 }
 
 struct Inner {
-    db: sled::Db,
-    manifests: sled::Tree,
-    blobs: sled::Tree,
-    blob_data: sled::Tree,
-    tags: sled::Tree,
-    links: sled::Tree,
-    referrers: sled::Tree,
-    /// Sync rules' pins (`digest \0 rule`, and `rule \0 digest`) and records.
-    pins: sled::Tree,
-    pins_by_rule: sled::Tree,
-    sync_rules: sled::Tree,
-    /// Whole tag lists, per repository (`tag_lists`).
-    tag_lists: sled::Tree,
+    meta: Meta,
     files: Files,
     hot: Hot,
+    /// Blobs up to this size are held in the hot tier once read.
     inline_max: u64,
-    lifecycle: Lifecycle,
-}
-
-/// `upstream \0 repository \0 last`: sled keys for tags and links.
-fn scoped_key(upstream: &str, repo: &str, last: &str) -> Vec<u8> {
-    [upstream.as_bytes(), repo.as_bytes(), last.as_bytes()].join(&0u8)
+    lru: Lru,
+    totals: census::Totals,
+    dir: std::path::PathBuf,
 }
 
 impl Store {
-    /// Opens (or creates) the store under `dir` and repairs what an
-    /// interrupted run left behind.
-    pub fn open(dir: &Path, cache: &CacheConfig) -> Result<(Store, Recovery), StoreError> {
+    /// Opens (or creates) the store under `dir`. After a crash the store
+    /// serves at once; `reconcile` mends what the crash left (the server
+    /// runs it in the background, commands before they start).
+    pub fn open(dir: &Path, cache: &CacheConfig) -> Result<(Store, Opened), StoreError> {
         Self::open_with(dir, cache, &StorageConfig::default())
     }
 
@@ -218,36 +131,50 @@ impl Store {
         dir: &Path,
         cache: &CacheConfig,
         storage: &StorageConfig,
-    ) -> Result<(Store, Recovery), StoreError> {
+    ) -> Result<(Store, Opened), StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
-        let db = lock::open_db(&dir.join("db"))?;
-        check_schema(&db)?;
-        let inner = Inner {
-            lifecycle: Lifecycle::open(&db, dir, storage)?,
-            manifests: db.open_tree("manifests")?,
-            blobs: db.open_tree("blobs")?,
-            blob_data: db.open_tree("blob_data")?,
-            tags: db.open_tree("tags")?,
-            links: db.open_tree("links")?,
-            referrers: db.open_tree("referrers")?,
-            pins: db.open_tree("pins")?,
-            pins_by_rule: db.open_tree("pins_by_rule")?,
-            sync_rules: db.open_tree("sync_rules")?,
-            tag_lists: db.open_tree("tag_lists")?,
-            files: Files::open(dir).map_err(io_err(format!(
-                "cannot create the blob directories in {}",
-                dir.display()
-            )))?,
-            hot: Hot::new(cache.hot_size),
-            inline_max: cache.inline_max,
-            db,
-        };
+        let meta = Meta::open(&dir.join("db"), cache.meta_cache)?;
+        let files = Files::open(dir).map_err(io_err(format!(
+            "cannot create the content directories in {}",
+            dir.display()
+        )))?;
+        let migrated = migrate::to_current(&meta, &files)?;
         let store = Store {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner {
+                lru: Lru::open(&meta, dir, storage)?,
+                meta,
+                files,
+                hot: Hot::new(cache.hot_size),
+                inline_max: cache.inline_max,
+                totals: census::Totals::default(),
+                dir: dir.to_owned(),
+            }),
         };
-        let recovery = store.recover()?;
-        store.count_usage()?;
-        Ok((store, recovery))
+        let mut opened = store.start()?;
+        opened.migrated = migrated;
+        Ok((store, opened))
+    }
+
+    fn trees(&self) -> Result<Arc<meta::Trees>, StoreError> {
+        self.inner.meta.trees()
+    }
+
+    fn wrote<T>(&self, result: Result<T, sled::Error>) -> Result<T, StoreError> {
+        self.inner.meta.wrote(result)
+    }
+
+    /// The record of a stored object.
+    pub fn record(&self, kind: Kind, digest: &Digest) -> Result<Option<ObjectRecord>, StoreError> {
+        let raw = self.trees()?.objects.get(keys::object(kind, digest))?;
+        match raw {
+            None => Ok(None),
+            Some(raw) => ObjectRecord::decode(&raw)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: format!("{} {digest}", kind.name()),
+                    reason: "not an object record".into(),
+                }),
+        }
     }
 
     pub fn manifest(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, StoreError> {
@@ -256,41 +183,83 @@ impl Store {
             self.touch(Kind::Manifest, digest);
             return Ok(Some(m));
         }
-        let Some(raw) = self.inner.manifests.get(digest.to_string())? else {
+        let Some(manifest) = self.load_manifest(digest)? else {
             return Ok(None);
         };
         self.touch(Kind::Manifest, digest);
-        let manifest = Arc::new(decode_manifest(digest, &raw)?);
+        let manifest = Arc::new(manifest);
         self.inner
             .hot
             .insert(key, HotValue::Manifest(manifest.clone()));
         Ok(Some(manifest))
     }
 
+    /// A manifest from its file, re-hashed: a file a crash or a power cut
+    /// left incomplete is forgotten, never served.
+    fn load_manifest(&self, digest: &Digest) -> Result<Option<Manifest>, StoreError> {
+        let Some(record) = self.record(Kind::Manifest, digest)? else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.read_verified(Kind::Manifest, digest)? else {
+            return Ok(None);
+        };
+        Ok(Some(Manifest {
+            digest: digest.clone(),
+            media_type: record.media_type,
+            bytes,
+        }))
+    }
+
+    /// A small file's bytes when they hash to its digest; otherwise the
+    /// object is forgotten and `None` returned.
+    fn read_verified(&self, kind: Kind, digest: &Digest) -> Result<Option<Bytes>, StoreError> {
+        let bytes = match self.inner.files.read(kind, digest) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(%digest, kind = kind.name(), "content file missing; forgetting it");
+                self.forget(kind, digest)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(io_err(format!("cannot read {} {digest}", kind.name()))(e)),
+        };
+        if digest.algorithm().digest(&bytes) != *digest {
+            tracing::warn!(%digest, kind = kind.name(), "content file does not match its digest; forgetting it");
+            self.forget(kind, digest)?;
+            return Ok(None);
+        }
+        Ok(Some(Bytes::from(bytes)))
+    }
+
     /// Stores a manifest whose digest the caller has verified.
     pub fn put_manifest(&self, manifest: Manifest) -> Result<Arc<Manifest>, StoreError> {
-        let mut value = Vec::with_capacity(manifest.media_type.len() + 1 + manifest.bytes.len());
-        value.extend_from_slice(manifest.media_type.as_bytes());
-        value.push(b'\n');
-        value.extend_from_slice(&manifest.bytes);
-        let size = value.len() as u64;
-        let previous = self
-            .inner
-            .manifests
-            .insert(manifest.digest.to_string(), value)?;
-        if previous.is_none() {
-            self.added(Kind::Manifest, &manifest.digest, size);
+        let digest = manifest.digest.clone();
+        if self.record(Kind::Manifest, &digest)?.is_none() {
+            let disk = self
+                .inner
+                .files
+                .write_small(Kind::Manifest, &digest, &manifest.bytes)
+                .map_err(io_err(format!("cannot write manifest {digest}")))?;
+            self.insert_record(
+                Kind::Manifest,
+                &digest,
+                manifest.bytes.len() as u64,
+                disk,
+                &manifest.media_type,
+            )?;
         }
         let manifest = Arc::new(manifest);
         self.inner.hot.insert(
-            HotKey::Manifest(manifest.digest.clone()),
+            HotKey::Manifest(digest),
             HotValue::Manifest(manifest.clone()),
         );
         Ok(manifest)
     }
 
     pub fn has_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
-        Ok(self.inner.blobs.contains_key(digest.to_string())?)
+        Ok(self
+            .trees()?
+            .objects
+            .contains_key(keys::object(Kind::Blob, digest))?)
     }
 
     /// A cached blob, or `None` when it is not (or no longer) stored.
@@ -300,50 +269,54 @@ impl Store {
             self.touch(Kind::Blob, digest);
             return Ok(Some(BlobContent::Inline(b)));
         }
-        let Some(record) = self.blob_record(digest)? else {
+        let Some(record) = self.record(Kind::Blob, digest)? else {
             return Ok(None);
         };
-        self.touch(Kind::Blob, digest);
-        if record.inline {
-            let Some(bytes) = self.inner.blob_data.get(digest.to_string())? else {
-                return Err(StoreError::Corrupt {
-                    key: digest.to_string(),
-                    reason: "inline blob without data".into(),
-                });
+        if record.size <= self.inner.inline_max {
+            let Some(bytes) = self.read_verified(Kind::Blob, digest)? else {
+                return Ok(None);
             };
-            let bytes = Bytes::copy_from_slice(&bytes);
+            self.touch(Kind::Blob, digest);
             self.inner.hot.insert(key, HotValue::Blob(bytes.clone()));
             return Ok(Some(BlobContent::Inline(bytes)));
         }
-        match self.inner.files.open_blob(digest) {
-            Ok(file) => Ok(Some(BlobContent::File {
-                file: Arc::new(file),
-                size: record.size,
-            })),
-            // The record outlived its file (removed by hand, say): forget it,
-            // so the blob is fetched again rather than failing forever.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!(%digest, "blob file missing; dropping its record");
-                self.inner.blobs.remove(digest.to_string())?;
-                Ok(None)
-            }
-            Err(e) => Err(StoreError::Io {
-                what: format!("cannot open blob {digest}"),
-                source: e,
-            }),
-        }
-    }
-
-    fn blob_record(&self, digest: &Digest) -> Result<Option<BlobRecord>, StoreError> {
-        let Some(raw) = self.inner.blobs.get(digest.to_string())? else {
+        let Some(file) = self.open_checked(digest, &record)? else {
             return Ok(None);
         };
-        serde_json::from_slice(&raw)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                key: digest.to_string(),
-                reason: e.to_string(),
-            })
+        self.touch(Kind::Blob, digest);
+        Ok(Some(BlobContent::File {
+            file: Arc::new(file),
+            size: record.size,
+        }))
+    }
+
+    /// A blob's file, if it is there and of its recorded size; a record
+    /// that outlived its file (removed by hand, or a crash) is forgotten,
+    /// so the blob is fetched again rather than failing forever.
+    fn open_checked(
+        &self,
+        digest: &Digest,
+        record: &ObjectRecord,
+    ) -> Result<Option<std::fs::File>, StoreError> {
+        let file = match self.inner.files.open_file(Kind::Blob, digest) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(%digest, "blob file missing; forgetting it");
+                self.forget(Kind::Blob, digest)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(io_err(format!("cannot open blob {digest}"))(e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(io_err(format!("cannot stat blob {digest}")))?
+            .len();
+        if len != record.size {
+            tracing::warn!(%digest, len, recorded = record.size, "blob file has the wrong size; forgetting it");
+            self.forget(Kind::Blob, digest)?;
+            return Ok(None);
+        }
+        Ok(Some(file))
     }
 
     pub fn temp_file(&self) -> Result<TempFile, StoreError> {
@@ -353,27 +326,19 @@ impl Store {
             .map_err(io_err("cannot create a temp file"))
     }
 
-    /// Commits a verified blob: small ones into sled, large ones renamed into
-    /// the file tier; the record is written last.
+    /// Commits a verified blob: the file goes into place, then its record.
     pub fn commit_blob(
         &self,
         digest: &Digest,
         temp: TempFile,
         size: u64,
     ) -> Result<(), StoreError> {
-        let inline = size <= self.inner.inline_max;
-        if inline {
-            let mut bytes = vec![0u8; size as usize];
-            std::os::unix::fs::FileExt::read_exact_at(&**temp.file(), &mut bytes, 0)
-                .map_err(io_err(format!("cannot read back blob {digest}")))?;
-            self.put_inline(digest, bytes)?;
-        } else {
-            self.inner
-                .files
-                .commit(temp, digest)
-                .map_err(io_err(format!("cannot commit blob {digest}")))?;
-        }
-        self.record_blob(digest, size, inline)
+        let disk = self
+            .inner
+            .files
+            .commit(temp, Kind::Blob, digest)
+            .map_err(io_err(format!("cannot commit blob {digest}")))?;
+        self.recorded_or_undone(Kind::Blob, digest, size, disk)
     }
 
     /// `commit_blob` for a blob staged (and verified) by an import.
@@ -383,44 +348,59 @@ impl Store {
         staged: Staged,
         size: u64,
     ) -> Result<(), StoreError> {
-        let inline = size <= self.inner.inline_max;
-        if inline {
-            let bytes = std::fs::read(staged.path())
-                .map_err(io_err(format!("cannot read back blob {digest}")))?;
-            self.put_inline(digest, bytes)?;
-        } else {
-            self.inner
-                .files
-                .commit_staged(staged, digest)
-                .map_err(io_err(format!("cannot commit blob {digest}")))?;
-        }
-        self.record_blob(digest, size, inline)
+        let disk = self
+            .inner
+            .files
+            .commit_staged(staged, Kind::Blob, digest)
+            .map_err(io_err(format!("cannot commit blob {digest}")))?;
+        self.recorded_or_undone(Kind::Blob, digest, size, disk)
     }
 
-    fn put_inline(&self, digest: &Digest, bytes: Vec<u8>) -> Result<(), StoreError> {
-        self.inner
-            .blob_data
-            .insert(digest.to_string(), bytes.as_slice())?;
-        self.inner.hot.insert(
-            HotKey::Blob(digest.clone()),
-            HotValue::Blob(Bytes::from(bytes)),
-        );
-        Ok(())
+    /// Writes a committed file's record; when that fails (the database
+    /// cannot write), the file goes too, so nothing is left unaccounted.
+    fn recorded_or_undone(
+        &self,
+        kind: Kind,
+        digest: &Digest,
+        size: u64,
+        disk: u64,
+    ) -> Result<(), StoreError> {
+        let result = self.insert_record(kind, digest, size, disk, "");
+        if result.is_err() {
+            let _ = self.inner.files.remove(kind, digest);
+        }
+        result
     }
 
     /// The record goes last: it never points at content that is not there.
-    fn record_blob(&self, digest: &Digest, size: u64, inline: bool) -> Result<(), StoreError> {
-        let record = BlobRecord {
+    fn insert_record(
+        &self,
+        kind: Kind,
+        digest: &Digest,
+        size: u64,
+        disk: u64,
+        media_type: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let record = ObjectRecord {
             size,
-            inline,
-            stored_at_ms: now_ms(),
+            disk,
+            stored_at_ms: now,
+            used_at_ms: now,
+            media_type: media_type.to_owned(),
         };
-        let previous = self
-            .inner
-            .blobs
-            .insert(digest.to_string(), encode_json(&record))?;
-        if previous.is_none() {
-            self.added(Kind::Blob, digest, size);
+        let trees = self.trees()?;
+        let key = keys::object(kind, digest);
+        let previous = self.wrote(trees.objects.insert(&key, record.encode()))?;
+        self.wrote(trees.lru.insert(keys::lru(now, kind, digest), &[]))?;
+        match previous.as_deref().and_then(ObjectRecord::decode) {
+            None => self.added(kind, digest, &record)?,
+            Some(old) => {
+                // Stored again (a replaced file): account for the difference.
+                let _ = trees.lru.remove(keys::lru(old.used_at_ms, kind, digest));
+                census::take(&self.inner.totals.disk, old.disk);
+                self.inner.totals.disk.fetch_add(disk, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -432,17 +412,43 @@ impl Store {
         digest: &Digest,
     ) -> Result<bool, StoreError> {
         Ok(self
-            .inner
+            .trees()?
             .links
-            .contains_key(scoped_key(upstream, repo, &digest.to_string()))?)
+            .contains_key(keys::by_digest(digest, upstream, repo))?)
     }
 
     /// Records that the upstream showed `digest` in `repo`.
     pub fn add_link(&self, upstream: &str, repo: &str, digest: &Digest) -> Result<(), StoreError> {
-        self.inner
-            .links
-            .insert(scoped_key(upstream, repo, &digest.to_string()), &[])?;
+        let trees = self.trees()?;
+        let previous = self.wrote(
+            trees
+                .links
+                .insert(keys::by_digest(digest, upstream, repo), &[]),
+        )?;
+        if previous.is_none() {
+            let size = self.stored_size(digest)?.unwrap_or(0);
+            let change = Counts {
+                items: 1,
+                bytes: i64::try_from(size).unwrap_or(i64::MAX),
+                tags: 0,
+            };
+            self.wrote(
+                trees
+                    .census
+                    .merge(keys::repo(upstream, repo), change.encode()),
+            )?;
+        }
         Ok(())
+    }
+
+    /// The size of whatever is stored under `digest`, blob or manifest.
+    fn stored_size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        for kind in [Kind::Blob, Kind::Manifest] {
+            if let Some(r) = self.record(kind, digest)? {
+                return Ok(Some(r.size));
+            }
+        }
+        Ok(None)
     }
 
     pub fn tag(
@@ -451,12 +457,12 @@ impl Store {
         repo: &str,
         tag: &str,
     ) -> Result<Option<TagMapping>, StoreError> {
-        let key = scoped_key(upstream, repo, tag);
+        let key = keys::scoped(upstream, repo, tag);
         let hot_key = HotKey::Tag(key.clone());
         if let Some(HotValue::Tag(t)) = self.inner.hot.get(&hot_key) {
             return Ok(Some(t));
         }
-        let Some(raw) = self.inner.tags.get(&key)? else {
+        let Some(raw) = self.trees()?.tags.get(&key)? else {
             return Ok(None);
         };
         let mapping: TagMapping =
@@ -477,8 +483,48 @@ impl Store {
         tag: &str,
         mapping: TagMapping,
     ) -> Result<(), StoreError> {
-        let key = scoped_key(upstream, repo, tag);
-        self.inner.tags.insert(key.clone(), encode_json(&mapping))?;
+        let key = keys::scoped(upstream, repo, tag);
+        let trees = self.trees()?;
+        let previous = self.wrote(trees.tags.insert(&key, encode_json(&mapping)))?;
+        let previous: Option<TagMapping> =
+            previous.and_then(|raw| serde_json::from_slice(&raw).ok());
+        let moved_from = previous.as_ref().and_then(|p| {
+            (p.digest != mapping.digest)
+                .then(|| p.digest.parse::<Digest>().ok())
+                .flatten()
+        });
+        if let Some(old) = moved_from {
+            self.wrote(
+                trees
+                    .tag_refs
+                    .remove(keys::tag_ref(&old, upstream, repo, tag)),
+            )?;
+        }
+        if previous.is_none()
+            || previous
+                .as_ref()
+                .is_some_and(|p| p.digest != mapping.digest)
+        {
+            if let Ok(digest) = mapping.digest.parse::<Digest>() {
+                self.wrote(
+                    trees
+                        .tag_refs
+                        .insert(keys::tag_ref(&digest, upstream, repo, tag), &[]),
+                )?;
+            }
+        }
+        if previous.is_none() {
+            self.inner.totals.tags.fetch_add(1, Ordering::Relaxed);
+            let change = Counts {
+                tags: 1,
+                ..Counts::default()
+            };
+            self.wrote(
+                trees
+                    .census
+                    .merge(keys::repo(upstream, repo), change.encode()),
+            )?;
+        }
         self.inner
             .hot
             .insert(HotKey::Tag(key), HotValue::Tag(mapping));
@@ -492,12 +538,12 @@ impl Store {
         repo: &str,
         digest: &Digest,
     ) -> Result<Option<Arc<ReferrersRecord>>, StoreError> {
-        let key = scoped_key(upstream, repo, &digest.to_string());
+        let key = keys::by_digest(digest, upstream, repo);
         let hot_key = HotKey::Referrers(key.clone());
         if let Some(HotValue::Referrers(r)) = self.inner.hot.get(&hot_key) {
             return Ok(Some(r));
         }
-        let Some(raw) = self.inner.referrers.get(&key)? else {
+        let Some(raw) = self.trees()?.referrers.get(&key)? else {
             return Ok(None);
         };
         let record: ReferrersRecord =
@@ -519,10 +565,12 @@ impl Store {
         digest: &Digest,
         record: &ReferrersRecord,
     ) -> Result<(), StoreError> {
-        let key = scoped_key(upstream, repo, &digest.to_string());
-        self.inner
-            .referrers
-            .insert(key.clone(), encode_json(record))?;
+        let key = keys::by_digest(digest, upstream, repo);
+        self.wrote(
+            self.trees()?
+                .referrers
+                .insert(key.clone(), encode_json(record)),
+        )?;
         self.inner.hot.insert(
             HotKey::Referrers(key),
             HotValue::Referrers(Arc::new(record.clone())),
@@ -532,10 +580,10 @@ impl Store {
 
     /// The tags of a repository that berth has mappings for, sorted.
     pub fn tags_of(&self, upstream: &str, repo: &str) -> Result<Vec<String>, StoreError> {
-        let prefix = scoped_key(upstream, repo, "");
+        let prefix = keys::scoped(upstream, repo, "");
         let mut tags = Vec::new();
-        for entry in self.inner.tags.scan_prefix(&prefix) {
-            let (key, _) = entry?;
+        for key in self.trees()?.tags.scan_prefix(&prefix).keys() {
+            let key = key?;
             tags.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
         }
         Ok(tags)
@@ -543,71 +591,41 @@ impl Store {
 
     /// Writes everything sled holds in memory to disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush_async().await?;
-        Ok(())
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.flush_blocking())
+            .await
+            .map_err(|e| io_err("the flush task failed")(std::io::Error::other(e)))?
     }
 
     /// `flush` for callers outside the async runtime.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
-        Ok(())
+        self.flush_access()?;
+        self.inner.meta.flush()
     }
 
-    /// Start-up repair: temp files from interrupted fills go; records whose
-    /// file is gone or of the wrong size go; files without a record are
-    /// re-hashed and adopted when they match their name, removed otherwise.
-    fn recover(&self) -> Result<Recovery, StoreError> {
-        let files = &self.inner.files;
-        let mut recovery = Recovery {
-            temp_files_removed: files.clear_temp().map_err(io_err("cannot clear tmp/"))?,
-            ..Recovery::default()
-        };
-        for entry in self.inner.blobs.iter() {
-            let (key, raw) = entry?;
-            let record: Option<BlobRecord> = serde_json::from_slice(&raw).ok();
-            let digest: Option<Digest> =
-                std::str::from_utf8(&key).ok().and_then(|k| k.parse().ok());
-            let intact = match (&record, &digest) {
-                (Some(r), Some(_)) if r.inline => true,
-                (Some(r), Some(d)) => std::fs::metadata(files.path_of(d))
-                    .map(|m| m.len() == r.size)
-                    .unwrap_or(false),
-                _ => false,
-            };
-            if !intact {
-                self.inner.blobs.remove(&key)?;
-                self.inner.blob_data.remove(&key)?;
-                recovery.records_dropped += 1;
-            }
+    /// Whether the metadata tier is taking writes.
+    pub fn writable(&self) -> bool {
+        self.inner.meta.writable()
+    }
+
+    /// After the database failed to write (the disk filled up), opens it
+    /// again once there is room, so that berth caches again by itself.
+    /// Blocking.
+    pub fn reopen_if_failed(&self) {
+        if self.writable() {
+            return;
         }
-        for (path, digest) in files.list().map_err(io_err("cannot list blob files"))? {
-            match digest {
-                Some(d) if self.has_blob(&d)? => {}
-                Some(d) if hash_file(&path, &d).is_some_and(|(actual, _)| actual == d) => {
-                    let size = std::fs::metadata(&path)
-                        .map(|m| m.len())
-                        .map_err(io_err("cannot stat blob"))?;
-                    let record = BlobRecord {
-                        size,
-                        inline: false,
-                        stored_at_ms: now_ms(),
-                    };
-                    self.inner
-                        .blobs
-                        .insert(d.to_string(), encode_json(&record))?;
-                    recovery.files_adopted += 1;
-                }
-                _ => {
-                    std::fs::remove_file(&path)
-                        .map_err(io_err(format!("cannot remove {}", path.display())))?;
-                    recovery.files_removed += 1;
-                }
-            }
+        let free = fs4::available_space(&self.inner.dir).unwrap_or(0);
+        if free < REOPEN_FREE_SPACE {
+            return;
         }
-        Ok(recovery)
+        if let Err(e) = self.inner.meta.reopen() {
+            tracing::warn!(error = %e, "the metadata database could not be reopened yet");
+        }
     }
 }
 
+/// Hashes a file whole: its digest and size.
 fn hash_file(path: &Path, expected: &Digest) -> Option<(Digest, u64)> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).ok()?;
@@ -621,194 +639,5 @@ fn hash_file(path: &Path, expected: &Digest) -> Option<(Digest, u64)> {
         }
         hasher.update(&buf[..n]);
         total += n as u64;
-    }
-}
-
-fn check_schema(db: &sled::Db) -> Result<(), StoreError> {
-    match db.get(SCHEMA_KEY)? {
-        None => {
-            db.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
-            Ok(())
-        }
-        Some(raw) => {
-            let found: u32 = std::str::from_utf8(&raw)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| StoreError::Corrupt {
-                    key: "schema_version".into(),
-                    reason: "not a number".into(),
-                })?;
-            if found > SCHEMA_VERSION {
-                return Err(StoreError::SchemaTooNew {
-                    found,
-                    supported: SCHEMA_VERSION,
-                });
-            }
-            Ok(())
-        }
-    }
-}
-
-fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing these plain structs cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
-}
-
-fn decode_manifest(digest: &Digest, raw: &[u8]) -> Result<Manifest, StoreError> {
-    let split = raw
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or_else(|| StoreError::Corrupt {
-            key: digest.to_string(),
-            reason: "manifest record without a media type".into(),
-        })?;
-    let media_type = String::from_utf8_lossy(&raw[..split]).into_owned();
-    Ok(Manifest {
-        digest: digest.clone(),
-        media_type,
-        bytes: Bytes::copy_from_slice(&raw[split + 1..]),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::digest::Algorithm;
-    use std::io::Write;
-
-    fn open(dir: &Path) -> Store {
-        let cache = CacheConfig {
-            hot_size: 1 << 20,
-            inline_max: 8,
-        };
-        Store::open(dir, &cache).expect("open").0
-    }
-
-    fn commit(store: &Store, bytes: &[u8]) -> Digest {
-        let temp = store.temp_file().expect("temp");
-        (&**temp.file()).write_all(bytes).expect("write");
-        let digest = Algorithm::Sha256.digest(bytes);
-        store
-            .commit_blob(&digest, temp, bytes.len() as u64)
-            .expect("commit");
-        digest
-    }
-
-    #[test]
-    fn small_blobs_inline_large_blobs_in_files() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(dir.path());
-        let small = commit(&store, b"tiny");
-        let large = commit(&store, b"larger than eight bytes");
-        assert!(
-            matches!(store.blob(&small).expect("read"), Some(BlobContent::Inline(b)) if &b[..] == b"tiny")
-        );
-        assert!(matches!(
-            store.blob(&large).expect("read"),
-            Some(BlobContent::File { size: 23, .. })
-        ));
-        assert!(store.inner.files.path_of(&large).exists());
-    }
-
-    #[test]
-    fn content_survives_reopening() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let digest;
-        {
-            let store = open(dir.path());
-            digest = commit(&store, b"larger than eight bytes");
-            let m = Manifest {
-                digest: Algorithm::Sha256.digest(b"{}"),
-                media_type: "application/x".into(),
-                bytes: Bytes::from_static(b"{}"),
-            };
-            store.put_manifest(m).expect("put");
-            store
-                .put_tag(
-                    "docker.io",
-                    "library/a",
-                    "1",
-                    TagMapping::new(&digest, None),
-                )
-                .expect("tag");
-            store
-                .add_link("docker.io", "library/a", &digest)
-                .expect("link");
-        }
-        let store = open(dir.path());
-        assert!(store.blob(&digest).expect("read").is_some());
-        assert!(store
-            .has_link("docker.io", "library/a", &digest)
-            .expect("link"));
-        assert!(!store
-            .has_link("docker.io", "library/b", &digest)
-            .expect("link"));
-        assert_eq!(
-            store
-                .tag("docker.io", "library/a", "1")
-                .expect("tag")
-                .map(|t| t.digest),
-            Some(digest.to_string())
-        );
-        let m = store
-            .manifest(&Algorithm::Sha256.digest(b"{}"))
-            .expect("read")
-            .expect("present");
-        assert_eq!(m.media_type, "application/x");
-    }
-
-    #[test]
-    fn recovery_mends_what_a_crash_leaves() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (kept, lost, orphan);
-        {
-            let store = open(dir.path());
-            kept = commit(&store, b"kept kept kept kept");
-            lost = commit(&store, b"lost lost lost lost");
-            std::fs::remove_file(store.inner.files.path_of(&lost)).expect("rm");
-            // A committed file whose record was never written.
-            orphan = Algorithm::Sha256.digest(b"orphan orphan orphan");
-            let path = store.inner.files.path_of(&orphan);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(&path, b"orphan orphan orphan").expect("write");
-            // A file whose bytes do not match its name.
-            let bad = Algorithm::Sha256.digest(b"x");
-            let bad_path = store.inner.files.path_of(&bad);
-            std::fs::create_dir_all(bad_path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(&bad_path, b"not x").expect("write");
-            std::mem::forget(store.temp_file().expect("temp"));
-        }
-        let cache = CacheConfig {
-            hot_size: 1 << 20,
-            inline_max: 8,
-        };
-        let (store, recovery) = Store::open(dir.path(), &cache).expect("open");
-        assert_eq!(
-            recovery,
-            Recovery {
-                temp_files_removed: 1,
-                records_dropped: 1,
-                files_adopted: 1,
-                files_removed: 1
-            }
-        );
-        assert!(store.blob(&kept).expect("read").is_some());
-        assert!(store.blob(&lost).expect("read").is_none());
-        assert!(store.blob(&orphan).expect("read").is_some());
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let db = sled::open(dir.path().join("db")).expect("sled");
-            db.insert(SCHEMA_KEY, b"99").expect("insert");
-            db.flush().expect("flush");
-        }
-        let cache = CacheConfig::default();
-        assert!(matches!(
-            Store::open(dir.path(), &cache),
-            Err(StoreError::SchemaTooNew { found: 99, .. })
-        ));
     }
 }

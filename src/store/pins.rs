@@ -12,7 +12,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode_json, Store, StoreError};
+use super::records::encode_json;
+use super::{Kind, Store, StoreError};
 use crate::digest::Digest;
 
 /// A sync rule's last run, as the scheduler records it.
@@ -37,6 +38,12 @@ pub struct SyncRecord {
     pub bytes: u64,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// What the rule pinned after its last run (counted then, so that
+    /// `berth du` reads one record per rule, whatever the rules select).
+    #[serde(default)]
+    pub pinned_items: u64,
+    #[serde(default)]
+    pub pinned_bytes: u64,
 }
 
 /// How much a rule pins.
@@ -55,13 +62,9 @@ impl Store {
     /// passes it by.
     pub fn is_pinned(&self, digest: &Digest) -> Result<bool, StoreError> {
         let prefix = pin_key(&digest.to_string(), "");
-        Ok(self
-            .inner
-            .pins
-            .scan_prefix(prefix)
-            .next()
-            .transpose()?
-            .is_some())
+        let trees = self.trees()?;
+        let first = trees.pins.scan_prefix(prefix).next().transpose()?;
+        Ok(first.is_some())
     }
 
     /// Makes `digests` exactly what `rule` pins.
@@ -73,8 +76,9 @@ impl Store {
             add.insert(pin_key(&d, rule), &[]);
             add_by_rule.insert(pin_key(rule, &d), &[]);
         }
-        self.inner.pins.apply_batch(add)?;
-        self.inner.pins_by_rule.apply_batch(add_by_rule)?;
+        let trees = self.trees()?;
+        self.wrote(trees.pins.apply_batch(add))?;
+        self.wrote(trees.pins_by_rule.apply_batch(add_by_rule))?;
         self.drop_pins(rule, old.difference(digests))
     }
 
@@ -82,7 +86,8 @@ impl Store {
     pub fn pinned_by(&self, rule: &str) -> Result<BTreeSet<Digest>, StoreError> {
         let prefix = pin_key(rule, "");
         let mut out = BTreeSet::new();
-        for key in self.inner.pins_by_rule.scan_prefix(&prefix).keys() {
+        let trees = self.trees()?;
+        for key in trees.pins_by_rule.scan_prefix(&prefix).keys() {
             let key = key?;
             if let Some(d) = std::str::from_utf8(&key[prefix.len()..])
                 .ok()
@@ -98,13 +103,9 @@ impl Store {
     pub fn pinned_usage(&self, rule: &str) -> Result<Pinned, StoreError> {
         let mut pinned = Pinned::default();
         for d in self.pinned_by(rule)? {
-            let size = match self.blob_size(&d)? {
-                Some(size) => Some(size),
-                None => self
-                    .inner
-                    .manifests
-                    .get(d.to_string())?
-                    .map(|m| m.len() as u64),
+            let size = match self.record(Kind::Blob, &d)? {
+                Some(record) => Some(record.size),
+                None => self.record(Kind::Manifest, &d)?.map(|r| r.size),
             };
             if let Some(size) = size {
                 pinned.items += 1;
@@ -122,7 +123,8 @@ impl Store {
                 gone.insert(record.rule);
             }
         }
-        for key in self.inner.pins_by_rule.iter().keys() {
+        let trees = self.trees()?;
+        for key in trees.pins_by_rule.iter().keys() {
             let key = key?;
             let rule = key.split(|b| *b == 0).next().unwrap_or_default();
             let rule = String::from_utf8_lossy(rule).into_owned();
@@ -137,7 +139,7 @@ impl Store {
             );
             let pins = self.pinned_by(&rule)?;
             self.drop_pins(&rule, pins.iter())?;
-            self.inner.sync_rules.remove(rule.as_bytes())?;
+            self.wrote(trees.sync_rules.remove(rule.as_bytes()))?;
         }
         Ok(())
     }
@@ -153,20 +155,24 @@ impl Store {
             drop.remove(pin_key(&d, rule));
             drop_by_rule.remove(pin_key(rule, &d));
         }
-        self.inner.pins_by_rule.apply_batch(drop_by_rule)?;
-        self.inner.pins.apply_batch(drop)?;
+        let trees = self.trees()?;
+        self.wrote(trees.pins_by_rule.apply_batch(drop_by_rule))?;
+        self.wrote(trees.pins.apply_batch(drop))?;
         Ok(())
     }
 
     pub fn put_sync_record(&self, record: &SyncRecord) -> Result<(), StoreError> {
-        self.inner
-            .sync_rules
-            .insert(record.rule.as_bytes(), encode_json(record))?;
+        let trees = self.trees()?;
+        self.wrote(
+            trees
+                .sync_rules
+                .insert(record.rule.as_bytes(), encode_json(record)),
+        )?;
         Ok(())
     }
 
     pub fn sync_record(&self, rule: &str) -> Result<Option<SyncRecord>, StoreError> {
-        let Some(raw) = self.inner.sync_rules.get(rule.as_bytes())? else {
+        let Some(raw) = self.trees()?.sync_rules.get(rule.as_bytes())? else {
             return Ok(None);
         };
         serde_json::from_slice(&raw)
@@ -180,7 +186,8 @@ impl Store {
     /// Every rule's record, by name.
     pub fn sync_records(&self) -> Result<Vec<SyncRecord>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.inner.sync_rules.iter() {
+        let trees = self.trees()?;
+        for entry in trees.sync_rules.iter() {
             let (key, raw) = entry?;
             match serde_json::from_slice(&raw) {
                 Ok(record) => out.push(record),

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use super::{now_ms, scoped_key, Store, StoreError};
+use super::keys;
+use super::records::now_ms;
+use super::{Store, StoreError};
 use crate::tag_lists::TagList;
 
 /// A repository's whole tag list, and when berth learnt it.
@@ -36,8 +38,8 @@ impl Store {
         upstream: &str,
         repo: &str,
     ) -> Result<Option<TagListRecord>, StoreError> {
-        let key = scoped_key(upstream, repo, "");
-        let Some(raw) = self.inner.tag_lists.get(&key)? else {
+        let key = keys::scoped(upstream, repo, "");
+        let Some(raw) = self.trees()?.tag_lists.get(&key)? else {
             return Ok(None);
         };
         let corrupt = |reason: &str| StoreError::Corrupt {
@@ -64,9 +66,12 @@ impl Store {
         let mut value = Vec::with_capacity(8 + text.len());
         value.extend_from_slice(&record.fetched_at_ms.to_be_bytes());
         value.extend_from_slice(text.as_bytes());
-        self.inner
-            .tag_lists
-            .insert(scoped_key(upstream, repo, ""), value)?;
+        let trees = self.trees()?;
+        self.wrote(
+            trees
+                .tag_lists
+                .insert(keys::scoped(upstream, repo, ""), value),
+        )?;
         Ok(())
     }
 }

@@ -70,6 +70,10 @@ pub fn finished(
     record.bytes = report.bytes;
     record.errors = report.errors;
     record.last_error = report.messages.first().cloned();
+    match app.store().pinned_usage(&rule.name) {
+        Ok(pinned) => (record.pinned_items, record.pinned_bytes) = (pinned.items, pinned.bytes),
+        Err(e) => tracing::warn!(rule = rule.name, error = %e, "cannot count the rule's pins"),
+    }
     save(app, &record);
     export(app, rule, &record, report, delay);
     log(rule, &record, report, delay);
@@ -116,15 +120,12 @@ fn export(app: &App, rule: &SyncRule, record: &SyncRecord, report: &RunReport, d
         0.0
     };
     sync.backoff.get_or_create(&labels).set(backoff);
-    match app.store().pinned_usage(&rule.name) {
-        Ok(pinned) => {
-            sync.pinned.get_or_create(&labels).set(pinned.items as i64);
-            sync.pinned_bytes
-                .get_or_create(&labels)
-                .set(pinned.bytes as i64);
-        }
-        Err(e) => tracing::warn!(rule = rule.name, error = %e, "cannot count the rule's pins"),
-    }
+    sync.pinned
+        .get_or_create(&labels)
+        .set(record.pinned_items as i64);
+    sync.pinned_bytes
+        .get_or_create(&labels)
+        .set(record.pinned_bytes as i64);
 }
 
 fn log(rule: &SyncRule, record: &SyncRecord, report: &RunReport, delay: Duration) {

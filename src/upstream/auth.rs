@@ -4,13 +4,16 @@
 //! per scope until they expire.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use tokio_util::task::TaskTracker;
 
-use super::UpstreamError;
+use super::destination::Policy;
+use super::{body, UpstreamError};
 use crate::config::Secret;
+use crate::fill::single_flight::SingleFlight;
 
 /// How long a token lives when the token server does not say.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
@@ -110,10 +113,31 @@ struct TokenResponse {
     expires_in: Option<u64>,
 }
 
+/// A token answer is a small JSON document; anything larger is refused
+/// rather than read whole.
+const MAX_TOKEN_ANSWER: usize = 64 * 1024;
+/// The longest a token is kept, whatever the token server says.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Memory for cached tokens (tokens, their scopes, and bookkeeping).
+const TOKEN_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Clone)]
 struct CachedToken {
     token: Secret,
-    expires: Instant,
+    /// How long the token is used from when it was fetched.
+    keep_for: Duration,
 }
+
+/// Each cached token lives as long as its own lifetime allows.
+struct KeepFor;
+
+impl moka::Expiry<String, CachedToken> for KeepFor {
+    fn expire_after_create(&self, _: &String, v: &CachedToken, _: Instant) -> Option<Duration> {
+        Some(v.keep_for)
+    }
+}
+
+type TokenResult = Result<Credential, UpstreamError>;
 
 /// Per-upstream authentication state.
 pub struct Auth {
@@ -122,20 +146,31 @@ pub struct Auth {
     /// Set once the upstream asked for basic credentials, so that later
     /// requests send them up front instead of collecting a 401 each time.
     basic_first: std::sync::atomic::AtomicBool,
-    tokens: Mutex<HashMap<String, CachedToken>>,
-    /// One token fetch at a time, so that a burst of requests after a 401
-    /// asks the token server once.
-    fetching: tokio::sync::Mutex<()>,
+    tokens: moka::sync::Cache<String, CachedToken>,
+    /// One token fetch per scope at a time, so that a burst of requests
+    /// after a 401 asks the token server once; fetches for other scopes
+    /// never wait behind it.
+    fetches: SingleFlight<String, TokenResult>,
+    /// Where a challenge's realm may send berth.
+    policy: Arc<Policy>,
 }
 
 impl Auth {
-    pub fn new(upstream: String, basic: Option<(String, Secret)>) -> Self {
+    pub fn new(upstream: String, basic: Option<(String, Secret)>, policy: Arc<Policy>) -> Self {
+        let tokens = moka::sync::Cache::builder()
+            .max_capacity(TOKEN_CACHE_BYTES)
+            .weigher(|scope: &String, t: &CachedToken| {
+                u32::try_from(scope.len() + t.token.expose().len() + 64).unwrap_or(u32::MAX)
+            })
+            .expire_after(KeepFor)
+            .build();
         Auth {
             upstream,
             basic,
             basic_first: Default::default(),
-            tokens: Mutex::new(HashMap::new()),
-            fetching: tokio::sync::Mutex::new(()),
+            tokens,
+            fetches: SingleFlight::new(TaskTracker::new()),
+            policy,
         }
     }
 
@@ -149,9 +184,9 @@ impl Auth {
     }
 
     fn cached_token(&self, scope: &str) -> Option<Credential> {
-        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        let cached = tokens.get(scope)?;
-        (cached.expires > Instant::now()).then(|| Credential::Bearer(cached.token.clone()))
+        self.tokens
+            .get(scope)
+            .map(|cached| Credential::Bearer(cached.token))
     }
 
     /// What to send with a first attempt for `scope`, if anything.
@@ -193,76 +228,142 @@ impl Auth {
         challenge: &Challenge,
         scope: &str,
         timeout: Duration,
-    ) -> Result<Credential, UpstreamError> {
-        let _one_at_a_time = self.fetching.lock().await;
+    ) -> TokenResult {
         if let Some(token) = self.cached_token(scope) {
             return Ok(token);
         }
-        let bad = |reason: String| UpstreamError::BadResponse {
+        let fetch = TokenFetch {
             upstream: self.upstream.clone(),
-            reason,
+            http: http.clone(),
+            realm: challenge.params.get("realm").cloned(),
+            service: challenge.params.get("service").cloned(),
+            scope: scope.to_owned(),
+            basic: self.basic.clone(),
+            timeout,
+            tokens: self.tokens.clone(),
+            policy: self.policy.clone(),
         };
-        let realm = challenge
-            .params
-            .get("realm")
-            .ok_or_else(|| bad("bearer challenge without a realm".to_owned()))?;
-        let mut url = reqwest::Url::parse(realm)
-            .map_err(|e| bad(format!("token realm {realm:?} is not a URL: {e}")))?;
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(service) = challenge.params.get("service") {
-                query.append_pair("service", service);
-            }
-            query.append_pair("scope", scope);
-        }
-        let mut req = http.get(url);
-        if let Some((username, password)) = &self.basic {
-            req = req.basic_auth(username, Some(password.expose()));
-        }
-        let resp = tokio::time::timeout(timeout, req.send())
+        self.fetches
+            .run(scope.to_owned(), move || fetch.run())
             .await
-            .map_err(|_| UpstreamError::Timeout {
-                upstream: self.upstream.clone(),
-                what: "token request",
-            })?
-            .map_err(|e| UpstreamError::unreachable(&self.upstream, &e))?;
-        if !resp.status().is_success() {
-            return Err(UpstreamError::from_response(&self.upstream, resp).await);
-        }
-        let body: TokenResponse = resp
-            .json()
-            .await
-            .map_err(|e| bad(format!("token response is not valid JSON: {e}")))?;
-        let token = body
-            .token
-            .or(body.access_token)
-            .ok_or_else(|| bad("token response has no token".to_owned()))?;
-        let lifetime = body
-            .expires_in
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
-        let expires = Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN);
-        let token = Secret::new(token);
-        self.tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                scope.to_owned(),
-                CachedToken {
-                    token: token.clone(),
-                    expires,
-                },
-            );
-        Ok(Credential::Bearer(token))
+            .unwrap_or_else(|| {
+                Err(UpstreamError::BadResponse {
+                    upstream: self.upstream.clone(),
+                    reason: "the token fetch failed unexpectedly".to_owned(),
+                })
+            })
     }
 
     /// Forgets a token the upstream refused, so the next attempt fetches anew.
     pub fn forget(&self, scope: &str) {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(scope);
+        self.tokens.invalidate(scope);
     }
+}
+
+/// One request to a token server, owning what it needs so that it runs as
+/// a task of its own: bounded in time and size, never under a lock.
+struct TokenFetch {
+    upstream: String,
+    http: reqwest::Client,
+    realm: Option<String>,
+    service: Option<String>,
+    scope: String,
+    basic: Option<(String, Secret)>,
+    timeout: Duration,
+    tokens: moka::sync::Cache<String, CachedToken>,
+    policy: Arc<Policy>,
+}
+
+impl TokenFetch {
+    fn bad(&self, reason: String) -> UpstreamError {
+        UpstreamError::BadResponse {
+            upstream: self.upstream.clone(),
+            reason,
+        }
+    }
+
+    fn timed_out(&self) -> UpstreamError {
+        UpstreamError::Timeout {
+            upstream: self.upstream.clone(),
+            what: "token answer",
+        }
+    }
+
+    async fn run(self) -> TokenResult {
+        let realm = self
+            .realm
+            .as_deref()
+            .ok_or_else(|| self.bad("bearer challenge without a realm".to_owned()))?;
+        let mut url = reqwest::Url::parse(realm)
+            .map_err(|e| self.bad(format!("token realm {realm:?} is not a URL: {e}")))?;
+        self.policy
+            .check(&url)
+            .map_err(|why| self.bad(format!("token realm {realm:?} may not be fetched ({why})")))?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = &self.service {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", &self.scope);
+        }
+        let mut req = self.http.get(url);
+        if let Some((username, password)) = &self.basic {
+            req = req.basic_auth(username, Some(password.expose()));
+        }
+        // One deadline for the headers and the whole answer.
+        let bounds = body::Bounds::within(self.timeout, self.timeout, MAX_TOKEN_ANSWER);
+        let resp = tokio::time::timeout_at(bounds.deadline, req.send())
+            .await
+            .map_err(|_| self.timed_out())?
+            .map_err(|e| UpstreamError::unreachable(&self.upstream, &e))?;
+        if !resp.status().is_success() {
+            return Err(UpstreamError::from_response(&self.upstream, resp, false).await);
+        }
+        let bytes = match body::read_all(resp, bounds).await {
+            Ok(bytes) => bytes,
+            Err(body::ReadFailure::Timeout) => return Err(self.timed_out()),
+            Err(body::ReadFailure::Body(reason)) => {
+                return Err(UpstreamError::Body {
+                    upstream: self.upstream.clone(),
+                    reason,
+                })
+            }
+            Err(body::ReadFailure::TooLarge(_)) => {
+                return Err(self.bad(format!(
+                    "its token answer is larger than {MAX_TOKEN_ANSWER} bytes"
+                )))
+            }
+        };
+        let answer: TokenResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| self.bad(format!("token answer is not valid JSON: {e}")))?;
+        let token = answer
+            .token
+            .or(answer.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| self.bad("token answer has no token".to_owned()))?;
+        let token = Secret::new(token);
+        let keep_for = token_lifetime(answer.expires_in);
+        if !keep_for.is_zero() {
+            self.tokens.insert(
+                self.scope.clone(),
+                CachedToken {
+                    token: token.clone(),
+                    keep_for,
+                },
+            );
+        }
+        Ok(Credential::Bearer(token))
+    }
+}
+
+/// How long to use a token: what the server said (or a default), at most a
+/// day, less a margin so that a request never starts with a dying token.
+/// Zero means use it for this request only.
+fn token_lifetime(expires_in: Option<u64>) -> Duration {
+    let said = expires_in
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+    said.min(MAX_TOKEN_LIFETIME).saturating_sub(EXPIRY_MARGIN)
 }
 
 #[cfg(test)]
@@ -287,6 +388,17 @@ mod tests {
         assert_eq!(c.scheme, "basic");
         assert_eq!(c.params["realm"], "registry");
         assert_eq!(c.params["charset"], "UTF-8");
+    }
+
+    #[test]
+    fn token_lifetimes_are_clamped() {
+        assert_eq!(
+            token_lifetime(Some(u64::MAX)),
+            MAX_TOKEN_LIFETIME - EXPIRY_MARGIN
+        );
+        assert_eq!(token_lifetime(Some(300)), Duration::from_secs(290));
+        assert_eq!(token_lifetime(Some(3)), Duration::ZERO);
+        assert_eq!(token_lifetime(None), DEFAULT_TOKEN_LIFETIME - EXPIRY_MARGIN);
     }
 
     #[test]

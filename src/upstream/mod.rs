@@ -4,6 +4,8 @@
 //! turned into an `UpstreamError` that names the upstream.
 
 pub mod auth;
+pub mod body;
+pub mod destination;
 pub mod ratelimit;
 pub mod routing;
 
@@ -11,19 +13,26 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use serde::Deserialize;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use self::auth::{Auth, Credential};
+use self::body::{Bounds, ReadFailure};
+use self::destination::{Policy, Resolver};
 use self::ratelimit::RateLimit;
 use crate::config::UpstreamConfig;
 use crate::digest::Digest;
-
-/// Docker's manifest media types, which oci-spec does not name.
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+use crate::manifest::MediaTypes;
 
 /// Redirect hops followed before giving up.
 const MAX_REDIRECTS: usize = 5;
-/// Upstream error bodies are read up to this size, for their message.
+/// Upstream error bodies are read up to this size, for their message...
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// ...and for at most this long: an error body that stalls must not hold
+/// the request that is already failing.
+const ERROR_BODY_TIME: Duration = Duration::from_secs(5);
+/// How much of an upstream's own words go into a client's error message.
+const MAX_MESSAGE_CHARS: usize = 200;
 
 /// Why talking to the upstream failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,24 +85,29 @@ impl UpstreamError {
     }
 
     /// Builds the error for a non-success response, keeping the upstream's
-    /// own OCI error code and message when it sent one.
-    pub async fn from_response(upstream: &str, resp: reqwest::Response) -> Self {
+    /// own OCI error code and message when it sent one. `raw_text` says
+    /// whether a body that is not an OCI error may be quoted: not for an
+    /// answer from a host the upstream sent berth to (a redirect target or
+    /// token realm), whose words are not the upstream's to pass on.
+    pub async fn from_response(upstream: &str, resp: reqwest::Response, raw_text: bool) -> Self {
         let status = resp.status();
         let retry_after = resp.headers().get(http::header::RETRY_AFTER).cloned();
-        let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+        let body = body::read_prefix(
+            resp,
+            Bounds::within(ERROR_BODY_TIME, ERROR_BODY_TIME, MAX_ERROR_BODY),
+        )
+        .await;
         let parsed = serde_json::from_slice::<OciErrors>(&body)
             .ok()
             .and_then(|e| e.errors.into_iter().next());
         let (code, message) = match parsed {
-            Some(e) => (e.code, e.message.unwrap_or_default()),
-            None => (
-                None,
-                String::from_utf8_lossy(&body)
-                    .trim()
-                    .chars()
-                    .take(200)
-                    .collect(),
+            Some(e) => (
+                e.code
+                    .filter(|c| crate::error::ErrorCode::parse(c).is_some()),
+                printable(e.message.as_deref().unwrap_or_default()),
             ),
+            None if raw_text => (None, printable(&String::from_utf8_lossy(&body))),
+            None => (None, String::new()),
         };
         UpstreamError::Status {
             upstream: upstream.to_owned(),
@@ -156,6 +170,16 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     reason
 }
 
+/// Text from an upstream fit for a one-line message: trimmed, control
+/// characters replaced, at most `MAX_MESSAGE_CHARS` characters.
+fn printable(text: &str) -> String {
+    text.trim()
+        .chars()
+        .take(MAX_MESSAGE_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 fn without_url(err: &(dyn std::error::Error + 'static)) -> String {
     let text = err.to_string();
     match err
@@ -165,18 +189,6 @@ fn without_url(err: &(dyn std::error::Error + 'static)) -> String {
         Some(url) => text.replace(&format!(" for url ({url})"), ""),
         None => text,
     }
-}
-
-async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        let room = limit.saturating_sub(out.len());
-        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if out.len() >= limit {
-            break;
-        }
-    }
-    Some(out)
 }
 
 /// The size the upstream announced in `Content-Length`. Read from the header
@@ -189,16 +201,14 @@ pub fn announced_length(resp: &reqwest::Response) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The `Accept` header berth sends for manifests: every image type it serves.
-pub fn manifest_accept() -> String {
-    use oci_spec::image::MediaType;
-    [
-        MediaType::ImageIndex.to_string(),
-        MediaType::ImageManifest.to_string(),
-        DOCKER_MANIFEST_LIST.to_owned(),
-        DOCKER_MANIFEST_V2.to_owned(),
-    ]
-    .join(", ")
+/// The manifest media types a request to the upstream accepts.
+#[derive(Debug, Clone)]
+pub enum Accept {
+    /// Every image type berth serves.
+    Berth,
+    /// These (a client's known types, or one document type); `None` sends
+    /// no `Accept` at all.
+    These(Option<HeaderValue>),
 }
 
 /// One configured upstream registry.
@@ -208,6 +218,8 @@ pub struct Upstream {
     http: reqwest::Client,
     auth: Auth,
     manifest_accept: HeaderValue,
+    /// Where redirects and token realms may send berth.
+    policy: Arc<Policy>,
     rate_limit: RateLimit,
 }
 
@@ -220,10 +232,13 @@ impl Upstream {
             upstream: config.name.clone(),
             reason,
         };
+        let own_hosts = config.url.host_str().map(str::to_owned);
+        let policy = Arc::new(Policy::new(own_hosts, &config.redirect_allow));
         // Proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, which
         // reqwest reads by default.
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
+            .dns_resolver(Arc::new(Resolver::new(policy.clone())))
             // Redirects are followed by hand, to decide per hop whether
             // credentials may go along.
             .redirect(reqwest::redirect::Policy::none())
@@ -250,15 +265,17 @@ impl Upstream {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             _ => None,
         };
-        let manifest_accept =
-            HeaderValue::from_str(&manifest_accept()).map_err(|e| bad(e.to_string()))?;
+        let manifest_accept = MediaTypes::SERVED
+            .header_value()
+            .ok_or_else(|| bad("no media types to accept".to_owned()))?;
         Ok(Upstream {
             config: config.clone(),
             rate_limit: RateLimit::new(&config.name, &metrics),
             metrics,
             http,
-            auth: Auth::new(config.name.clone(), basic),
+            auth: Auth::new(config.name.clone(), basic, policy.clone()),
             manifest_accept,
+            policy,
         })
     }
 
@@ -276,20 +293,25 @@ impl Upstream {
         &self.rate_limit
     }
 
-    /// `GET` (or `HEAD`) of a manifest by tag or digest, with berth's own
-    /// `Accept` unless a client's is given. With `if_none_match`, a `304 Not
-    /// Modified` answer comes back as `Ok` too.
+    /// `GET` (or `HEAD`) of a manifest by tag or digest, accepting what
+    /// `accept` says. With `if_none_match`, a `304 Not Modified` answer
+    /// comes back as `Ok` too.
     pub async fn manifest(
         &self,
         method: Method,
         repo: &str,
         reference: &str,
-        accept: Option<&HeaderValue>,
+        accept: Accept,
         if_none_match: Option<&str>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut headers = http::HeaderMap::new();
-        let accept = accept.unwrap_or(&self.manifest_accept).clone();
-        headers.insert(http::header::ACCEPT, accept);
+        let accept = match accept {
+            Accept::Berth => Some(self.manifest_accept.clone()),
+            Accept::These(value) => value,
+        };
+        if let Some(accept) = accept {
+            headers.insert(http::header::ACCEPT, accept);
+        }
         if let Some(etag) = if_none_match.and_then(|e| HeaderValue::from_str(e).ok()) {
             headers.insert(http::header::IF_NONE_MATCH, etag);
         }
@@ -393,20 +415,24 @@ impl Upstream {
         self.send(Method::GET, repo, &path, headers).await
     }
 
-    /// Reads a whole body, with the idle timeout between chunks and a size cap.
+    /// Reads a whole small document (manifest, tag page, referrers page):
+    /// the idle timeout between chunks, all of it within the response
+    /// timeout, and at most `limit` bytes (`Err(size)` past it).
     pub async fn read_body(
         &self,
-        mut resp: reqwest::Response,
+        resp: reqwest::Response,
         limit: usize,
     ) -> Result<Result<Bytes, usize>, UpstreamError> {
-        let mut out = bytes::BytesMut::new();
-        while let Some(chunk) = self.next_chunk(&mut resp).await? {
-            if out.len() + chunk.len() > limit {
-                return Ok(Err(out.len() + chunk.len()));
-            }
-            out.extend_from_slice(&chunk);
+        let bounds = Bounds::within(
+            self.config.response_timeout,
+            self.config.idle_timeout,
+            limit,
+        );
+        match body::read_all(resp, bounds).await {
+            Ok(bytes) => Ok(Ok(bytes)),
+            Err(ReadFailure::TooLarge(size)) => Ok(Err(size)),
+            Err(e) => Err(self.read_failed(e, "whole document")),
         }
-        Ok(Ok(out.freeze()))
     }
 
     /// The next chunk of a body, or an error if the upstream fails or stalls.
@@ -414,16 +440,20 @@ impl Upstream {
         &self,
         resp: &mut reqwest::Response,
     ) -> Result<Option<Bytes>, UpstreamError> {
-        match tokio::time::timeout(self.config.idle_timeout, resp.chunk()).await {
-            Err(_) => Err(UpstreamError::Timeout {
-                upstream: self.name().to_owned(),
-                what: "next part of a body",
-            }),
-            Ok(Err(e)) => Err(UpstreamError::Body {
-                upstream: self.name().to_owned(),
-                reason: error_chain(&e),
-            }),
-            Ok(Ok(chunk)) => Ok(chunk),
+        body::next_chunk(resp, self.config.idle_timeout, None)
+            .await
+            .map_err(|e| self.read_failed(e, "next part of a body"))
+    }
+
+    fn read_failed(&self, failure: ReadFailure, what: &'static str) -> UpstreamError {
+        let upstream = self.name().to_owned();
+        match failure {
+            ReadFailure::Timeout => UpstreamError::Timeout { upstream, what },
+            ReadFailure::Body(reason) => UpstreamError::Body { upstream, reason },
+            ReadFailure::TooLarge(size) => UpstreamError::BadResponse {
+                upstream,
+                reason: format!("sent a body of more than {size} bytes"),
+            },
         }
     }
 
@@ -502,7 +532,7 @@ impl Upstream {
                 url = self.redirect_target(&url, &resp, hops)?;
                 continue;
             }
-            return Err(UpstreamError::from_response(self.name(), resp).await);
+            return Err(UpstreamError::from_response(self.name(), resp, same_origin).await);
         }
     }
 
@@ -557,7 +587,15 @@ impl Upstream {
             .get(http::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| bad(format!("{} without a Location", resp.status())))?;
-        from.join(location)
-            .map_err(|e| bad(format!("redirect to {location:?}: {e}")))
+        let target = from
+            .join(location)
+            .map_err(|e| bad(format!("redirect to {location:?}: {e}")))?;
+        self.policy.check(&target).map_err(|why| {
+            tracing::warn!(upstream = self.name(), %target, why, "redirect refused");
+            bad(format!(
+                "redirected berth to a target it may not fetch ({why})"
+            ))
+        })?;
+        Ok(target)
     }
 }

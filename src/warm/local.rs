@@ -74,7 +74,8 @@ impl Local {
         })
     }
 
-    /// Warms `images`; the store is flushed before this returns.
+    /// Warms `images`; the store is closed (flushed, its clean-stop mark
+    /// written) before this returns.
     pub async fn warm(
         &self,
         images: &[ImageRef],
@@ -82,9 +83,10 @@ impl Local {
         progress: &Progress,
     ) -> Result<Vec<Result<Warmed, WarmError>>, WarmError> {
         let results = super::warm_all(self, images, options, progress).await;
-        let store = self.app.store();
-        store.flush_access()?;
-        store.flush().await?;
+        let store = self.app.store().clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| WarmError::Open(crate::Error::Io(std::io::Error::other(e))))??;
         Ok(results)
     }
 

@@ -12,11 +12,12 @@ use super::{Options, Source, WarmError, Warmed};
 use crate::digest::{Digest, Hasher};
 use crate::fill::manifest::MAX_MANIFEST_SIZE;
 use crate::graph::Descriptor;
+use crate::manifest::MediaTypes;
 use crate::progress::Progress;
 use crate::reference::{ImageRef, Reference};
 use crate::referrers::INDEX_MEDIA_TYPE;
 use crate::store::Manifest;
-use crate::upstream::{error_chain, manifest_accept};
+use crate::upstream::error_chain;
 
 /// Longest pause inside a response before warm gives up on it.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -122,9 +123,10 @@ impl Source for Remote {
         name: &str,
         reference: &Reference,
     ) -> Result<Arc<Manifest>, WarmError> {
-        let accept = manifest_accept();
+        let accept = MediaTypes::SERVED.header_value();
+        let accept = accept.as_ref().and_then(|a| a.to_str().ok());
         let resp = self
-            .get(name, &format!("manifests/{reference}"), Some(&accept))
+            .get(name, &format!("manifests/{reference}"), accept)
             .await?;
         let header = |h: &str| {
             resp.headers()

@@ -79,10 +79,11 @@ impl Site {
             .next()
             .expect("a JSON document")
             .expect("du --json parses");
-        // Request counts and the hit ratio are the server's; everything
-        // else is the store.
+        // Request counts and the hit ratio are the server's, and the bytes
+        // on disk include the metadata database's log, which grows with
+        // every write; everything else is what the store holds.
         if let Some(map) = report.as_object_mut() {
-            map.retain(|k, _| k != "activity" && k != "hit_ratio");
+            map.retain(|k, _| !matches!(k.as_str(), "activity" | "hit_ratio" | "bytes"));
         }
         report
     }

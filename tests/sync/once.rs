@@ -103,7 +103,7 @@ async fn sync_once_then_export_since_carries_the_new_release() {
     assert_eq!(app["rule"], "app");
     assert_eq!(app["tags_matched"], 2);
     assert_eq!(app["failures"], 0);
-    assert!(app["pinned"]["items"].as_u64().unwrap_or(0) >= 16, "{app}");
+    assert!(app["pinned_items"].as_u64().unwrap_or(0) >= 16, "{app}");
 }
 
 #[test]
