@@ -48,7 +48,8 @@ pub fn reference(data: &[u8]) {
     let _ = berth::reference::validate_tag(data);
     if let Ok(reference) = berth::reference::Reference::parse(data) {
         let printed = reference.to_string();
-        let again = berth::reference::Reference::parse(&printed).expect("a printed reference parses");
+        let again =
+            berth::reference::Reference::parse(&printed).expect("a printed reference parses");
         assert_eq!(again.to_string(), printed);
     }
     let _ = data.parse::<berth::reference::ImageRef>();
@@ -59,7 +60,10 @@ pub fn reference(data: &[u8]) {
 pub fn digest(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(digest) = text.parse::<Digest>() {
-            assert_eq!(digest.to_string().parse::<Digest>().ok(), Some(digest.clone()));
+            assert_eq!(
+                digest.to_string().parse::<Digest>().ok(),
+                Some(digest.clone())
+            );
             let key = digest.to_key();
             let (back, rest) = Digest::from_key(&key).expect("a key reads back");
             assert_eq!(back, digest);
@@ -225,4 +229,3 @@ pub fn bundle_import(data: &[u8]) {
     let site = site();
     let _ = import(&site.store, &site.upstreams, data, &Progress::hidden());
 }
-

@@ -1,5 +1,6 @@
 //! The operator's commands besides `serve`: `check` (integrity), `du`
-//! (what the cache holds), and the air-gap trio `warm`, `export` and
+//! (what the cache holds, and what the sync rules last did), `sync --once`
+//! (the sync rules, run once), and the air-gap trio `warm`, `export` and
 //! `import`. They open the data directory themselves, so they run while no
 //! berth is serving from it; a running berth holds the store's lock and the
 //! command says so (`warm --server` goes through the running berth instead).
@@ -17,6 +18,7 @@ use crate::bundle::BundleError;
 use crate::progress::{bytes, Progress};
 use crate::reference::ImageRef;
 use crate::store::check::CheckReport;
+use crate::store::pins::SyncRecord;
 use crate::store::report::CacheReport;
 use crate::store::{Store, StoreError};
 use crate::upstream::routing::Upstreams;
@@ -226,6 +228,7 @@ pub fn du(config: &Config, json: bool) -> Result<(), Error> {
     if !report.counted {
         writeln!(out, "(counts are being rebuilt after an unclean stop)")?;
     }
+    print_rules(&mut out, &report.sync)?;
     Ok(())
 }
 
@@ -258,6 +261,111 @@ fn report_from_server(config: &Config) -> Result<CacheReport, String> {
             .await
             .map_err(|e| format!("GET {url}: {e}"))
     })
+}
+
+/// The sync rules' table of `du`.
+fn print_rules(out: &mut impl Write, rules: &[SyncRecord]) -> std::io::Result<()> {
+    if rules.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\n{:<20}  {:<20}  {:<20}  {:>7}  {:>7}  {:>10}  {:>6}  {:>10}",
+        "SYNC RULE", "LAST RUN", "NEXT RUN", "MATCHED", "FETCHED", "BYTES", "ERRORS", "PINNED"
+    )?;
+    let time = |ms: Option<u64>| ms.map(rfc3339).unwrap_or_else(|| "-".to_owned());
+    for record in rules {
+        writeln!(
+            out,
+            "{:<20}  {:<20}  {:<20}  {:>7}  {:>7}  {:>10}  {:>6}  {:>10}",
+            record.rule,
+            time(record.last_finished_ms),
+            time(record.next_run_ms),
+            record.tags_matched,
+            record.tags_fetched,
+            bytes(record.bytes),
+            record.errors,
+            bytes(record.pinned_bytes),
+        )?;
+        if let Some(error) = &record.last_error {
+            let failing = if record.failures > 0 {
+                format!(" ({} failed runs in a row)", record.failures)
+            } else {
+                String::new()
+            };
+            writeln!(out, "  last error{failing}: {error}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The rules `berth sync --once [--rule NAME]` runs; why none, if none.
+pub fn sync_rules_named(
+    config: &Config,
+    only: Option<&str>,
+) -> Result<Vec<crate::config::SyncRule>, String> {
+    let rules: Vec<crate::config::SyncRule> = config
+        .sync
+        .iter()
+        .filter(|r| only.is_none_or(|name| r.name == name))
+        .cloned()
+        .collect();
+    if rules.is_empty() {
+        return Err(match only {
+            Some(name) => format!("there is no sync rule named {name:?} in the configuration"),
+            None => "the configuration has no [[sync]] rule".to_owned(),
+        });
+    }
+    Ok(rules)
+}
+
+/// `berth sync --once`: runs the rules (or only `only`) once on the data
+/// directory, in-process. Returns whether every rule ran without errors.
+pub fn sync(config: Config, only: Option<&str>) -> Result<bool, WarmError> {
+    let rules = sync_rules_named(&config, only).map_err(WarmError::Usage)?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| WarmError::Open(Error::Io(e)))?;
+    let listen = config.listen;
+    let progress = Progress::new("syncing", 0);
+    let reports = runtime.block_on(async {
+        let local = warm::local::Local::open(config).map_err(|e| sync_in_use_hint(e, listen))?;
+        let app = local.app();
+        let refs: Vec<&crate::config::SyncRule> = rules.iter().collect();
+        let reports = crate::sync::run_once(app, &refs, &progress).await;
+        let store = app.store().clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| WarmError::Open(Error::Io(std::io::Error::other(e))))??;
+        Ok::<_, WarmError>(reports)
+    });
+    progress.finish();
+    let reports = reports?;
+    let mut all = true;
+    for (rule, report) in rules.iter().zip(&reports) {
+        println!(
+            "sync {} {}: {} tags matched, {} fetched ({}), {} errors",
+            rule.name,
+            report.outcome(),
+            report.tags_matched,
+            report.tags_fetched,
+            bytes(report.bytes),
+            report.errors
+        );
+        for error in &report.messages {
+            eprintln!("berth: sync {}: {error}", rule.name);
+        }
+        all &= report.errors == 0;
+    }
+    Ok(all)
+}
+
+fn sync_in_use_hint(e: WarmError, listen: std::net::SocketAddr) -> WarmError {
+    match e {
+        WarmError::Store(StoreError::InUse { dir }) => WarmError::Usage(format!(
+            "{} is in use by a running berth: it runs its sync rules itself (see berth du, or /metrics at http://{listen})",
+            dir.display()
+        )),
+        other => other,
+    }
 }
 
 fn rfc3339(ms: u64) -> String {

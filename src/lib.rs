@@ -7,7 +7,8 @@
 //! (`fill`) that stream to every waiting client while they write, hash and
 //! finally commit verified content. Nothing is cached until its digest is
 //! verified, and a repository is only served content the upstream showed in
-//! it.
+//! it. Sync rules (`sync`) keep chosen images fresh ahead of need through
+//! the same fills, and pin what they select against eviction.
 //!
 //! `run` serves until a shutdown future resolves; the binary in `main.rs` is
 //! a thin shell around it, and tests start the same server in-process.
@@ -32,6 +33,7 @@ pub mod reference;
 pub mod referrers;
 pub mod status;
 pub mod store;
+pub mod sync;
 pub mod tag_lists;
 pub mod upstream;
 pub mod warm;
@@ -196,8 +198,12 @@ pub async fn serve(
     let deadline = app.config().shutdown_timeout;
     let started = Instant::now();
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<Instant>();
+    // Sync rules stop starting work as soon as shutdown begins.
+    let stop_sync = tokio_util::sync::CancellationToken::new();
+    let sync_stopper = stop_sync.clone();
     let shutdown = async move {
         shutdown.await;
+        sync_stopper.cancel();
         let _ = stopping_tx.send(Instant::now());
     };
     let tls = app
@@ -227,7 +233,12 @@ pub async fn serve(
     );
     let maintenance = tokio::spawn(maintain(app.clone()));
     let sampling = tokio::spawn(status::sample_every_minute(app.clone()));
+    let sync = sync::schedule::spawn(&app, stop_sync.clone());
     http::server::serve(app.clone(), listener, admin, tls, shutdown, deadline).await;
+    stop_sync.cancel();
+    if let Some(sync) = sync {
+        let _ = sync.await;
+    }
     let stop_began = stopping_rx.await.unwrap_or(started);
     let remaining = deadline.saturating_sub(stop_began.elapsed());
     app.inner.fills.close();
@@ -296,9 +307,26 @@ async fn maintain(app: App) {
                     .evicted_items
                     .inc_by((evicted.blobs + evicted.manifests) as u64);
                 families.evicted_bytes.inc_by(evicted.bytes);
+                warn_if_pins_overflow(&app, evicted.pinned);
             }
             Ok(Err(e)) => tracing::error!(error = %e, "store maintenance failed"),
             Err(e) => tracing::error!(error = %e, "store maintenance task failed"),
         }
+    }
+}
+
+/// Eviction passed pinned content by and the cache is still above its low
+/// watermark: the sync rules select more than `max_size` leaves room for.
+fn warn_if_pins_overflow(app: &App, pinned: usize) {
+    let (used, limit) = app.store().usage();
+    let low = limit as f64 * app.config().storage.low_watermark;
+    if pinned > 0 && used as f64 > low {
+        tracing::warn!(
+            used,
+            limit,
+            pinned,
+            "content pinned by sync rules keeps the cache above storage.low_watermark: \
+             raise storage.max_size or let the rules select less"
+        );
     }
 }

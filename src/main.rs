@@ -86,6 +86,17 @@ enum Command {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Run the configuration's [[sync]] rules once and exit (berth serve
+    /// runs them on their intervals). Opens the data directory itself: no
+    /// berth may serve from it.
+    Sync {
+        /// Run the rules once (required: the schedule is berth serve's).
+        #[arg(long)]
+        once: bool,
+        /// Only this rule (by its name).
+        #[arg(long)]
+        rule: Option<String>,
+    },
     /// Write what the cache holds (or the images named, with everything
     /// they reference) as an OCI image layout in a tar, for `berth import`
     /// on a disconnected site. Run it while berth is stopped.
@@ -172,6 +183,21 @@ fn main() -> ExitCode {
                 no_referrers,
             };
             match berth::commands::warm(config, &images, &options, server.as_deref()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Sync { once, rule } => {
+            if !once {
+                return usage(
+                    "berth sync runs the rules once and needs --once; berth serve runs them on their intervals",
+                );
+            }
+            if let Err(message) = berth::commands::sync_rules_named(&config, rule.as_deref()) {
+                return usage(&message);
+            }
+            match berth::commands::sync(config, rule.as_deref()) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => fail(e),

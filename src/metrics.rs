@@ -6,6 +6,7 @@
 //! the parts that count; gauges that mirror state held elsewhere (disk used,
 //! the hot tier) are read when `/metrics` is scraped, not kept in sync.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -60,6 +61,93 @@ pub struct FailureLabels {
     pub reason: &'static str,
 }
 
+/// A sync rule, by its configured name (so bounded by the configuration).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleRunLabels {
+    pub rule: String,
+    pub outcome: &'static str,
+}
+
+/// What the sync rules report, per rule.
+#[derive(Default)]
+pub struct SyncFamilies {
+    pub runs: Family<RuleRunLabels, Counter>,
+    pub last_run: Family<RuleLabels, Gauge>,
+    pub next_run: Family<RuleLabels, Gauge>,
+    pub tags_matched: Family<RuleLabels, Gauge>,
+    pub tags_fetched: Family<RuleLabels, Counter>,
+    pub fetched_bytes: Family<RuleLabels, Counter>,
+    pub errors: Family<RuleLabels, Counter>,
+    pub backoff: Family<RuleLabels, Gauge<f64, AtomicU64>>,
+    pub pinned: Family<RuleLabels, Gauge>,
+    pub pinned_bytes: Family<RuleLabels, Gauge>,
+}
+
+impl SyncFamilies {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "sync_runs",
+            "Runs of each sync rule, by outcome (ok, failed)",
+            self.runs.clone(),
+        );
+        r.register_with_unit(
+            "sync_last_run_timestamp",
+            "When each sync rule's last run ended (Unix time)",
+            Unit::Seconds,
+            self.last_run.clone(),
+        );
+        r.register_with_unit(
+            "sync_next_run_timestamp",
+            "When each sync rule runs next (Unix time)",
+            Unit::Seconds,
+            self.next_run.clone(),
+        );
+        r.register(
+            "sync_tags_matched",
+            "Tags each sync rule selected in its last run",
+            self.tags_matched.clone(),
+        );
+        r.register(
+            "sync_tags_fetched",
+            "Tags whose content a sync rule found new and fetched",
+            self.tags_fetched.clone(),
+        );
+        r.register_with_unit(
+            "sync_fetched",
+            "Bytes each sync rule fetched from upstream",
+            Unit::Bytes,
+            self.fetched_bytes.clone(),
+        );
+        r.register(
+            "sync_errors",
+            "Errors of each sync rule (a tag or a listing that failed)",
+            self.errors.clone(),
+        );
+        r.register_with_unit(
+            "sync_backoff",
+            "How long a failing sync rule waits before its next try (0 when healthy)",
+            Unit::Seconds,
+            self.backoff.clone(),
+        );
+        r.register(
+            "sync_pinned_items",
+            "Blobs and manifests each sync rule pins against eviction",
+            self.pinned.clone(),
+        );
+        r.register_with_unit(
+            "sync_pinned",
+            "Bytes each sync rule pins against eviction",
+            Unit::Bytes,
+            self.pinned_bytes.clone(),
+        );
+    }
+}
+
 /// Every family berth exports.
 pub struct Families {
     pub requests: Family<RequestLabels, Counter>,
@@ -82,6 +170,7 @@ pub struct Families {
     pub fill_failures: Family<FailureLabels, Counter>,
     pub upstream_up: Family<UpstreamName, Gauge>,
     pub upstream_bytes: Family<UpstreamName, Counter>,
+    pub sync: SyncFamilies,
     pub store_writable: Gauge,
     pub store_records_visited: Gauge,
     pub runtime_tasks: Gauge,
@@ -131,6 +220,7 @@ impl Metrics {
             fill_failures: Family::default(),
             upstream_up: Family::default(),
             upstream_bytes: Family::default(),
+            sync: SyncFamilies::default(),
             store_writable: Gauge::default(),
             store_records_visited: Gauge::default(),
             runtime_tasks: Gauge::default(),
@@ -247,6 +337,7 @@ impl Metrics {
             "Requests refused by a limit, by limit",
             f.refused.clone(),
         );
+        f.sync.register(&mut r);
         r.register(
             "fill_failures",
             "Fills that ended without verified content, by kind and reason \

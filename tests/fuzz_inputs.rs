@@ -22,7 +22,11 @@ fn replay(target: &str, check: fn(&[u8])) {
             let path = entry.path();
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let outcome = std::panic::catch_unwind(|| check(&bytes));
-            assert!(outcome.is_ok(), "{target}: {} fails its check", path.display());
+            assert!(
+                outcome.is_ok(),
+                "{target}: {} fails its check",
+                path.display()
+            );
             replayed += 1;
         }
     }

@@ -71,7 +71,10 @@ async fn a_garage_node_takes_a_put_a_ranged_get_and_a_multipart_upload() {
         .expect("start a multipart upload");
     let mut writer = WriteMultipart::new_with_chunk_size(upload, 5 * MIB);
     writer.put(big.clone());
-    writer.finish().await.expect("complete the multipart upload");
+    writer
+        .finish()
+        .await
+        .expect("complete the multipart upload");
 
     assert_eq!(garage.read(big_key).await, Some(big));
     assert_eq!(garage.read(small_key).await, Some(small));
@@ -108,7 +111,11 @@ async fn a_garage_node_takes_a_put_a_ranged_get_and_a_multipart_upload() {
     assert_eq!(op("CompleteMultipartUpload"), 1, "{operations:?}");
     assert_eq!(op("PutObject"), 1, "{operations:?}");
     let total: u64 = operations.values().sum();
-    assert_eq!(total as usize, requests.len(), "{operations:?}\n{requests:#?}");
+    assert_eq!(
+        total as usize,
+        requests.len(),
+        "{operations:?}\n{requests:#?}"
+    );
 
     // A wrong secret is refused: the key is really checked.
     let mut forged = garage.access().clone();
@@ -163,13 +170,19 @@ async fn a_three_node_garage_cluster_serves_gets_and_puts_with_one_node_down() {
     cluster.access(0).put("cluster/one", one.clone()).await;
     // Replicated: every node serves it.
     for i in 0..3 {
-        assert_eq!(cluster.access(i).read("cluster/one").await, Some(one.clone()));
+        assert_eq!(
+            cluster.access(i).read("cluster/one").await,
+            Some(one.clone())
+        );
     }
 
     cluster.kill_node(2);
     assert!(cluster.access(2).try_read("cluster/one").await.is_err());
     // Quorum 2 of 3: reads and writes through the others still succeed.
-    assert_eq!(cluster.access(1).read("cluster/one").await, Some(one.clone()));
+    assert_eq!(
+        cluster.access(1).read("cluster/one").await,
+        Some(one.clone())
+    );
     let two = random_bytes("cluster", 2, 6 * MIB);
     let store = cluster.access(0).store();
     let upload = store
@@ -182,7 +195,10 @@ async fn a_three_node_garage_cluster_serves_gets_and_puts_with_one_node_down() {
         .finish()
         .await
         .expect("complete a multipart upload with a node down");
-    assert_eq!(cluster.access(1).read("cluster/two").await, Some(two.clone()));
+    assert_eq!(
+        cluster.access(1).read("cluster/two").await,
+        Some(two.clone())
+    );
     assert_eq!(
         cluster.keys("cluster").await,
         vec!["cluster/one".to_owned(), "cluster/two".to_owned()]
@@ -209,12 +225,20 @@ fn redis_answers_refuses_once_stopped_and_comes_back_empty() {
     let started = Instant::now();
     let mut redis = Redis::start_with_password("harness-secret");
     eprintln!("Redis ready in {:?}", started.elapsed());
-    assert!(redis.url().starts_with("redis://:harness-secret@127.0.0.1:"));
+    assert!(redis
+        .url()
+        .starts_with("redis://:harness-secret@127.0.0.1:"));
 
     assert_eq!(redis.cli(&["SET", "berth:t", "a value"]), "OK");
     assert_eq!(redis.get("berth:t").as_deref(), Some("a value"));
-    assert_eq!(redis.cli(&["SET", "berth:lease", "me", "NX", "PX", "60000"]), "OK");
-    assert_eq!(redis.cli(&["SET", "berth:lease", "you", "NX", "PX", "60000"]), "");
+    assert_eq!(
+        redis.cli(&["SET", "berth:lease", "me", "NX", "PX", "60000"]),
+        "OK"
+    );
+    assert_eq!(
+        redis.cli(&["SET", "berth:lease", "you", "NX", "PX", "60000"]),
+        ""
+    );
     assert!(redis.pttl("berth:lease").is_some_and(|ms| ms <= 60_000));
     assert_eq!(redis.keys("berth:*"), vec!["berth:lease", "berth:t"]);
     assert_eq!(redis.get("berth:none"), None);

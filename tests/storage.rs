@@ -307,7 +307,10 @@ async fn says_writable(berth: &Berth) -> (Option<bool>, Option<String>) {
 /// Polls [`says_writable`] until it says `writable` (readyz and gauge
 /// alike) or a minute has passed (a hang guard); what it said last.
 async fn until_says(berth: &Berth, writable: bool) -> (Option<bool>, Option<String>) {
-    let want = (Some(writable), Some(if writable { "1" } else { "0" }.to_owned()));
+    let want = (
+        Some(writable),
+        Some(if writable { "1" } else { "0" }.to_owned()),
+    );
     let until = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let seen = says_writable(berth).await;

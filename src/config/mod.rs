@@ -10,6 +10,7 @@ mod effective;
 pub mod endpoints;
 mod fields;
 mod serving;
+pub mod sync;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +22,7 @@ use std::time::Duration;
 pub use self::endpoints::{EndpointConfig, Endpoints};
 use self::fields::Fields;
 pub use self::serving::{AuthConfig, Limits, StatusConfig, TlsConfig};
+pub use self::sync::{Repositories, SyncRule};
 pub use self::upstream::{RepoPatterns, UpstreamConfig, BUILTIN_UPSTREAMS};
 
 /// The whole runtime configuration of one berth process. Serialized, it is
@@ -51,6 +53,8 @@ pub struct Config {
     pub limits: Limits,
     pub auth: AuthConfig,
     pub status: StatusConfig,
+    /// Content kept fresh ahead of need (`[[sync]]` rules).
+    pub sync: Vec<SyncRule>,
 }
 
 /// How much disk the cache may use.
@@ -302,6 +306,17 @@ fn parse_config(f: &mut Fields) -> Config {
     let mut status = f.section("status");
     let status_config = serving::parse_status(&mut status);
     f.absorb(status);
+    let sync = sync::parse_rules(f, &upstreams);
+    let limits = &limits_config;
+    if !sync.is_empty() && limits.max_sync_fills >= limits.max_fills && limits.max_fills > 0 {
+        f.error(
+            "limits.max_sync_fills",
+            format!(
+                "must be less than limits.max_fills ({}) when there are sync rules, so that they never take every fill from clients",
+                limits.max_fills
+            ),
+        );
+    }
     Config {
         listen: f
             .get("listen")
@@ -321,6 +336,7 @@ fn parse_config(f: &mut Fields) -> Config {
         limits: limits_config,
         auth: auth_config,
         status: status_config,
+        sync,
     }
 }
 

@@ -32,6 +32,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Blob fills running at once; a miss beyond it gets a 503.
     pub max_fills: usize,
+    /// Of those, how many sync rules may run at once (fewer than
+    /// `max_fills`, so that clients always have fills left).
+    pub max_sync_fills: usize,
     /// The largest blob berth fetches; a larger one (announced, or sent
     /// past this without a `Content-Length`) fails its fill.
     #[serde(serialize_with = "super::effective::size")]
@@ -53,6 +56,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,
             max_fills: 512,
+            max_sync_fills: 2,
             max_blob_size: 64 * 1024 * 1024 * 1024,
             unattended_grace: Duration::from_secs(30),
             min_unattended_rate: 64 * 1024,
@@ -117,6 +121,7 @@ pub fn parse_limits(f: &mut Fields) -> Limits {
             .unwrap_or(d.idle_timeout),
         max_connections: f.get("max_connections").unwrap_or(d.max_connections),
         max_fills: f.get("max_fills").unwrap_or(d.max_fills),
+        max_sync_fills: f.get("max_sync_fills").unwrap_or(d.max_sync_fills),
         max_blob_size: f.size("max_blob_size").unwrap_or(d.max_blob_size),
         unattended_grace: f
             .positive_duration("unattended_grace")
@@ -131,6 +136,7 @@ pub fn parse_limits(f: &mut Fields) -> Limits {
     for (key, value) in [
         ("max_connections", limits.max_connections),
         ("max_fills", limits.max_fills),
+        ("max_sync_fills", limits.max_sync_fills),
     ] {
         if value == 0 {
             f.error(key, "must be at least 1");

@@ -77,6 +77,8 @@ pub struct Eviction {
     pub bytes: u64,
     /// Access-index entries read to find them.
     pub visited: usize,
+    /// Of those, content passed by because a sync rule pins it.
+    pub pinned: usize,
 }
 
 impl Lru {
@@ -340,6 +342,14 @@ impl Store {
             let entry = entry?;
             self.visit();
             report.visited += 1;
+            // What a sync rule selects stays, in the index too (the one
+            // check eviction makes for sync rules).
+            if let Some((_, _, digest)) = keys::parse_lru(&entry) {
+                if self.is_pinned(&digest)? {
+                    report.pinned += 1;
+                    continue;
+                }
+            }
             self.wrote(trees.lru.remove(&entry))?;
             let Some((_, kind, digest)) = keys::parse_lru(&entry) else {
                 continue;

@@ -39,6 +39,11 @@ pub struct Trees {
     pub tag_lists: sled::Tree,
     /// Settings and state: schema version, max size, the clean-stop mark.
     pub meta: sled::Tree,
+    /// Sync rules (`pins`): `digest \0 rule` and `rule \0 digest` → nothing,
+    /// and each rule's `SyncRecord`.
+    pub pins: sled::Tree,
+    pub pins_by_rule: sled::Tree,
+    pub sync_rules: sled::Tree,
 }
 
 impl Trees {
@@ -55,6 +60,9 @@ impl Trees {
             census,
             tag_lists: db.open_tree("tag_lists")?,
             meta: db.open_tree("meta")?,
+            pins: db.open_tree("pins")?,
+            pins_by_rule: db.open_tree("pins_by_rule")?,
+            sync_rules: db.open_tree("sync_rules")?,
             db,
         })
     }

@@ -26,6 +26,7 @@ mod lock;
 pub mod lru;
 mod meta;
 mod migrate;
+pub mod pins;
 pub mod records;
 pub mod recovery;
 pub mod report;

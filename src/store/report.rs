@@ -42,6 +42,9 @@ pub struct CacheReport {
     pub most_recent_ms: Option<u64>,
     /// False while the counts are being rebuilt after a crash.
     pub counted: bool,
+    /// Each sync rule's last run and what it pins.
+    #[serde(default)]
+    pub sync: Vec<super::pins::SyncRecord>,
 }
 
 /// The report as last written to the data directory (at each maintenance
@@ -88,6 +91,7 @@ impl Store {
         report.least_recent_ms = used_at(trees.lru.iter().next());
         report.most_recent_ms = used_at(trees.lru.iter().next_back());
         report.activity = self.activity()?;
+        report.sync = self.sync_records()?;
         let asked = report.activity.hits + report.activity.misses;
         report.hit_ratio = (asked > 0).then(|| report.activity.hits as f64 / asked as f64);
         Ok(report)

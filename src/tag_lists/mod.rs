@@ -100,6 +100,14 @@ impl TagLists {
         }
     }
 
+    /// The target repository's whole tag list read from the upstream now
+    /// (joining a read already running), and stored for the handler too:
+    /// for sync rules, which must see a tag pushed a moment ago.
+    pub async fn fresh(&self, target: &Target) -> Fetched {
+        let key = (target.upstream.name().to_owned(), target.repo.clone());
+        self.refresh(target, key).await
+    }
+
     fn stale(&self, list: Arc<TagListRecord>) -> Answer {
         self.metrics.stale("tag_list");
         crate::http::outcome::note_stale("tag_list");

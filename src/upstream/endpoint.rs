@@ -114,26 +114,26 @@ pub struct AnsweredBy {
 }
 
 impl Upstream {
-    /// Sends a request for `/v2/<repo>/<path>` to one endpoint, answering
-    /// one auth challenge and following redirects. Only 2xx (and 304)
-    /// responses come back as `Ok`.
+    /// Sends a request for `/v2/<path>` to one endpoint with a token for
+    /// `scope`, answering one auth challenge and following redirects. Only
+    /// 2xx (and 304) responses come back as `Ok`.
     pub(super) async fn send_to(
         &self,
         endpoint: &Endpoint,
         method: Method,
-        repo: &str,
         path: &str,
+        scope: &str,
         headers: &http::HeaderMap,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let scope = format!("repository:{repo}:pull");
-        let mut url = endpoint
-            .url
-            .join(&format!("/v2/{repo}/{path}"))
-            .map_err(|e| UpstreamError::BadResponse {
-                upstream: self.name().to_owned(),
-                reason: format!("cannot build a URL for {repo}/{path}: {e}"),
-            })?;
-        let mut credential = endpoint.auth.credential_for(&scope);
+        let mut url =
+            endpoint
+                .url
+                .join(&format!("/v2/{path}"))
+                .map_err(|e| UpstreamError::BadResponse {
+                    upstream: self.name().to_owned(),
+                    reason: format!("cannot build a URL for {path}: {e}"),
+                })?;
+        let mut credential = endpoint.auth.credential_for(scope);
         let mut answered_challenge = false;
         let mut hops = 0;
         loop {
@@ -152,7 +152,7 @@ impl Upstream {
             if status == StatusCode::UNAUTHORIZED && same_origin && !answered_challenge {
                 answered_challenge = true;
                 if matches!(credential, Some(Credential::Bearer(_))) {
-                    endpoint.auth.forget(&scope);
+                    endpoint.auth.forget(scope);
                 }
                 let challenge = resp
                     .headers()
@@ -161,7 +161,7 @@ impl Upstream {
                 let timeout = self.config().response_timeout;
                 if let Some(answer) = endpoint
                     .auth
-                    .answer(&endpoint.http, challenge, &scope, timeout)
+                    .answer(&endpoint.http, challenge, scope, timeout)
                     .await?
                 {
                     credential = Some(answer);

@@ -29,6 +29,20 @@ impl Upstream {
         path: &str,
         headers: http::HeaderMap,
     ) -> Result<reqwest::Response, UpstreamError> {
+        let scope = format!("repository:{repo}:pull");
+        self.send_as(method, &format!("{repo}/{path}"), &scope, headers)
+            .await
+    }
+
+    /// Sends a request for `/v2/<path>` with a token for `scope` (the
+    /// catalog's is not a repository's), as `send` does.
+    pub(super) async fn send_as(
+        &self,
+        method: Method,
+        path: &str,
+        scope: &str,
+        headers: http::HeaderMap,
+    ) -> Result<reqwest::Response, UpstreamError> {
         if self.config.offline {
             return Err(UpstreamError::Offline {
                 upstream: self.name().to_owned(),
@@ -41,7 +55,7 @@ impl Upstream {
                 continue;
             }
             match self
-                .send_to(endpoint, method.clone(), repo, path, &headers)
+                .send_to(endpoint, method.clone(), path, scope, &headers)
                 .await
             {
                 Ok(mut resp) => {

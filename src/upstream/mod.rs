@@ -383,6 +383,17 @@ impl Upstream {
             .await
     }
 
+    /// `GET` of a page of the registry's repository list (`/v2/_catalog`),
+    /// which not every registry offers (Docker Hub, ghcr.io do not).
+    pub async fn catalog(&self, query: Option<&str>) -> Result<reqwest::Response, UpstreamError> {
+        let path = match query {
+            Some(q) => format!("_catalog?{q}"),
+            None => "_catalog".to_owned(),
+        };
+        self.send_as(Method::GET, &path, "registry:catalog:*", Default::default())
+            .await
+    }
+
     /// `GET` of a page of the referrers API; `query` continues a paginated
     /// answer (from its `Link` header).
     pub async fn referrers(

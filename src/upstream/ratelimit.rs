@@ -145,6 +145,13 @@ impl RateLimit {
             .is_some_and(|until| until > Instant::now())
     }
 
+    /// How long the pause has left to run, if berth is paused now.
+    pub fn pause_left(&self) -> Option<Duration> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let left = state.paused_until?.checked_duration_since(Instant::now())?;
+        (!left.is_zero()).then_some(left)
+    }
+
     /// What the upstream last said of its limit.
     pub fn figures(&self) -> Figures {
         self.state

@@ -125,7 +125,7 @@ fn looks_like_host(component: &str) -> bool {
 }
 
 /// Docker Hub keeps official images under `library/`; clients may leave it out.
-fn normalize(config: &UpstreamConfig, repo: &str) -> String {
+pub(crate) fn normalize(config: &UpstreamConfig, repo: &str) -> String {
     if config.is_docker_hub() && !repo.contains('/') {
         format!("library/{repo}")
     } else {
@@ -133,7 +133,8 @@ fn normalize(config: &UpstreamConfig, repo: &str) -> String {
     }
 }
 
-fn check_filters(config: &UpstreamConfig, repo: &str) -> Result<(), RoutingError> {
+/// The upstream's `allow` and `deny` lists applied to a normalized name.
+pub(crate) fn check_filters(config: &UpstreamConfig, repo: &str) -> Result<(), RoutingError> {
     let refused = |denied: bool| {
         let (upstream, repo) = (config.name.clone(), repo.to_owned());
         if denied {

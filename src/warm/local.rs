@@ -1,10 +1,19 @@
 //! Warming a data directory in-process: berth's own fills, on the store
 //! opened by this process. A berth serving from the directory holds its
 //! lock; warm then stops at once and says so (`--server` warms through it).
+//!
+//! Sync rules walk images through the same source, over the serving
+//! berth's own `App` (`Local::for_sync`), with two differences: each
+//! upstream transfer waits for one of the sync permits, so rules never take
+//! more than their share of fills from clients, and content found already
+//! cached is not counted as used (a rule checking on it is not a pull; it
+//! would mislead eviction and `export --since`), the tag's own manifest
+//! aside, which its revalidation reads like a pull's.
 
 use std::sync::Arc;
 
 use http::Method;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Options, Source, WarmError, Warmed};
 use crate::digest::Digest;
@@ -20,6 +29,8 @@ use crate::{App, Config};
 /// The data directory, open for warming.
 pub struct Local {
     app: App,
+    /// For sync rules: the permits upstream transfers wait for.
+    sync_permits: Option<Arc<Semaphore>>,
 }
 
 impl Local {
@@ -28,6 +39,38 @@ impl Local {
         crate::store::ensure_free(&config.data_dir)?;
         Ok(Local {
             app: App::new(config)?,
+            sync_permits: None,
+        })
+    }
+
+    /// The berth this warms.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// The source sync rules walk through: `app`'s fills, each upstream
+    /// transfer holding one of `permits`.
+    pub(crate) fn for_sync(app: App, permits: Arc<Semaphore>) -> Local {
+        Local {
+            app,
+            sync_permits: Some(permits),
+        }
+    }
+
+    /// Waits for a sync permit (nothing to wait for when warming).
+    async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        match &self.sync_permits {
+            Some(permits) => permits.clone().acquire_owned().await.ok(),
+            None => None,
+        }
+    }
+
+    /// A cached manifest; a sync's look does not count as a use.
+    fn cached_manifest(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, WarmError> {
+        let store = self.app.store();
+        Ok(match self.sync_permits {
+            Some(_) => store.peek_manifest(digest)?,
+            None => store.manifest(digest)?,
         })
     }
 
@@ -100,12 +143,13 @@ impl Source for Local {
         let store = self.app.store();
         if let Reference::Digest(digest) = reference {
             if store.has_link(target.upstream.name(), &target.repo, digest)? {
-                if let Some(manifest) = store.manifest(digest)? {
+                if let Some(manifest) = self.cached_manifest(digest)? {
                     return Ok(manifest);
                 }
             }
         }
         // A tag is revalidated (a conditional HEAD when berth knows it).
+        let _permit = self.permit().await;
         Ok(self.app.manifests().fetch(&target, reference, None).await?)
     }
 
@@ -123,6 +167,7 @@ impl Source for Local {
                 return Ok((size, true));
             }
         }
+        let _permit = self.permit().await;
         match self.app.blobs().fetch(&target, digest).await? {
             BlobSource::Cached(content) => {
                 self.confirm(&target, digest).await?;
@@ -141,6 +186,7 @@ impl Source for Local {
 
     async fn referrers(&self, name: &str, digest: &Digest) -> Result<Vec<Digest>, WarmError> {
         let target = self.target(name)?;
+        let _permit = self.permit().await;
         let descriptors = self.app.referrers().list(&target, digest).await?;
         Ok(descriptors
             .iter()

@@ -17,7 +17,7 @@
 pub mod local;
 pub mod remote;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -88,6 +88,25 @@ pub struct Warmed {
     pub referrers: usize,
     /// Index entries left out by `--platform`.
     pub skipped_platforms: usize,
+    /// Every manifest and blob walked: the image as the cache now holds
+    /// it (what a sync rule pins).
+    pub content: BTreeSet<Digest>,
+}
+
+impl WarmError {
+    /// Whether the upstream (or berth's own fill limit) could not answer
+    /// now, rather than the image being wrong: worth waiting before asking
+    /// again.
+    pub fn is_failing(&self) -> bool {
+        match self {
+            WarmError::Fill(e) => match &**e {
+                FillError::Upstream(e) => e.is_failing(),
+                FillError::Busy { .. } => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 /// Where warm gets content from; each call leaves the content cached.
@@ -116,21 +135,37 @@ pub(crate) async fn warm_all<S: Source>(
 ) -> Vec<Result<Warmed, WarmError>> {
     let mut results = Vec::with_capacity(images.len());
     for image in images {
-        let mut walk = Walk {
-            source,
-            name: &image.name,
-            options,
-            progress,
-            seen: HashSet::new(),
-            warmed: Warmed::default(),
-        };
-        let result = walk.image(&image.reference).await.map(|()| walk.warmed);
-        if let Err(e) = &result {
-            progress.note(&format!("{image}: {e}"));
-        }
-        results.push(result);
+        results.push(warm_one(source, image, options, progress).await);
     }
     results
+}
+
+/// Warms one image, every platform (or those of `options`) and, unless
+/// told not to, its referrers.
+pub(crate) async fn warm_one<S: Source>(
+    source: &S,
+    image: &ImageRef,
+    options: &Options,
+    progress: &Progress,
+) -> Result<Warmed, WarmError> {
+    let mut walk = Walk {
+        source,
+        name: &image.name,
+        options,
+        progress,
+        seen: HashSet::new(),
+        warmed: Warmed::default(),
+    };
+    match walk.image(&image.reference).await {
+        Ok(()) => Ok(Warmed {
+            content: walk.seen.into_iter().collect(),
+            ..walk.warmed
+        }),
+        Err(e) => {
+            progress.note(&format!("{image}: {e}"));
+            Err(e)
+        }
+    }
 }
 
 /// The walk of one image.
@@ -179,13 +214,17 @@ impl<S: Source> Walk<'_, S> {
     }
 
     async fn blobs(&mut self, blobs: impl Iterator<Item = &Descriptor>) -> Result<(), WarmError> {
-        let new: Vec<&Descriptor> = blobs
+        let new: Vec<Descriptor> = blobs
             .filter(|b| self.seen.insert(b.digest.clone()))
+            .cloned()
             .collect();
         self.progress.grow(new.iter().filter_map(|b| b.size).sum());
         let (source, name, progress) = (self.source, self.name, self.progress);
+        // Owned descriptors: a closure over borrowed ones makes the walk's
+        // future too general for rustc to see that it is `Send` (the sync
+        // scheduler spawns it).
         let done: Vec<(u64, bool)> = stream::iter(new)
-            .map(|blob| source.blob(name, blob, progress))
+            .map(|blob| async move { source.blob(name, &blob, progress).await })
             .buffer_unordered(BLOB_CONCURRENCY)
             .try_collect()
             .await?;

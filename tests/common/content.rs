@@ -146,6 +146,12 @@ impl Fixture {
         Fixture::single(repo, tag, root, config, layers)
     }
 
+    /// An OCI image (linux/amd64) over `layers`, whatever they hold.
+    pub fn with_layers(repo: &str, tag: &str, layers: Vec<Blob>) -> Fixture {
+        let (root, config) = image(OCI_MANIFEST, OCI_CONFIG, "amd64", &layers);
+        Fixture::single(repo, tag, root, config, layers)
+    }
+
     /// An OCI image with the empty blob (size 0) as one of its layers.
     pub fn empty_layer_image(repo: &str, tag: &str) -> Fixture {
         let layers = vec![

@@ -473,7 +473,9 @@ impl GarageCluster {
 
     /// Every S3 request the cluster has received (node by node).
     pub fn s3_requests(&self) -> Vec<S3Request> {
-        (0..self.len()).flat_map(|i| self.s3_requests_to(i)).collect()
+        (0..self.len())
+            .flat_map(|i| self.s3_requests_to(i))
+            .collect()
     }
 
     /// [`Garage::wait_for_s3_requests`] over the whole cluster.

@@ -247,7 +247,11 @@ impl Redis {
     /// Milliseconds `key` has left to live: `None` if it has no expiry or
     /// does not exist.
     pub fn pttl(&self, key: &str) -> Option<u64> {
-        self.cli(&["PTTL", key]).parse::<i64>().ok()?.try_into().ok()
+        self.cli(&["PTTL", key])
+            .parse::<i64>()
+            .ok()?
+            .try_into()
+            .ok()
     }
 
     /// Commands the server has processed since it started (INFO stats'

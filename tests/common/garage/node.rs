@@ -327,7 +327,8 @@ impl Node {
                     "a Garage API server failed to start; its log:\n{log}"
                 ));
             }
-            if recent.contains("S3 API server listening") && http_get(self.admin, "/health").is_some()
+            if recent.contains("S3 API server listening")
+                && http_get(self.admin, "/health").is_some()
             {
                 return Ok(());
             }
