@@ -264,42 +264,8 @@ fn parse_password(f: &mut Fields) -> PasswordFields {
             "passwords are not written in the config file; use password_env or password_file",
         );
     }
-    let from_env: Option<String> = f.get("password_env");
-    let from_file: Option<PathBuf> = f.get("password_file");
-    match (from_env, from_file) {
-        (Some(_), Some(_)) => {
-            f.error(
-                "password_file",
-                "set either password_env or password_file, not both",
-            );
-            (None, None, None)
-        }
-        (Some(var), None) => match std::env::var(&var) {
-            Ok(value) => (Some(Secret::new(value)), Some(var), None),
-            Err(_) => {
-                f.error(
-                    "password_env",
-                    format!("environment variable {var} is not set"),
-                );
-                (None, None, None)
-            }
-        },
-        (None, Some(path)) => match std::fs::read_to_string(&path) {
-            Ok(value) => (
-                Some(Secret::new(value.trim_end_matches(['\r', '\n']))),
-                None,
-                Some(path),
-            ),
-            Err(e) => {
-                f.error(
-                    "password_file",
-                    format!("cannot read {}: {e}", path.display()),
-                );
-                (None, None, None)
-            }
-        },
-        (None, None) => (None, None, None),
-    }
+    let source = f.secret("password");
+    (source.value, source.env, source.file)
 }
 
 #[cfg(test)]

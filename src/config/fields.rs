@@ -8,6 +8,15 @@ use serde::de::DeserializeOwned;
 
 use super::FieldError;
 
+/// A secret and where it came from (for the effective configuration,
+/// which names the source, never the value).
+#[derive(Debug, Default)]
+pub struct SecretSource {
+    pub value: Option<super::Secret>,
+    pub env: Option<String>,
+    pub file: Option<std::path::PathBuf>,
+}
+
 /// One table of the document being read. Fields are removed as they are
 /// read; what is left at the end is unknown and reported as such.
 pub struct Fields {
@@ -117,6 +126,37 @@ impl Fields {
     /// Whether any error was recorded here (or absorbed from a child).
     pub fn has_errors(&self) -> bool {
         !self.errors.is_empty() || !self.table.is_empty()
+    }
+
+    /// A secret named by `<base>_env` (an environment variable) or
+    /// `<base>_file` (a file, its trailing newline dropped), never written
+    /// in the configuration itself.
+    pub fn secret(&mut self, base: &str) -> SecretSource {
+        let (env_key, file_key) = (format!("{base}_env"), format!("{base}_file"));
+        let from_env: Option<String> = self.get(&env_key);
+        let from_file: Option<std::path::PathBuf> = self.get(&file_key);
+        let mut source = SecretSource::default();
+        match (from_env, from_file) {
+            (Some(_), Some(_)) => {
+                self.error(&file_key, format!("set either {env_key} or {file_key}, not both"));
+            }
+            (Some(var), None) => match std::env::var(&var) {
+                Ok(value) => {
+                    source.value = Some(super::Secret::new(value));
+                    source.env = Some(var);
+                }
+                Err(_) => self.error(&env_key, format!("environment variable {var} is not set")),
+            },
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(value) => {
+                    source.value = Some(super::Secret::new(value.trim_end_matches(['\r', '\n'])));
+                    source.file = Some(path);
+                }
+                Err(e) => self.error(&file_key, format!("cannot read {}: {e}", path.display())),
+            },
+            (None, None) => {}
+        }
+        source
     }
 
     /// A nested table; a missing one is an empty one.

@@ -296,7 +296,7 @@ fn patterns(f: &mut Fields, key: &str) -> RepoPatterns {
 
 /// Reads and checks the extra CA certificates now, so that a bad file stops
 /// start-up instead of failing the first pull; the file and its PEM.
-fn parse_ca_file(f: &mut Fields) -> (Option<PathBuf>, Option<Vec<u8>>) {
+pub(super) fn parse_ca_file(f: &mut Fields) -> (Option<PathBuf>, Option<Vec<u8>>) {
     let Some(path) = f.get::<PathBuf>("ca_file") else {
         return (None, None);
     };
