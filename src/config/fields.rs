@@ -138,7 +138,10 @@ impl Fields {
         let mut source = SecretSource::default();
         match (from_env, from_file) {
             (Some(_), Some(_)) => {
-                self.error(&file_key, format!("set either {env_key} or {file_key}, not both"));
+                self.error(
+                    &file_key,
+                    format!("set either {env_key} or {file_key}, not both"),
+                );
             }
             (Some(var), None) => match std::env::var(&var) {
                 Ok(value) => {
