@@ -319,6 +319,21 @@ pub enum Error {
     Auth(#[from] crate::http::auth::AuthError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Shared(#[from] crate::shared::SharedError),
+}
+
+impl Error {
+    /// Whether the configuration is at fault (berth exits 64, as for a bad
+    /// file), rather than the machine or the network.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Error::Shared(
+                crate::shared::SharedError::Config(_) | crate::shared::SharedError::Refused(_)
+            )
+        )
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ pub mod online_check;
 pub mod progress;
 pub mod reference;
 pub mod referrers;
+pub mod shared;
 pub mod status;
 pub mod store;
 pub mod sync;
@@ -76,6 +77,8 @@ struct AppInner {
     fills: TaskTracker,
     /// `berth check --online`, one at a time.
     online_check: Arc<online_check::OnlineCheck>,
+    /// The shared tier (`[storage.s3]`), when configured.
+    shared: Option<shared::SharedTier>,
 }
 
 impl App {
@@ -93,13 +96,18 @@ impl App {
         let pull_auth = http::auth::PullAuth::from_config(&config.auth)?;
         let upstreams = Upstreams::with_metrics(&config.upstreams, &metrics)?;
         let fills = TaskTracker::new();
+        let shared = match &config.storage.s3 {
+            Some(s3) => Some(shared::SharedTier::new(s3, metrics.clone(), fills.clone())?),
+            None => None,
+        };
         let blobs = BlobFills::new(
             store.clone(),
             fills.clone(),
             metrics.clone(),
             &config.limits,
+            shared.clone(),
         );
-        let manifests = ManifestFills::new(store.clone(), fills.clone());
+        let manifests = ManifestFills::new(store.clone(), fills.clone(), shared.clone());
         let referrers = Referrers::new(store.clone(), fills.clone(), metrics.clone());
         let tag_lists = TagLists::new(store.clone(), fills.clone(), metrics.clone());
         Ok(App {
@@ -116,6 +124,7 @@ impl App {
                 status: status::Status::new(),
                 fills,
                 online_check: Default::default(),
+                shared,
             }),
         })
     }
@@ -126,6 +135,11 @@ impl App {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The shared tier, when `[storage.s3]` configures one.
+    pub fn shared(&self) -> Option<&shared::SharedTier> {
+        self.inner.shared.as_ref()
     }
 
     pub fn upstreams(&self) -> &Upstreams {
@@ -189,6 +203,27 @@ pub async fn run(
     serve(app, listener, shutdown).await
 }
 
+/// Checks the shared tier before serving: a store that refuses berth (wrong
+/// credentials, no such bucket) stops start-up; one that cannot be reached
+/// is a degraded start (served from the near cache and upstream, the store
+/// used once it answers; `/readyz` says so).
+async fn probe_shared(app: &App) -> Result<(), Error> {
+    let Some(shared) = app.shared() else {
+        return Ok(());
+    };
+    match shared.probe().await {
+        Ok(()) => {
+            tracing::info!("the shared tier answers: reading and writing content there");
+            Ok(())
+        }
+        Err(e @ shared::SharedError::Unreachable(_)) => {
+            tracing::error!(error = %e, "starting without the shared tier for now; it is tried again as berth serves");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `run` for an `App` that is already open.
 pub async fn serve(
     app: App,
@@ -231,6 +266,7 @@ pub async fn serve(
         tls = tls.is_some(),
         "berth is serving"
     );
+    probe_shared(&app).await?;
     let maintenance = tokio::spawn(maintain(app.clone()));
     let sampling = tokio::spawn(status::sample_every_minute(app.clone()));
     let sync = sync::schedule::spawn(&app, stop_sync.clone());

@@ -295,6 +295,10 @@ fn serve(config: berth::Config) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_config() => {
+            eprintln!("berth: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             eprintln!("berth: {e}");
             ExitCode::FAILURE

@@ -171,6 +171,7 @@ pub struct Families {
     pub upstream_up: Family<UpstreamName, Gauge>,
     pub upstream_bytes: Family<UpstreamName, Counter>,
     pub sync: SyncFamilies,
+    pub shared: crate::shared::SharedFamilies,
     pub store_writable: Gauge,
     pub store_records_visited: Gauge,
     pub runtime_tasks: Gauge,
@@ -221,6 +222,7 @@ impl Metrics {
             upstream_up: Family::default(),
             upstream_bytes: Family::default(),
             sync: SyncFamilies::default(),
+            shared: crate::shared::SharedFamilies::default(),
             store_writable: Gauge::default(),
             store_records_visited: Gauge::default(),
             runtime_tasks: Gauge::default(),
@@ -338,6 +340,7 @@ impl Metrics {
             f.refused.clone(),
         );
         f.sync.register(&mut r);
+        f.shared.register(&mut r);
         r.register(
             "fill_failures",
             "Fills that ended without verified content, by kind and reason \

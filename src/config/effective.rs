@@ -37,6 +37,16 @@ pub fn optional_duration<S: Serializer>(
     }
 }
 
+pub fn optional_url<S: Serializer>(
+    value: &Option<reqwest::Url>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(url) => serializer.serialize_str(url.as_str()),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// A size as the file writes it: the largest binary unit that divides it
 /// ("256MiB", "64KiB"), else bytes ("1000B").
 pub fn size<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {

@@ -56,6 +56,11 @@ impl Fields {
         self.errors.iter().any(|e| e.field == field)
     }
 
+    /// Whether the table has `key` (not yet read).
+    pub fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
+
     pub fn take_raw(&mut self, key: &str) -> Option<toml::Value> {
         self.table.remove(key)
     }

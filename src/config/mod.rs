@@ -9,6 +9,7 @@
 mod effective;
 pub mod endpoints;
 mod fields;
+pub mod s3;
 mod serving;
 pub mod sync;
 pub mod upstream;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub use self::endpoints::{EndpointConfig, Endpoints};
 use self::fields::Fields;
+pub use self::s3::S3Config;
 pub use self::serving::{AuthConfig, Limits, StatusConfig, TlsConfig};
 pub use self::sync::{Repositories, SyncRule};
 pub use self::upstream::{RepoPatterns, UpstreamConfig, BUILTIN_UPSTREAMS};
@@ -74,6 +76,10 @@ pub struct StorageConfig {
     /// Objects a second that reconciling after an unclean stop checks, so
     /// that a large store is mended beside the clients, not ahead of them.
     pub reconcile_rate: u64,
+    /// The shared tier (`[storage.s3]`): content in an S3-compatible store
+    /// that several replicas share, the local disk being its near cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Config>,
 }
 
 impl Default for StorageConfig {
@@ -83,6 +89,7 @@ impl Default for StorageConfig {
             high_watermark: 0.9,
             low_watermark: 0.8,
             reconcile_rate: 20_000,
+            s3: None,
         }
     }
 }
@@ -365,6 +372,7 @@ fn parse_storage(f: &mut Fields) -> StorageConfig {
         high_watermark: high,
         low_watermark: low,
         reconcile_rate,
+        s3: s3::parse(f),
     }
 }
 

@@ -5,26 +5,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http::Method;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::passthrough::{Handover, Resume};
 use super::reader::{batch_len, BlobReader, Progress, Recent};
+use super::source::{self, Source};
 use super::FillError;
 use crate::config::Limits;
 use crate::digest::{Digest, Hasher};
 use crate::metrics::{KindLabels, Metrics};
+use crate::shared::{ObjectKind, SharedTier, Upload};
 use crate::store::files::TempFile;
 use crate::store::{best_effort, BlobContent, Store};
-use crate::upstream::announced_length;
 use crate::upstream::routing::Target;
-
-/// Upstream chunks are gathered up to this size before one write to disk.
-const WRITE_BATCH: usize = 1024 * 1024;
-/// And up to this many (one `pwritev`, well below `IOV_MAX`).
-const WRITE_BATCH_CHUNKS: usize = 256;
 
 /// A blob fill in progress.
 pub struct BlobFill {
@@ -178,10 +173,18 @@ struct Inner {
     /// One permit per running fill: `limits.max_fills`.
     permits: Arc<tokio::sync::Semaphore>,
     limits: Limits,
+    /// Where a fill looks before the upstream, and what it uploads to.
+    shared: Option<SharedTier>,
 }
 
 impl BlobFills {
-    pub fn new(store: Store, tasks: TaskTracker, metrics: Metrics, limits: &Limits) -> Self {
+    pub fn new(
+        store: Store,
+        tasks: TaskTracker,
+        metrics: Metrics,
+        limits: &Limits,
+        shared: Option<SharedTier>,
+    ) -> Self {
         BlobFills {
             inner: Arc::new(Inner {
                 table: Mutex::new(HashMap::new()),
@@ -190,6 +193,7 @@ impl BlobFills {
                 metrics,
                 permits: Arc::new(tokio::sync::Semaphore::new(limits.max_fills)),
                 limits: limits.clone(),
+                shared,
             }),
         }
     }
@@ -331,12 +335,16 @@ impl BlobFills {
         let leave = LeaveTable::enter(self.clone(), digest.clone());
         let started = std::time::Instant::now();
         let outcome = match self.transfer(&target, &digest, &temp, &tx).await {
-            Ok(size) => {
+            Ok((size, from_upstream)) => {
                 // Readers may finish now: every byte is in the file and
                 // matched the digest. Durability (fsync, rename, record) is
                 // the cache's business, not the waiting clients'.
                 tx.send_replace(Progress::Done { size });
-                self.commit_verified(&target, &digest, temp, size).await
+                let kept = self.commit_verified(&target, &digest, temp, size).await;
+                if from_upstream {
+                    self.upload(&target, &digest);
+                }
+                kept
             }
             Err(e) => Err(e),
         };
@@ -363,21 +371,54 @@ impl BlobFills {
         }
     }
 
-    /// Streams the upstream body into the temp file, hashing as it goes;
-    /// returns the verified size.
+    /// Where the bytes come from: the shared tier when it holds the blob
+    /// and the repository is confirmed, else the upstream.
+    async fn source(&self, target: &Target, digest: &Digest) -> Result<Source, FillError> {
+        if let Some(shared) = &self.inner.shared {
+            if let Some(source) =
+                source::from_shared(shared, &self.inner.store, target, digest).await
+            {
+                return Ok(source);
+            }
+        }
+        let resp = target
+            .upstream
+            .blob(Method::GET, &target.repo, digest)
+            .await?;
+        Ok(Source::upstream(target.upstream.clone(), resp))
+    }
+
+    /// Streams the source's body into the temp file, hashing as it goes;
+    /// returns the verified size, and whether it came from the upstream.
     async fn transfer(
         &self,
         target: &Target,
         digest: &Digest,
         temp: &TempFile,
         tx: &watch::Sender<Progress>,
+    ) -> Result<(u64, bool), FillError> {
+        let mut source = self.source(target, digest).await?;
+        let result = self.receive(&mut source, digest, temp, tx).await;
+        if let (Err(e), Some(shared)) = (&result, &self.inner.shared) {
+            if !source.is_upstream() && e.is_bad_content() {
+                shared.discard(ObjectKind::Blob, digest);
+            }
+        }
+        Ok((result?, source.is_upstream()))
+    }
+
+    async fn receive(
+        &self,
+        source: &mut Source,
+        digest: &Digest,
+        temp: &TempFile,
+        tx: &watch::Sender<Progress>,
     ) -> Result<u64, FillError> {
-        let upstream = &target.upstream;
-        let mut resp = upstream.blob(Method::GET, &target.repo, digest).await?;
-        let total = announced_length(&resp);
+        let total = source.total();
         let max_size = self.inner.limits.max_blob_size;
+        let name = source.name();
         let too_large = |size: u64| FillError::BlobTooLarge {
-            upstream: upstream.name().to_owned(),
+            upstream: name.clone(),
             size,
             limit: max_size,
         };
@@ -397,7 +438,7 @@ impl BlobFills {
         // of taking turns.
         let mut hashing = Hashing::Idle(Box::new(Hasher::new(digest.algorithm())));
         let hasher = loop {
-            let next = upstream.next_chunk(&mut resp).await?;
+            let next = source.next_chunk().await?;
             let hasher = match hashing {
                 Hashing::Idle(hasher) => *hasher,
                 Hashing::Busy(task) => {
@@ -430,14 +471,11 @@ impl BlobFills {
             let Some(first) = next else {
                 break hasher;
             };
-            let first_len = first.len() as u64;
-            let batch = gather(first, &mut resp);
-            // `next_chunk` counted the first chunk; the rest came without it.
-            upstream.received(batch_len(&batch) - first_len);
+            let batch = source.gather(first);
             let after = written + batch_len(&batch);
             if total.is_some_and(|t| after > t) {
                 return Err(FillError::Overlong {
-                    upstream: upstream.name().to_owned(),
+                    upstream: source.name(),
                     expected: total.unwrap_or(0),
                 });
             }
@@ -450,7 +488,7 @@ impl BlobFills {
         };
         if let Some(expected) = total.filter(|t| written < *t) {
             return Err(FillError::Truncated {
-                upstream: upstream.name().to_owned(),
+                upstream: source.name(),
                 expected,
                 received: written,
             });
@@ -458,12 +496,32 @@ impl BlobFills {
         let actual = hasher.finish();
         if actual != *digest {
             return Err(FillError::DigestMismatch {
-                upstream: upstream.name().to_owned(),
+                upstream: source.name(),
                 expected: digest.to_string(),
                 actual,
             });
         }
         Ok(written)
+    }
+
+    /// Hands a blob fetched from the upstream and committed here to the
+    /// shared tier (in the background; the fill's clients have their bytes).
+    fn upload(&self, target: &Target, digest: &Digest) {
+        let Some(shared) = &self.inner.shared else {
+            return;
+        };
+        match self.inner.store.blob(digest) {
+            Ok(Some(content)) => shared.upload_blob(
+                Upload {
+                    digest: digest.clone(),
+                    upstream: target.upstream.name().to_owned(),
+                    repo: target.repo.clone(),
+                },
+                content,
+            ),
+            // Not kept here (a full disk): another replica's fill uploads it.
+            Ok(None) | Err(_) => {}
+        }
     }
 
     /// Commits a verified blob; a failure to keep it is logged (and a full
@@ -572,26 +630,6 @@ impl Drop for LeaveTable {
         drop(removed);
         self.fills.inner.metrics.get().fills_in_flight.dec();
     }
-}
-
-/// Adds whatever further chunks have already arrived, without waiting, so
-/// that a fast upstream gets large writes and a slow one prompt ones. The
-/// chunks are kept as they came (no copy): one vectored write takes them,
-/// and readers at the live edge share them.
-fn gather(first: Bytes, resp: &mut reqwest::Response) -> Vec<Bytes> {
-    let mut size = first.len();
-    let mut batch = vec![first];
-    while size < WRITE_BATCH && batch.len() < WRITE_BATCH_CHUNKS {
-        match resp.chunk().now_or_never() {
-            Some(Ok(Some(more))) => {
-                size += more.len();
-                batch.push(more);
-            }
-            // Pending, the end, or an error: the next `next_chunk` sees it.
-            _ => break,
-        }
-    }
-    batch
 }
 
 /// Hashing and writing are blocking work; both happen off the runtime. The

@@ -25,8 +25,10 @@ use tokio_util::task::TaskTracker;
 use super::single_flight::SingleFlight;
 use super::FillError;
 use crate::digest::{Algorithm, Digest};
+use crate::graph;
 use crate::manifest::{validate, MediaTypes};
 use crate::reference::Reference;
+use crate::shared::{ObjectKind, SharedTier, Upload};
 use crate::store::{best_effort, Manifest, Store, TagMapping};
 use crate::upstream::routing::Target;
 use crate::upstream::{self, Upstream};
@@ -54,6 +56,9 @@ struct Inner {
     /// `negative_ttl`, other failures for its `error_ttl`.
     remembered: moka::sync::Cache<FillKey, Remembered>,
     store: Store,
+    /// Where a manifest by digest is looked for before the upstream, and
+    /// where manifests fetched from the upstream go.
+    shared: Option<SharedTier>,
 }
 
 /// An upstream's answer, and how long to answer with it: a failure, or
@@ -84,7 +89,7 @@ fn remembered_weight(key: &FillKey, value: &Remembered) -> u32 {
 }
 
 impl ManifestFills {
-    pub fn new(store: Store, tasks: TaskTracker) -> Self {
+    pub fn new(store: Store, tasks: TaskTracker, shared: Option<SharedTier>) -> Self {
         let remembered = moka::sync::Cache::builder()
             .max_capacity(REMEMBERED_BYTES)
             .weigher(remembered_weight)
@@ -95,6 +100,7 @@ impl ManifestFills {
                 flights: SingleFlight::new(tasks),
                 remembered,
                 store,
+                shared,
             }),
         }
     }
@@ -198,6 +204,11 @@ impl ManifestFills {
                 return Ok(unchanged);
             }
         }
+        if let Reference::Digest(digest) = reference {
+            if let Some(shared) = self.from_shared(target, digest).await {
+                return Ok(shared);
+            }
+        }
         let (upstream, repo) = (&target.upstream, target.repo.as_str());
         let accept = match accept {
             None => upstream::Accept::Berth,
@@ -261,6 +272,7 @@ impl ManifestFills {
             store.add_link(upstream.name(), repo, &digest),
             "a repository link",
         );
+        self.share(target, &manifest);
         if let (true, Reference::Tag(tag)) = (canonical, reference) {
             if let Some(endpoint) = &endpoint {
                 tracing::info!(?target, tag, %digest, endpoint, "tag learnt from a secondary endpoint");
@@ -273,6 +285,71 @@ impl ManifestFills {
             );
         }
         Ok(manifest)
+    }
+
+    /// The shared tier's copy of a manifest, verified (digest, then what a
+    /// manifest must be), once the repository is confirmed to hold it; it
+    /// is then kept here too, like one from the upstream.
+    async fn from_shared(&self, target: &Target, digest: &Digest) -> Option<Arc<Manifest>> {
+        let shared = self.inner.shared.as_ref()?;
+        let found = shared.manifest(digest, MAX_MANIFEST_SIZE).await?;
+        let media_type = match validate::check(found.media_type.as_deref(), &found.bytes) {
+            Ok(media_type) if digest.algorithm().digest(&found.bytes) == *digest => media_type,
+            _ => {
+                shared.discard(ObjectKind::Manifest, digest);
+                return None;
+            }
+        };
+        let store = &self.inner.store;
+        if !shared
+            .confirmed(store, target, ObjectKind::Manifest, digest)
+            .await
+        {
+            return None;
+        }
+        let manifest = Manifest {
+            digest: digest.clone(),
+            media_type,
+            bytes: found.bytes,
+        };
+        let manifest = store
+            .put_manifest(manifest.clone())
+            .unwrap_or_else(|_| Arc::new(manifest));
+        self.link_references(target, &manifest);
+        Some(manifest)
+    }
+
+    /// With a shared tier: uploads a manifest the upstream gave (in the
+    /// background) and links what it references.
+    fn share(&self, target: &Target, manifest: &Arc<Manifest>) {
+        let Some(shared) = &self.inner.shared else {
+            return;
+        };
+        let upload = Upload {
+            digest: manifest.digest.clone(),
+            upstream: target.upstream.name().to_owned(),
+            repo: target.repo.clone(),
+        };
+        shared.upload_manifest(upload, manifest.bytes.clone(), manifest.media_type.clone());
+        self.link_references(target, manifest);
+    }
+
+    /// A manifest the repository holds vouches for what it references (a
+    /// registry accepts a manifest only once its blobs and child manifests
+    /// are in the repository): with a shared tier, they are linked here, so
+    /// that their pulls from the shared tier need no confirmation of their
+    /// own (one object-store request per blob, not two).
+    fn link_references(&self, target: &Target, manifest: &Manifest) {
+        let Ok(refs) = graph::refs(&manifest.digest, &manifest.bytes) else {
+            return;
+        };
+        let store = &self.inner.store;
+        for descriptor in refs.manifests.iter().chain(refs.blobs.iter()) {
+            best_effort(
+                store.add_link(target.upstream.name(), &target.repo, &descriptor.digest),
+                "a repository link",
+            );
+        }
     }
 
     /// Asks the upstream, with a conditional `HEAD`, whether a tag berth

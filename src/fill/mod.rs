@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod passthrough;
 pub mod reader;
 pub mod single_flight;
+pub mod source;
 
 use crate::digest::Digest;
 use crate::store::StoreError;
@@ -63,6 +64,17 @@ pub enum FillError {
 }
 
 impl FillError {
+    /// The source sent bytes that are not the content (wrong digest, cut
+    /// short, or too long): a copy to throw away, not a failure to wait out.
+    pub fn is_bad_content(&self) -> bool {
+        matches!(
+            self,
+            FillError::DigestMismatch { .. }
+                | FillError::Truncated { .. }
+                | FillError::Overlong { .. }
+        )
+    }
+
     /// Whether the upstream's answer (not berth, not the disk) made the
     /// fill fail: what is worth remembering for a while.
     pub fn is_upstream_answer(&self) -> bool {

@@ -68,10 +68,12 @@ impl S3Access {
             .with_bucket_name(&self.bucket)
             .with_access_key_id(&self.access_key_id)
             .with_secret_access_key(&self.secret_access_key)
-            .with_allow_http(true)
             .with_virtual_hosted_style_request(false)
+            // Client options replace the builder's whole set (allow_http
+            // included), so plain HTTP is allowed in them.
             .with_client_options(
                 ClientOptions::new()
+                    .with_allow_http(true)
                     .with_timeout(CLIENT_TIMEOUT)
                     .with_connect_timeout(Duration::from_secs(2)),
             )
@@ -130,7 +132,7 @@ impl S3Access {
         self.store()
             .put(&ObjectPath::from(key), PutPayload::from(bytes.into()))
             .await
-            .unwrap_or_else(|e| panic!("put {key:?} at {}: {e}", self.endpoint));
+            .unwrap_or_else(|e| panic!("put {key:?} at {}: {e:?}", self.endpoint));
     }
 
     /// Delete the object at `key` (no error if there is none).
