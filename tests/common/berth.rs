@@ -339,6 +339,13 @@ impl Process {
         self.dir.path().join("berth.log")
     }
 
+    /// How it exited, if it has (reaped then); `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// SIGKILL, and reap it. Idempotent.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

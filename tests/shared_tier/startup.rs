@@ -11,7 +11,10 @@ use crate::common::content::{Fixture, Pusher};
 use crate::common::garage::{Garage, S3Access};
 use crate::common::registry::Registry;
 use crate::common::skopeo::copy_and_verify;
-use crate::support::{metric, s3_table, s3_toml_env, wait_for_image, wait_for_readiness, Shared};
+use crate::support::{
+    metric, s3_table, s3_toml_env, shared_readiness, wait_for_image, wait_for_readiness, Shared,
+    GUARD,
+};
 
 /// Where the upstream "is" when none is needed: the discard port, where
 /// nothing listens.
@@ -93,11 +96,12 @@ fn bad_storage_s3_fields_are_each_named() {
     };
     let table = s3_table(&access)
         .replace("bucket = \"berth\"\n", "")
-        .replace("path_style = true", "path_style = \"yes\"");
+        .replace("path_style = true", "path_style = \"yes\"")
+        .replace("request_timeout = \"30s\"", "request_timeout = \"soon\"");
     let text = format!(
         "{table}access_key_id_env = \"BERTH_TEST_SURELY_UNSET_VARIABLE\"\n\
          secret_access_key_file = \"/nonexistent/secret\"\n\
-         part_size = \"1MiB\"\nuploads = 0\nrequest_timeout = \"soon\"\n"
+         part_size = \"1MiB\"\nuploads = 0\n"
     );
     let process = Process::configure(&text, NO_UPSTREAM, &[]);
     let out = process.run(&["check-config"], REFUSAL_GUARD);
@@ -181,6 +185,47 @@ fn check_config(process: &Process) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A free loopback port whose number holds "403" or "404": what a store
+/// answers must tell a refusal, not the digits of an address in an error.
+fn free_port_like_a_status() -> u16 {
+    (10_000..=65_535u16)
+        .filter(|p| {
+            let text = p.to_string();
+            text.contains("403") || text.contains("404")
+        })
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port with 403 or 404 in its number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_nothing_listens_on_is_a_degraded_start_not_a_refusal() {
+    let access = S3Access {
+        endpoint: format!("http://127.0.0.1:{}", free_port_like_a_status()),
+        region: "garage".to_owned(),
+        bucket: "berth".to_owned(),
+        access_key_id: "GK0000000000000000000000".to_owned(),
+        secret_access_key: "0".repeat(64),
+    };
+    // Process::start panics if berth exits instead of serving.
+    let berth = Process::start(
+        &s3_toml_env(&access, (KEY_VAR, SECRET_VAR), ""),
+        NO_UPSTREAM,
+        &[
+            (KEY_VAR, &access.access_key_id),
+            (SECRET_VAR, &access.secret_access_key),
+        ],
+    )
+    .await;
+    let said = wait_for_readiness(&berth.url(), |s| s != "ok").await;
+    assert_ne!(
+        said,
+        "ok",
+        "{}: berth's log:\n{}",
+        access.endpoint,
+        berth.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
