@@ -24,7 +24,9 @@ async fn a_replica_killed_while_uploading_leaves_no_object_that_is_not_whole() {
     let garage = Garage::start();
     let registry = Registry::start();
     let image = Fixture::big_image("test/killed", "v1", LAYER);
-    Pusher::to(&registry).push_all(&[image.clone()]).await;
+    Pusher::to(&registry)
+        .push_all(std::slice::from_ref(&image))
+        .await;
     let blob = image.largest_blob();
     let key = blob_key(&blob.digest);
 

@@ -90,7 +90,9 @@ async fn with_one_of_three_store_nodes_stopped_the_shared_content_still_serves()
     let mut cluster = GarageCluster::start();
     let mut registry = Registry::start();
     let image = layered_image("test/replicated", "v1");
-    Pusher::to(&registry).push_all(&[image.clone()]).await;
+    Pusher::to(&registry)
+        .push_all(std::slice::from_ref(&image))
+        .await;
     let out = tempfile::tempdir().expect("temp dir");
 
     // A writes through node 0; replication factor 3 puts it on every node.

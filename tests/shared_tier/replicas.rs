@@ -34,7 +34,9 @@ async fn what_one_replica_pulled_another_serves_by_digest_with_the_upstream_gone
     let garage = Garage::start();
     let mut registry = Registry::start();
     let image = layered_image("test/shared", "v1");
-    Pusher::to(&registry).push_all(&[image.clone()]).await;
+    Pusher::to(&registry)
+        .push_all(std::slice::from_ref(&image))
+        .await;
     let shared = Shared::new(garage.access());
     let out = tempfile::tempdir().expect("temp dir");
 
@@ -105,7 +107,9 @@ async fn a_range_on_a_blob_only_the_store_holds_reads_only_that_range() {
     let garage = Garage::start();
     let mut registry = Registry::start();
     let image = Fixture::big_image("test/ranged", "v1", 8 << 20);
-    Pusher::to(&registry).push_all(&[image.clone()]).await;
+    Pusher::to(&registry)
+        .push_all(std::slice::from_ref(&image))
+        .await;
     let shared = Shared::new(garage.access());
     let out = tempfile::tempdir().expect("temp dir");
 
