@@ -25,6 +25,8 @@ use crate::upstream::routing::Upstreams;
 use crate::warm::{self, WarmError, Warmed};
 use crate::{Config, Error};
 
+pub use crate::shared::cli::{check as check_shared, du as du_shared};
+
 fn open(config: &Config) -> Result<Store, Error> {
     Ok(Store::open_ready(
         &config.data_dir,

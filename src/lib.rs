@@ -188,6 +188,9 @@ impl App {
         self.inner.metrics.cache(kind, hit);
         self.inner.status.lookup(hit);
         http::outcome::note(kind, hit);
+        if self.inner.shared.is_some() {
+            self.inner.metrics.get().shared.near(kind, hit);
+        }
     }
 }
 

@@ -54,8 +54,13 @@ enum Command {
         /// listener (admin_listen), beside its clients.
         #[arg(long)]
         online: bool,
-        /// With --online: read at most this much a second (e.g. 50MiB).
-        #[arg(long, requires = "online")]
+        /// Check the shared tier ([storage.s3]) instead of the local store:
+        /// every blob and manifest re-hashed, beside the running replicas.
+        #[arg(long, conflicts_with = "online")]
+        shared: bool,
+        /// With --online or --shared: read at most this much a second
+        /// (e.g. 50MiB).
+        #[arg(long)]
         rate: Option<bytesize::ByteSize>,
     },
     /// Show what the cache holds, by upstream and repository.
@@ -63,6 +68,10 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// What the shared tier ([storage.s3]) holds, rather than this
+        /// replica's near cache.
+        #[arg(long)]
+        shared: bool,
     },
     /// Pull images, every platform and their referrers (signatures, SBOMs)
     /// into the cache ahead of need. Opens the data directory itself (no
@@ -147,8 +156,19 @@ fn main() -> ExitCode {
         },
         Command::Check {
             repair,
+            shared: true,
+            rate,
+            ..
+        } => match berth::commands::check_shared(&config, repair, rate.map(|r| r.as_u64())) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => fail(e),
+        },
+        Command::Check {
+            repair,
             online,
             rate,
+            ..
         } => match berth::commands::check(
             &config,
             repair,
@@ -158,7 +178,11 @@ fn main() -> ExitCode {
             Ok(false) => ExitCode::FAILURE,
             Err(e) => fail(e),
         },
-        Command::Du { json } => match berth::commands::du(&config, json) {
+        Command::Du { json, shared: true } => match berth::commands::du_shared(&config, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Command::Du { json, .. } => match berth::commands::du(&config, json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },

@@ -510,17 +510,14 @@ impl BlobFills {
         let Some(shared) = &self.inner.shared else {
             return;
         };
-        match self.inner.store.blob(digest) {
-            Ok(Some(content)) => shared.upload_blob(
-                Upload {
-                    digest: digest.clone(),
-                    upstream: target.upstream.name().to_owned(),
-                    repo: target.repo.clone(),
-                },
-                content,
-            ),
-            // Not kept here (a full disk): another replica's fill uploads it.
-            Ok(None) | Err(_) => {}
+        // Not kept here (a full disk): another replica's fill uploads it.
+        if let Ok(Some(content)) = self.inner.store.blob(digest) {
+            let upload = Upload {
+                digest: digest.clone(),
+                upstream: target.upstream.name().to_owned(),
+                repo: target.repo.clone(),
+            };
+            shared.upload_blob(upload, content);
         }
     }
 

@@ -205,7 +205,7 @@ impl ManifestFills {
             }
         }
         if let Reference::Digest(digest) = reference {
-            if let Some(shared) = self.from_shared(target, digest).await {
+            if let Some(shared) = self.shared_copy(target, digest).await {
                 return Ok(shared);
             }
         }
@@ -290,7 +290,7 @@ impl ManifestFills {
     /// The shared tier's copy of a manifest, verified (digest, then what a
     /// manifest must be), once the repository is confirmed to hold it; it
     /// is then kept here too, like one from the upstream.
-    async fn from_shared(&self, target: &Target, digest: &Digest) -> Option<Arc<Manifest>> {
+    async fn shared_copy(&self, target: &Target, digest: &Digest) -> Option<Arc<Manifest>> {
         let shared = self.inner.shared.as_ref()?;
         let found = shared.manifest(digest, MAX_MANIFEST_SIZE).await?;
         let media_type = match validate::check(found.media_type.as_deref(), &found.bytes) {

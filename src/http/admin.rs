@@ -166,12 +166,16 @@ fn ready_body(app: &App, store: &str) -> String {
         .iter()
         .map(|u| serde_json::json!({ "name": u.name(), "offline": u.config().offline }))
         .collect();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "store": store,
         "store_writable": app.store().writable(),
         "store_counted": app.store().is_counted(),
         "upstreams": upstreams,
     });
+    if let Some(shared) = app.shared() {
+        // Still ready while it fails: the near cache and the upstreams serve.
+        body["shared"] = shared.state().into();
+    }
     format!("{body}\n")
 }
 

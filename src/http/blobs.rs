@@ -12,6 +12,7 @@ use crate::digest::Digest;
 use crate::error::{ApiError, ContentKind};
 use crate::fill::blob::BlobSource;
 use crate::fill::reader::BlobReader;
+use crate::shared::ObjectKind;
 use crate::store::{best_effort, BlobContent};
 use crate::upstream::announced_length;
 use crate::upstream::routing::Target;
@@ -97,6 +98,20 @@ pub async fn get(
 /// Asks the upstream whether the repository holds `digest`, and records
 /// that it does.
 async fn confirm(app: &App, target: &Target, digest: &Digest) -> Result<Option<u64>, ApiError> {
+    if let Some(shared) = app.shared() {
+        // Another replica saw the repository hold it.
+        if shared
+            .linked(target.upstream.name(), &target.repo, digest)
+            .await
+        {
+            best_effort(
+                app.store()
+                    .add_link(target.upstream.name(), &target.repo, digest),
+                "a repository link",
+            );
+            return Ok(shared.size(ObjectKind::Blob, digest).await);
+        }
+    }
     let resp = target
         .upstream
         .blob(Method::HEAD, &target.repo, digest)

@@ -24,6 +24,7 @@ use super::range::{self, ByteRange};
 use crate::digest::Digest;
 use crate::error::{ApiError, ContentKind};
 use crate::fill::blob::BlobSource;
+use crate::shared::ObjectKind;
 use crate::upstream::routing::Target;
 use crate::upstream::{announced_length, Upstream};
 use crate::App;
@@ -75,6 +76,9 @@ pub async fn serve(
             }
         }
     }
+    if let Some(resp) = from_shared(app, target, digest, range).await {
+        return Ok(Some(resp));
+    }
     let resp = match target
         .upstream
         .blob_range(&target.repo, digest, range)
@@ -105,6 +109,45 @@ pub async fn serve(
         .body(body::stream(stream))
         .map(Some)
         .map_err(|e| ApiError::internal(format!("cannot build a response: {e}")))
+}
+
+/// The range from the shared tier's copy (one ranged read, nothing more of
+/// the object), once the repository is confirmed to hold it; `None` when
+/// the shared tier cannot answer it.
+async fn from_shared(
+    app: &App,
+    target: &Target,
+    digest: &Digest,
+    range: &str,
+) -> Option<Response<Body>> {
+    let shared = app.shared()?;
+    let size = shared.size(ObjectKind::Blob, digest).await?;
+    let ByteRange::Partial { start, end } = range::parse(Some(range), size) else {
+        return None;
+    };
+    if !shared
+        .confirmed(app.store(), target, ObjectKind::Blob, digest)
+        .await
+    {
+        return None;
+    }
+    let (_, from, body) = shared
+        .open_range(ObjectKind::Blob, digest, Some(start..end))
+        .await?;
+    if from != start {
+        return None;
+    }
+    app.record("blob", false);
+    content_headers(Response::builder(), digest)
+        .status(StatusCode::PARTIAL_CONTENT)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", end - 1),
+        )
+        .body(body::stream(body.into_stream(end - start)))
+        .ok()
 }
 
 /// Where the client's range is in the upstream's answer.

@@ -18,6 +18,8 @@
 //! goes upstream as it would without a shared tier. Content read from the
 //! store is verified against its digest like anything from an upstream.
 
+mod audit;
+pub mod cli;
 mod confirm;
 mod health;
 pub mod metrics;
@@ -37,6 +39,7 @@ use object_store::{
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+pub use self::audit::{SharedCheck, SharedUsage};
 use self::health::Health;
 pub use self::metrics::SharedFamilies;
 pub use self::stream::ObjectBody;
@@ -394,24 +397,14 @@ fn build(config: &S3Config) -> Result<object_store::aws::AmazonS3, SharedError> 
         .map_err(|e| SharedError::Config(e.to_string()))
 }
 
-/// Answers that mean berth is set up wrong, not that the store is down.
+/// Answers that mean berth is set up wrong, not that the store is down:
+/// object_store maps S3's 401, 403 (a wrong key or signature, no access)
+/// and 404 (no such bucket, for a probe object just written) to these.
 fn refused(e: &object_store::Error) -> bool {
-    match e {
+    matches!(
+        e,
         object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. }
-        | object_store::Error::NotFound { .. } => true,
-        other => {
-            let text = other.to_string();
-            [
-                "NoSuchBucket",
-                "AccessDenied",
-                "InvalidAccessKeyId",
-                "SignatureDoesNotMatch",
-                "403",
-                "404",
-            ]
-            .iter()
-            .any(|sign| text.contains(sign))
-        }
-    }
+            | object_store::Error::Unauthenticated { .. }
+            | object_store::Error::NotFound { .. }
+    )
 }

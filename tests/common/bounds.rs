@@ -28,6 +28,12 @@ pub fn rss_bytes() -> u64 {
         .expect("VmRSS in /proc/self/status")
 }
 
+/// The least a ratio is taken against. A berth that has just started has a
+/// resident set of under 20 MiB, which its runtime's threads and allocator
+/// arenas double on their first requests (more so on a loaded machine); the
+/// defects these tests look for cost hundreds of MiB.
+const RSS_FLOOR: u64 = 64 << 20;
+
 /// The resident set at a starting point, to compare with later.
 pub struct Rss {
     start: u64,
@@ -35,7 +41,9 @@ pub struct Rss {
 
 impl Rss {
     pub fn now() -> Rss {
-        Rss { start: rss_bytes() }
+        Rss {
+            start: rss_bytes().max(RSS_FLOOR),
+        }
     }
 
     /// Asserts that the resident set is at most `ratio` times what it was
