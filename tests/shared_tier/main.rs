@@ -9,6 +9,8 @@
 //! - [`outages`]: the store stopped (near cache, pass-through, readiness,
 //!   metrics), and one node of three stopped;
 //! - [`crash`]: a replica killed in the middle of a multipart upload;
+//! - [`audit`]: `berth du --shared` and `berth check --shared [--repair]`,
+//!   and a spoiled object never served whole;
 //! - [`startup`]: what a replica does with a wrong key, a missing bucket
 //!   and a store it cannot reach yet;
 //! - [`support`]: configuration, object keys, metrics, pulls.
@@ -16,6 +18,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod audit;
 mod crash;
 mod outages;
 mod replicas;
