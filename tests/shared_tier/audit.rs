@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::common::berth::Process;
-use crate::common::content::{random_bytes, Fixture, Pusher};
+use crate::common::content::{random_bytes, Pusher};
 use crate::common::garage::{Garage, S3Access};
 use crate::common::http::{client, Transfer};
 use crate::common::registry::Registry;
