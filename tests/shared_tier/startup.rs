@@ -83,6 +83,8 @@ async fn a_wrong_secret_or_a_missing_bucket_stops_berth_with_exit_64_naming_stor
     .await;
     let said = wait_for_readiness(&berth.url(), |s| s == "ok").await;
     assert_eq!(said, "ok", "berth's log:\n{}", berth.log());
+    // In use from the start, before any client asked for anything.
+    assert_eq!(metric(&berth.url(), "berth_objectstore_up", &[]).await, 1.0);
 }
 
 #[test]
