@@ -270,7 +270,10 @@ pub async fn serve(
         "berth is serving"
     );
     probe_shared(&app).await?;
-    let watching = app.shared().cloned().map(|shared| tokio::spawn(shared.watch()));
+    let watching = app
+        .shared()
+        .cloned()
+        .map(|shared| tokio::spawn(shared.watch()));
     let maintenance = tokio::spawn(maintain(app.clone()));
     let sampling = tokio::spawn(status::sample_every_minute(app.clone()));
     let sync = sync::schedule::spawn(&app, stop_sync.clone());
