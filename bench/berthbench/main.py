@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from . import mirrors, procs, pull, scale, tools
+from . import mirrors, procs, pull, scale, shared, tools
 from . import upstream as up
 
 MIB = 1 << 20
@@ -74,9 +74,15 @@ def main(argv):
     parser.add_argument("--baseline",
                         help="with --manifests: a second berth binary measured in the same run "
                              "(its column is \"berth (baseline)\")")
+    parser.add_argument("--shared", action="store_true",
+                        help="the shared-tier profile instead: berth without a shared tier "
+                             "and a replica reading a Garage bucket another replica filled "
+                             "(see berthbench/shared.py)")
     args = parser.parse_args(argv)
     if args.scale:
         return run_scale(args)
+    if args.shared:
+        return run_shared(args)
     profile = dict(PROFILES["quick" if args.quick else "full"])
     if args.reps:
         profile["reps"] = args.reps
@@ -141,6 +147,41 @@ def run_scale(args):
     print(scale.markdown(report))
     print(f"\nJSON: {output}; {report['seconds']:.0f} s in all.")
     return 0
+
+
+def run_shared(args):
+    """`--shared`: the shared tier's profile (berthbench/shared.py)."""
+    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    ensure_tools({k: v for k, v in NEEDED.items() if k in ("docker-registry", "wrk", "curl")})
+    berth = args.berth or build_berth()
+    profile = dict(shared.PROFILE)
+    if args.quick:
+        profile.update(layers=[32 * MIB] + [2 * MIB] * 8, small_images=50, clients=4, reps=1,
+                       load_seconds=1)
+    if args.reps:
+        profile["reps"] = args.reps
+    output = args.output or os.path.join(
+        BENCH_DIR, "results-shared-quick.json" if args.quick else "results-shared.json")
+    procs.install_sigterm_handler()
+    work = tempfile.mkdtemp(prefix="berth-shared-")
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    try:
+        run = shared.Shared(work, berth, profile)
+        run.run()
+        report = run.report()
+    finally:
+        procs.stop_all()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report.update(machine=machine(), load_before=" ".join(f"{x:.2f}" for x in load_before),
+                  load_after=" ".join(f"{x:.2f}" for x in os.getloadavg()),
+                  seconds=round(time.monotonic() - started, 1))
+    with open(output, "w") as f:
+        json.dump(report, f, indent=2)
+    print(shared.markdown(report))
+    print(f"\nJSON: {output}; {report['seconds']:.0f} s in all.")
+    return 0 if report["checks"]["digests_ok"] else 1
 
 
 def ensure_tools(needed=None):
