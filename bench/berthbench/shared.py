@@ -5,7 +5,8 @@ The parts: a single-node Garage (`garage.py`), a docker-registry upstream
 seeded like the other scenarios (one large image, small one-layer images),
 and three kinds of berth from the same binary:
 
-- (a) one berth without a shared tier, filled from the upstream: today's;
+- (a) one berth without a shared tier, as today, started afresh in each
+  repetition;
 - replica A, with `[storage.s3]`, filled from the upstream, which uploads
   everything to the bucket in the background; the run waits until
   `berth du --shared` lists it all, then stops A;
@@ -16,13 +17,14 @@ and three kinds of berth from the same binary:
 
 Per repetition:
 - (a) afresh: the large image's blobs filled from the upstream by one client
-  (for comparison with (b)), then warm blobs (1 and N clients, curl) and
-  warm manifests by digest (wrk, 64 connections, as scenario 4 of the main
-  run);
+  (for comparison with (b)), then the small images' manifests;
 - a fresh B whose client fetches the large image's manifest by digest (as a
-  pull does before its blobs), then its blobs with one client (b); the same
-  blobs again with 1 and N clients (c); each small image's manifest by
-  digest once (b, first reads only), then wrk on them (c);
+  pull does before its blobs), then its blobs with one client (b), and each
+  small image's manifest by digest once (b, first reads only);
+- (a) and (c) in adjacent pairs, their order alternating between
+  repetitions: warm blobs (1 and N clients, curl), then warm manifests by
+  digest (wrk, 64 connections, as scenario 4 of the main run); (c) ÷ (a) is
+  the median of the pairs' ratios;
 - another fresh B: the blobs with N clients at once (b), then wrk on
   manifests from an empty near cache (b, as scenario 4 would see it: a first
   read of each, then the near cache);
@@ -44,7 +46,6 @@ import datetime
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,8 @@ import time
 import urllib.request
 
 from . import garage as garage_mod
-from . import mirrors, procs, pull, tools
+from .shared_table import LABELS, ROWS
+from . import mirrors, pull, tools
 from . import upstream as up
 
 MIB = 1 << 20
@@ -62,12 +64,6 @@ ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 # Modest on purpose: the whole profile takes a few minutes on two cores.
 PROFILE = {"layers": [128 * MIB] + [8 * MIB] * 8, "small_images": 200, "clients": 16,
            "reps": 3, "load_seconds": 3, "first_read_connections": 16, "warm_passes": 4}
-
-COLUMNS = ("a", "b", "c")
-LABELS = {"a": "(a) one berth, no shared tier",
-          "b": "(b) replica B, near cache empty",
-          "c": "(c) replica B, near cache full"}
-
 
 def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -110,26 +106,6 @@ def kind_of(request, prefix="berth"):
     return f"{request.method} {key.split('/', 1)[0] or '(bucket)'}"
 
 
-class Window:
-    """Object-store requests between `open` and `close`: Garage's log and
-    berth's own count."""
-
-    def __init__(self, garage, berth):
-        self.garage, self.berth = garage, berth
-        self.mark = garage.mark()
-        self.before = store_requests(berth.url)
-
-    def close(self):
-        requests = self.garage.settled_requests_since(self.mark)
-        after = store_requests(self.berth.url)
-        kinds = {}
-        for r in requests:
-            k = kind_of(r)
-            kinds[k] = kinds.get(k, 0) + 1
-        berth_count = sum(after.values()) - sum(self.before.values())
-        return {"garage": len(requests), "berth": berth_count, "kinds": kinds}
-
-
 class Shared:
     """The run: the parts above, the repetitions, and every figure."""
 
@@ -159,8 +135,7 @@ class Shared:
         self.store_ceiling = self.garage.get_ceiling(f"berth/blobs/sha256/{largest}")
         for rep in range(self.p["reps"]):
             log(f"repetition {rep + 1} of {self.p['reps']}")
-            self.today()
-            self.replica_one_client()
+            self.today_and_replica(rep)
             self.replica_n_clients()
             self.replica_without_manifest()
 
@@ -242,13 +217,14 @@ class Shared:
         if r["failures"] or r["bytes"] != expected:
             self.wrong.append(f"{LABELS[column]}, {clients} client(s): {r['bytes']} of "
                               f"{expected} bytes {r['failures'][:2]}")
-            return
+            return None
         gib = r["bytes"] / GIB
         self.note(row, column, r["gibps"])
         self.note(row + "_cpu", column, cpu / gib)
         if column == "b" and row in ("blob_1", "blob_n"):
             # Per GiB the store sent: the image once, however many clients.
             self.note(row + "_garage_cpu", column, garage_cpu / (gib / clients))
+        return r["gibps"]
 
     def verify_blobs(self, berth, what):
         """Every blob once more, its SHA-256 checked (from the near cache)."""
@@ -309,47 +285,66 @@ class Shared:
         divided by (blobs pulled, manifests read)."""
         return Counted(self, berth, name, per, row, column)
 
-    def today(self):
-        """(a): today's single berth, fresh: its cold fill from the upstream
-        (one client, for comparison with (b)), then warm."""
-        p = self.plain
-        p.start(self.upstream.url)
-        try:
-            self.large_manifest(p)
-            self.blobs(p, "a", 1, row="cold_1")
-            self.verify_blobs(p, "berth without a shared tier, after its fill")
-            self.fill(p)
-            self.blobs(p, "a", 1)
-            self.blobs(p, "a", self.p["clients"])
-            self.manifest_load(p, "a")
-        finally:
-            p.stop()
-
-    def replica_one_client(self):
-        """A fresh B: (b) one client, then (c) on what it now holds."""
-        b, blobs, n = self.b, len(self.large.blobs), self.p["clients"]
+    def today_and_replica(self, rep):
+        """(a) afresh, filled from the upstream by one client; a fresh B,
+        (b) with one client and first reads of manifests; then (a) and (c)
+        warm, in pairs, one right after the other (their order alternating
+        between repetitions), so that the machine's noise falls on both."""
+        a, b, blobs = self.plain, self.b, len(self.large.blobs)
+        a.start(self.upstream.url)
         b.start(self.upstream.url)
         try:
+            self.large_manifest(a)
+            self.blobs(a, "a", 1, row="cold_1")
+            self.verify_blobs(a, "berth without a shared tier, after its fill")
+            self.fill(a)
             with self.counted(b, "(b) the large image's manifest by digest", 1,
                               "store_per_manifest_large", "b"):
                 self.large_manifest(b)
             with self.counted(b, "(b) blobs, 1 client", blobs, "store_per_blob_1", "b"):
                 self.blobs(b, "b", 1)
             self.verify_blobs(b, "replica B after (b), 1 client")
-            pulls = blobs * (self.p["warm_passes"] + n)
-            with self.counted(b, "(c) blobs, 1 client then N clients", pulls,
-                              "store_per_blob_c", "c"):
-                self.blobs(b, "c", 1)
-                self.blobs(b, "c", n)
             with self.counted(b, "(b) manifests by digest, first reads", len(self.small),
                               "store_per_manifest", "b"):
                 self.first_reads(b)
-            with self.counted(b, "(c) manifests by digest, wrk", None) as window:
-                r = self.manifest_load(b, "c")
-            if r:
-                self.note("store_per_manifest", "c", window.result["garage"] / r["requests"])
+            self.warm_pairs(b, rep)
         finally:
+            a.stop()
             b.stop()
+
+    def warm_pairs(self, b, rep):
+        """(a) and (c) in turn: blobs by 1 and N clients, manifests by wrk;
+        B's object-store requests counted while it serves. The (c) ÷ (a)
+        column is the median of the pairs' ratios."""
+        order = [(self.plain, "a"), (b, "c")]
+        if rep % 2:
+            order.reverse()
+        blobs, n = len(self.large.blobs), self.p["clients"]
+        for clients, row in ((1, "blob_1"), (n, "blob_n")):
+            got = {}
+            for berth, column in order:
+                if column == "a":
+                    got[column] = self.blobs(berth, column, clients)
+                    continue
+                passes = self.p["warm_passes"] if clients == 1 else 1
+                with self.counted(b, f"(c) blobs, {clients} client(s)",
+                                  blobs * passes * clients, "store_per_blob_c", "c"):
+                    got[column] = self.blobs(berth, column, clients)
+            if got.get("a") and got.get("c"):
+                self.note(row + "_ratio", "c", got["c"] / got["a"])
+        got = {}
+        for berth, column in order:
+            if column == "a":
+                r = self.manifest_load(berth, column)
+            else:
+                with self.counted(b, "(c) manifests by digest, wrk", None) as window:
+                    r = self.manifest_load(berth, column)
+                if r:
+                    self.note("store_per_manifest", "c",
+                              window.result["garage"] / r["requests"])
+            got[column] = r["rps"] if r else None
+        if got.get("a") and got.get("c"):
+            self.note("manifest_rps_ratio", "c", got["c"] / got["a"])
 
     def replica_n_clients(self):
         """Another fresh B: (b) N clients at once, and (b) as scenario 4's
@@ -407,8 +402,10 @@ class Shared:
 
 
 class Counted:
-    """`with shared.counted(...)`: a Window around the block, noted as a
-    row (requests ÷ `per`) and kept for the JSON."""
+    """`with run.counted(...)`: the object-store requests made while the
+    block runs, by Garage's log (settled: berth's background requests
+    included) and by berth's own count; kept for the JSON, and noted as
+    `row` (requests ÷ `per`) if given."""
 
     def __init__(self, run, berth, name, per, row, column):
         self.run, self.berth, self.name = run, berth, name
@@ -416,13 +413,21 @@ class Counted:
         self.result = None
 
     def __enter__(self):
-        self.window = Window(self.run.garage, self.berth)
+        self.mark = self.run.garage.mark()
+        self.before = store_requests(self.berth.url)
         return self
 
     def __exit__(self, *exc):
         if exc[0] is not None:
             return False
-        self.result = dict(self.window.close(), name=self.name, per=self.per)
+        requests = self.run.garage.settled_requests_since(self.mark)
+        after = store_requests(self.berth.url)
+        kinds = {}
+        for r in requests:
+            kinds[kind_of(r)] = kinds.get(kind_of(r), 0) + 1
+        self.result = {"name": self.name, "per": self.per, "garage": len(requests),
+                       "berth": sum(after.values()) - sum(self.before.values()),
+                       "kinds": kinds}
         self.run.windows.append(self.result)
         if self.row:
             self.run.note(self.row, self.column, self.result["garage"] / self.per)
@@ -438,147 +443,3 @@ def garage_version():
         return f"Garage {found.group(1)}" if found else out.stdout.strip()
     except OSError:
         return None
-
-
-class Row:
-    """A line of the table: a figure per column; (c) ÷ (a) where it means
-    something; the issue's target, if it sets one."""
-
-    def __init__(self, key, title, unit, ratio=False, target=None):
-        self.key, self.title, self.unit = key, title, unit
-        self.ratio, self.target = ratio, target
-
-    def evaluate(self, figures):
-        per = figures.get(self.key)
-        if not per:
-            return None
-        values = {c: summary(v) for c, v in per.items()}
-        a, c = med(values, "a"), med(values, "c")
-        ratio = c / a if self.ratio and a and c is not None else None
-        text, met = self.target(values, ratio) if self.target else ("", None)
-        return {"key": self.key, "title": self.title, "unit": self.unit, "values": values,
-                "c_vs_a": ratio, "target": text, "met": met}
-
-
-def summary(values):
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "runs": values}
-
-
-def med(values, column):
-    return values[column]["median"] if column in values else None
-
-
-def near_cache_speed(_values, ratio):
-    return "(c) ≥ 0.95× (a)", ratio is not None and ratio >= 0.95
-
-
-def per_blob(values, _ratio):
-    """The issue's: ≤ 1 request per near-cache miss, none for a hit; the
-    worst repetition counts."""
-    b, c = values.get("b"), values.get("c")
-    ok = (b is None or b["max"] <= 1.0) and (c is None or c["max"] == 0)
-    return "(b) ≤ 1, (c) = 0", ok
-
-
-def none_for_hits(values, _ratio):
-    c = values.get("c")
-    return "(c) = 0", c is not None and c["max"] == 0
-
-
-ROWS = [
-    Row("blob_1", "blobs, 1 client (warm: the image 4 times over)", "GiB/s", True,
-        near_cache_speed),
-    Row("blob_n", "blobs, N clients", "GiB/s", True, near_cache_speed),
-    Row("cold_1", "for comparison: (a) with an empty cache (a fill from the upstream), "
-        "1 client", "GiB/s"),
-    Row("blob_1_lb", "(b) blobs, 1 client, their manifest never asked of B (behind a "
-        "load balancer)", "GiB/s"),
-    Row("manifest_rps", "warm manifests by digest, 64 connections (wrk); (b): from an empty "
-        "near cache", "req/s", True, near_cache_speed),
-    Row("manifest_p99", "warm manifests by digest: p99", "ms", True),
-    Row("manifest_first_rps", "manifests by digest, first reads only (each once, "
-        "16 connections)", "req/s"),
-    Row("store_per_blob_1", "object-store requests per blob, 1 client", "", False, per_blob),
-    Row("store_per_blob_n", "object-store requests per blob, N clients at once (per blob, "
-        "not per client)", "", False, per_blob),
-    Row("store_per_blob_c", "object-store requests per pulled blob, 1 then N clients", "",
-        False, per_blob),
-    Row("store_per_blob_lb", "object-store requests per blob, 1 client, their manifest "
-        "never asked of B", "", False, per_blob),
-    Row("store_per_manifest_large", "object-store requests for the image's manifest by "
-        "digest", ""),
-    Row("store_per_manifest", "object-store requests per manifest by digest: (b) first "
-        "reads, (c) per wrk request", "", False, none_for_hits),
-    Row("store_per_manifest_wrk", "object-store requests per manifest request, (b) under wrk "
-        "from an empty near cache", ""),
-    Row("blob_1_cpu", "berth's CPU per GiB served, 1 client", "s/GiB", True),
-    Row("cold_1_cpu", "berth's CPU per GiB served, (a) filling from the upstream, 1 client",
-        "s/GiB"),
-    Row("blob_n_cpu", "berth's CPU per GiB served, N clients", "s/GiB", True),
-    Row("blob_1_garage_cpu", "Garage's CPU per GiB it sent, 1 client", "s/GiB"),
-    Row("blob_n_garage_cpu", "Garage's CPU per GiB it sent, N clients (the image once)",
-        "s/GiB"),
-]
-
-
-def cell(value, unit):
-    if value is None:
-        return "–"
-    if unit == "req/s":
-        return f"{value:,.0f}"
-    if unit == "":
-        return f"{value:.2f}"
-    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
-
-
-def markdown(report):
-    m, content = report["machine"], report["content"]
-    lines = [
-        f"berth --shared profile, {report['date']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-        f"{m['cpu']}, Linux {m['kernel']}; load average {report['load_before']} before, "
-        f"{report['load_after']} after",
-        "",
-        f"{report['garage']['version'] or 'Garage'}, one node on loopback. Large image "
-        f"{content['large_image_bytes'] / MIB:.0f} MiB ({content['blobs']} blobs), "
-        f"{content['small_images']} small images, N = {content['clients']} clients, "
-        f"{content['repetitions']} repetition(s): median (min–max). Loopback ceiling "
-        f"{report['loopback_ceiling_gibps']:.2f} GiB/s. The store's own ceiling (curl's GET "
-        f"of the largest layer's object straight from Garage, presigned): "
-        f"{report['store_ceiling']['gibps']:.2f} GiB/s, Garage using "
-        f"{report['store_ceiling']['garage_cpu_s_per_gib']:.2f} s of CPU per GiB.",
-        "",
-        "| figure | unit | " + " | ".join(LABELS[c] for c in COLUMNS) +
-        " | (c) ÷ (a) | target | met |",
-        "|---|---|" + "---|" * len(COLUMNS) + "---|---|---|",
-    ]
-    for row in report["rows"]:
-        cells = []
-        for c in COLUMNS:
-            v = row["values"].get(c)
-            if v is None:
-                cells.append("")
-            elif v["min"] == v["max"]:
-                cells.append(cell(v["median"], row["unit"]))
-            else:
-                cells.append(f"{cell(v['median'], row['unit'])} "
-                             f"({cell(v['min'], row['unit'])}–{cell(v['max'], row['unit'])})")
-        ratio = f"{row['c_vs_a']:.2f}" if row["c_vs_a"] is not None else ""
-        met = {True: "yes", False: "**no**", None: ""}[row["met"]]
-        lines.append(f"| {row['title']} | {row['unit']} | " + " | ".join(cells) +
-                     f" | {ratio} | {row['target']} | {met} |")
-    checks = report["checks"]
-    kinds = {}
-    for w in report["windows"]:
-        if w["name"].startswith("(b)"):
-            for k, n in w["kinds"].items():
-                kinds[k] = kinds.get(k, 0) + n
-    lines += ["",
-              "Object-store requests in (b), by kind, over all repetitions: " +
-              (", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none"),
-              "berth_objectstore_requests_total equal to Garage's log in every window: " +
-              ("yes" if checks["berth_count_agrees_with_garage"] else "**no** (see JSON)"),
-              f"Every answer from berth right: {'yes' if checks['digests_ok'] else 'NO'}"]
-    for w in checks["wrong_answers"][:10]:
-        lines.append(f"- wrong: {w}")
-    return "\n".join(lines)
