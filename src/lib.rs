@@ -270,6 +270,10 @@ pub async fn serve(
         "berth is serving"
     );
     probe_shared(&app).await?;
+    let watching = app
+        .shared()
+        .cloned()
+        .map(|shared| tokio::spawn(shared.watch()));
     let maintenance = tokio::spawn(maintain(app.clone()));
     let sampling = tokio::spawn(status::sample_every_minute(app.clone()));
     let sync = sync::schedule::spawn(&app, stop_sync.clone());
@@ -289,6 +293,9 @@ pub async fn serve(
     }
     maintenance.abort();
     sampling.abort();
+    if let Some(watching) = watching {
+        watching.abort();
+    }
     let store = app.store().clone();
     tokio::task::spawn_blocking(move || store.close())
         .await

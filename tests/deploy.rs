@@ -100,11 +100,19 @@ struct BerthConfig {
     max_size: Option<u64>,
     /// `(name, url)` of each `[[upstream]]`, in order.
     upstreams: Vec<(String, String)>,
+    /// `[storage.s3]`, the shared tier, when there is one.
+    s3: Option<toml::Table>,
 }
 
 /// Run `berth check-config` on `text` (panicking with berth's complaint if
 /// it refuses it), then read the fields the checks compare.
 fn validated_config(text: &str, what: &str) -> BerthConfig {
+    validated_config_with(text, what, &[])
+}
+
+/// [`validated_config`] with `env` in berth's environment: what a pod's
+/// `env` hands it (secrets among them, here placeholders).
+fn validated_config_with(text: &str, what: &str, env: &[(String, String)]) -> BerthConfig {
     let dir = tempfile::tempdir().expect("temp dir for a config file");
     let path = dir.path().join("berth.toml");
     fs::write(&path, text).expect("write the config file");
@@ -112,6 +120,7 @@ fn validated_config(text: &str, what: &str) -> BerthConfig {
         .arg("--config")
         .arg(&path)
         .arg("check-config")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run berth check-config");
     assert!(
@@ -164,6 +173,11 @@ fn parse_config(text: &str, what: &str) -> BerthConfig {
         hot_size: size(section("cache").and_then(|c| c.get("hot_size"))).unwrap_or(256 << 20),
         max_size: size(section("storage").and_then(|s| s.get("max_size"))),
         upstreams,
+        s3: section("storage").and_then(|s| s.get("s3")).map(|s3| {
+            s3.as_table()
+                .unwrap_or_else(|| panic!("{what}: storage.s3 is not a table"))
+                .clone()
+        }),
     }
 }
 
@@ -797,7 +811,27 @@ fn mounted_config(docs: &[Yaml], pod: &Yaml, container: &Yaml, what: &str) -> Be
         .get(file)
         .and_then(Yaml::as_str)
         .unwrap_or_else(|| panic!("{what}: ConfigMap {map_name} has no {file}"));
-    validated_config(toml, &format!("ConfigMap {map_name}"))
+    validated_config_with(
+        toml,
+        &format!("ConfigMap {map_name}"),
+        &container_env(container, what),
+    )
+}
+
+/// The variables a container's `env` sets: a literal value as it is, one
+/// from a Secret or elsewhere as a placeholder.
+fn container_env(container: &Yaml, what: &str) -> Vec<(String, String)> {
+    list(container, "env", what)
+        .iter()
+        .map(|var| {
+            let name = text(var, "name", what).to_owned();
+            let value = at(var, "value")
+                .and_then(Yaml::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("placeholder-for-{name}"));
+            (name, value)
+        })
+        .collect()
 }
 
 impl BerthConfig {
@@ -1054,10 +1088,233 @@ fn the_daemonset_serves_its_node_and_caches_on_a_bounded_volume() {
     }
 }
 
+#[test]
+fn the_cluster_deployment_shares_one_bucket_with_a_bounded_near_cache_per_pod() {
+    let path = deploy().join("kubernetes/cluster.yaml");
+    let docs = yaml_documents(&path);
+    let set = check_workload(&docs, "Deployment");
+    let what = &set.what;
+    let pod_labels = labels(set.doc, "spec.template.metadata.labels", what);
+    let port = u64::from(set.config.listen.port());
+    assert_eq!(
+        must(set.doc, "spec.replicas", what).as_u64(),
+        Some(3),
+        "{what}: replicas"
+    );
+
+    // Voluntary disruptions take one replica at a time.
+    let budget = document(&docs, "PodDisruptionBudget", None);
+    let name = format!("PodDisruptionBudget {}", name_of(budget));
+    assert!(
+        is_subset(
+            &labels(budget, "spec.selector.matchLabels", &name),
+            &pod_labels
+        ),
+        "{name} does not select the Deployment's pods"
+    );
+    let max_unavailable = at(budget, "spec.maxUnavailable").and_then(Yaml::as_u64);
+    let min_available = at(budget, "spec.minAvailable").and_then(Yaml::as_u64);
+    assert!(
+        max_unavailable == Some(1) || min_available == Some(2),
+        "{name}: one replica at a time (maxUnavailable 1 or minAvailable 2)"
+    );
+
+    // The Service selects the pods and reaches berth's port.
+    let service = document(&docs, "Service", None);
+    let name = format!("Service {}", name_of(service));
+    assert!(
+        is_subset(&labels(service, "spec.selector", &name), &pod_labels),
+        "{name} does not select the Deployment's pods"
+    );
+    let http = named(list(service, "spec.ports", &name), "http", &name);
+    assert_eq!(must(http, "port", &name).as_u64(), Some(port));
+    let target = resolve_port(must(http, "targetPort", &name), set.container, &name);
+    assert_eq!(
+        target, port,
+        "{name}: targetPort is not berth's listen port"
+    );
+
+    // The near cache: an emptyDir bounded above storage.max_size.
+    let volume = named(list(set.pod, "volumes", what), &set.data_volume, what);
+    let limit = quantity_bytes(text(volume, "emptyDir.sizeLimit", what), what);
+    let near = set
+        .config
+        .max_size
+        .unwrap_or_else(|| panic!("{what}: set storage.max_size below the emptyDir's sizeLimit"));
+    assert!(
+        near < limit,
+        "{what}: storage.max_size {near} does not fit the emptyDir's sizeLimit {limit}"
+    );
+
+    // The shared tier, its key from the Secret the comments create.
+    let s3 = set
+        .config
+        .s3
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: no [storage.s3]"));
+    let created = secrets_created_in_comments(&path);
+    for field in ["access_key_id", "secret_access_key"] {
+        assert!(
+            !s3.contains_key(&format!("{field}_file")),
+            "{what}: {field} from the Secret, through the environment"
+        );
+        let var = s3
+            .get(&format!("{field}_env"))
+            .and_then(toml::Value::as_str)
+            .unwrap_or_else(|| panic!("{what}: no storage.s3.{field}_env"));
+        let entry = named(list(set.container, "env", what), var, what);
+        let secret = text(entry, "valueFrom.secretKeyRef.name", what);
+        let key = text(entry, "valueFrom.secretKeyRef.key", what);
+        assert!(
+            created.get(secret).is_some_and(|keys| keys.contains(key)),
+            "{what}: {var} reads key {key} of Secret {secret}, which the comment's \
+             `kubectl create secret generic` does not create: {created:?}"
+        );
+    }
+    let prefix = s3
+        .get("prefix")
+        .and_then(toml::Value::as_str)
+        .unwrap_or("berth");
+    assert_eq!(
+        lifecycle_rule()["Filter"]["Prefix"],
+        format!("{prefix}/"),
+        "deploy/s3/lifecycle.json clears another prefix than {what}'s"
+    );
+}
+
+/// `kubectl create secret generic NAME ... --from-literal=KEY=...` in the
+/// comments of `path`: the Secrets an operator creates, with their keys.
+fn secrets_created_in_comments(path: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let comment: String = read(path)
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix('#'))
+        .map(|l| l.trim_end().trim_end_matches('\\').to_owned() + " ")
+        .collect();
+    let mut secrets = BTreeMap::new();
+    for command in comment.split("kubectl ").skip(1) {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let ["create", "secret", "generic", name, ..] = words.as_slice() else {
+            continue;
+        };
+        let keys: BTreeSet<String> = words
+            .iter()
+            .filter_map(|w| w.strip_prefix("--from-literal="))
+            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_owned()))
+            .collect();
+        secrets.insert((*name).to_owned(), keys);
+    }
+    secrets
+}
+
+/// The one rule of deploy/s3/lifecycle.json, checked for what it must say.
+fn lifecycle_rule() -> serde_json::Value {
+    let path = deploy().join("s3/lifecycle.json");
+    let document: serde_json::Value = serde_json::from_str(&read(&path))
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let rules = document["Rules"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}: no Rules list", path.display()));
+    let [rule] = rules.as_slice() else {
+        panic!(
+            "{}: one rule expected, found {}",
+            path.display(),
+            rules.len()
+        );
+    };
+    assert_eq!(rule["Status"], "Enabled", "{rule}");
+    assert_eq!(
+        rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"], 1,
+        "{rule}"
+    );
+    rule.clone()
+}
+
+/// The lifecycle rule as an operator sets it: `aws s3api
+/// put-bucket-lifecycle-configuration` with the file, against a real S3
+/// store (Garage), which reads it back as the same rule.
+#[test]
+fn a_real_s3_store_takes_the_lifecycle_rule_from_the_aws_cli() {
+    let garage = common::garage::Garage::start();
+    let aws = pypi_tool("aws", "awscli");
+    let home = tempfile::tempdir().expect("a home for the aws CLI");
+    let config = home.path().join("config");
+    fs::write(
+        &config,
+        format!(
+            "[default]\nregion = {}\ns3 =\n    addressing_style = path\n",
+            garage.region()
+        ),
+    )
+    .expect("write the aws CLI's config");
+    let aws_s3api = |args: &[&str]| {
+        let mut command = Command::new(&aws);
+        command
+            .args([
+                "--endpoint-url",
+                garage.endpoint(),
+                "--output",
+                "json",
+                "s3api",
+            ])
+            .args(args)
+            .env("HOME", home.path())
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("none"))
+            .env("AWS_ACCESS_KEY_ID", garage.access_key_id())
+            .env("AWS_SECRET_ACCESS_KEY", garage.secret_access_key())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy");
+        let out = common::run_bounded(command, COMMAND_DEADLINE)
+            .unwrap_or_else(|e| panic!("aws s3api {}: {e}", args.join(" ")));
+        assert!(
+            out.status.success(),
+            "aws s3api {}: {}",
+            args.join(" "),
+            describe(&out)
+        );
+        out
+    };
+    let file = format!("file://{}", deploy().join("s3/lifecycle.json").display());
+    aws_s3api(&[
+        "put-bucket-lifecycle-configuration",
+        "--bucket",
+        garage.bucket(),
+        "--lifecycle-configuration",
+        &file,
+    ]);
+    let out = aws_s3api(&[
+        "get-bucket-lifecycle-configuration",
+        "--bucket",
+        garage.bucket(),
+    ]);
+    let read_back: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("get-bucket-lifecycle-configuration: not JSON ({e})"));
+    let expected = lifecycle_rule();
+    let rules = read_back["Rules"].as_array().cloned().unwrap_or_default();
+    let [rule] = rules.as_slice() else {
+        panic!("Garage holds {} rules: {read_back}", rules.len());
+    };
+    for field in ["ID", "Status", "Filter", "AbortIncompleteMultipartUpload"] {
+        assert_eq!(
+            rule[field], expected[field],
+            "{field} read back: {read_back}"
+        );
+    }
+}
+
 /// Every HTTP path the manifests probe or scrape.
 fn probed_paths() -> BTreeSet<String> {
     let mut paths = BTreeSet::new();
-    for file in ["kubernetes/berth.yaml", "kubernetes/daemonset.yaml"] {
+    for file in [
+        "kubernetes/berth.yaml",
+        "kubernetes/daemonset.yaml",
+        "kubernetes/cluster.yaml",
+    ] {
         for doc in yaml_documents(&deploy().join(file)) {
             let Some(pod) = at(&doc, "spec.template.spec") else {
                 continue;

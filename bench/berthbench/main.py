@@ -127,13 +127,19 @@ def run_scale(args):
     work = tempfile.mkdtemp(prefix="berth-scale-")
     started = time.monotonic()
     load_before = os.getloadavg()
+    objects = [int(x) for x in args.objects.split(",")]
+    run = scale.Scale(work, berth, objects)
+    failure = None
     try:
-        objects = [int(x) for x in args.objects.split(",")]
-        results = scale.Scale(work, berth, objects).run()
+        run.run()
+    except Exception as e:  # noqa: BLE001 - reported with what was measured
+        failure = f"{type(e).__name__}: {e}"[:2000]
+        print(f"the scale run failed: {failure}", file=sys.stderr)
     finally:
         procs.stop_all()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    results = run.results
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "profile": "scale", "machine": machine(),
@@ -141,12 +147,14 @@ def run_scale(args):
         "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "memory_budget": {"hot_size": scale.HOT_SIZE, "meta_cache": scale.META_CACHE},
         "results": results, "seconds": round(time.monotonic() - started, 1),
+        "failure": failure,
     }
     with open(output, "w") as f:
         json.dump(report, f, indent=2)
+    # What was measured before a failure is kept and printed too.
     print(scale.markdown(report))
     print(f"\nJSON: {output}; {report['seconds']:.0f} s in all.")
-    return 0
+    return 1 if failure else 0
 
 
 def run_shared(args):

@@ -234,6 +234,7 @@ func runUpstream(args []string) {
 type fillResult struct {
 	Images   int64   `json:"images"`
 	Requests int64   `json:"requests"`
+	Retried  int64   `json:"retried_503"`
 	Failures int64   `json:"failures"`
 	First    string  `json:"first_failure,omitempty"`
 	Seconds  float64 `json:"seconds"`
@@ -243,6 +244,7 @@ type filler struct {
 	base     string
 	client   *http.Client
 	requests atomic.Int64
+	retried  atomic.Int64
 	failures atomic.Int64
 	first    sync.Once
 	firstErr string
@@ -253,8 +255,30 @@ func (f *filler) fail(err error) {
 	f.first.Do(func() { f.firstErr = err.Error() })
 }
 
-// get fetches path and checks that the answer is want, byte for byte.
+// get fetches path and checks that the answer is want, byte for byte. A
+// 503 (berth at limits.max_fills while earlier fills still commit) is
+// retried after a pause, as registry clients do; the retries are counted.
 func (f *filler) get(path string, want []byte, accept string) error {
+	var err error
+	for attempt := 1; attempt <= 50; attempt++ {
+		var busy bool
+		busy, err = f.getOnce(path, want, accept)
+		if !busy {
+			return err
+		}
+		f.retried.Add(1)
+		time.Sleep(time.Duration(attempt) * 20 * time.Millisecond)
+	}
+	return err
+}
+
+func (f *filler) getOnce(path string, want []byte, accept string) (bool, error) {
+	busy := false
+	err := f.getChecked(path, want, accept, func(status int) { busy = status == http.StatusServiceUnavailable })
+	return busy, err
+}
+
+func (f *filler) getChecked(path string, want []byte, accept string, status func(int)) error {
 	req, err := http.NewRequest(http.MethodGet, f.base+path, nil)
 	if err != nil {
 		return err
@@ -272,6 +296,7 @@ func (f *filler) get(path string, want []byte, accept string) error {
 	if err != nil {
 		return fmt.Errorf("GET %s: %w", path, err)
 	}
+	status(resp.StatusCode)
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("GET %s: HTTP %d %.200s", path, resp.StatusCode, body)
 	}
@@ -331,7 +356,7 @@ func runFill(args []string) {
 	}
 	wg.Wait()
 	out, _ := json.Marshal(fillResult{Images: done.Load(), Requests: f.requests.Load(),
-		Failures: f.failures.Load(), First: f.firstErr, Seconds: time.Since(started).Seconds()})
+		Retried: f.retried.Load(), Failures: f.failures.Load(), First: f.firstErr, Seconds: time.Since(started).Seconds()})
 	fmt.Println(string(out))
 }
 

@@ -8,7 +8,7 @@
 //! does not read, a bare digest without quotes that some clients send, is
 //! still honoured.
 
-use headers::{ETag, HeaderMapExt, IfNoneMatch};
+use headers::{ETag, Header as _, IfNoneMatch};
 use http::{header, HeaderMap};
 
 use crate::digest::Digest;
@@ -17,12 +17,17 @@ use crate::digest::Digest;
 /// (`"<digest>"`), or is `*`. Weak tags compare by value, as RFC 9110 says
 /// for `If-None-Match`; a bare digest without quotes is accepted too.
 pub fn none_match(headers: &HeaderMap, digest: &Digest) -> bool {
-    let Ok(Some(condition)) = headers.typed_try_get::<IfNoneMatch>() else {
+    let Ok(ours) = format!("\"{digest}\"").parse::<ETag>() else {
         return false;
     };
-    let matched = format!("\"{digest}\"")
-        .parse::<ETag>()
-        .is_ok_and(|ours| !condition.precondition_passes(&ours));
+    // Each field line on its own: one a client garbled does not hide the
+    // entity tags of the others (a list over several lines is the same
+    // list as one line with commas).
+    let matched = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|line| IfNoneMatch::decode(&mut std::iter::once(line)).ok())
+        .any(|condition| !condition.precondition_passes(&ours));
     matched || names_bare_digest(headers, digest)
 }
 

@@ -52,6 +52,11 @@ pub fn check(content_type: Option<&str>, bytes: &[u8]) -> Result<String, Invalid
         .map(str::to_owned)
         .unwrap_or_else(|| by_shape(&doc).to_owned());
     check_shape(&media_type, doc)?;
+    // What berth keeps, it must be able to walk (warm, sync, export): a
+    // descriptor whose digest berth cannot read (an algorithm it does not
+    // support) refuses the document, as a malformed one does.
+    let digest = crate::digest::Algorithm::Sha256.digest(bytes);
+    crate::graph::refs(&digest, bytes).map_err(|e| Invalid(e.to_string()))?;
     Ok(media_type)
 }
 

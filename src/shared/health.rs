@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a failing store is left alone before it is tried again.
-const BACK_OFF: Duration = Duration::from_secs(5);
+pub const BACK_OFF: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 pub struct Health {
@@ -47,6 +47,12 @@ impl Health {
             tracing::info!("the shared tier answers again");
         }
         was_down
+    }
+
+    /// Whether a failure has not yet been followed by an answer.
+    pub fn is_failing(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.down_until.is_some()
     }
 
     /// "ok", or the last failure while the store is out of use.

@@ -142,7 +142,10 @@ impl SharedTier {
             self.inner.store.delete(&path).await
         };
         match tokio::time::timeout(limit, outcome).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.answered();
+                Ok(())
+            }
             Ok(Err(e)) if refused(&e) => Err(SharedError::Refused(e.to_string())),
             Ok(Err(e)) => {
                 self.failed("probe", &e.to_string());
@@ -153,6 +156,19 @@ impl SharedTier {
                 Err(SharedError::Unreachable(format!(
                     "no answer within {limit:?}"
                 )))
+            }
+        }
+    }
+
+    /// While the store fails, asks it every back-off period whether it
+    /// answers again (a `HEAD` of a key that is never written), so that an
+    /// idle replica notices too, not only the next client's request.
+    pub async fn watch(self) {
+        loop {
+            tokio::time::sleep(health::BACK_OFF).await;
+            if self.inner.health.is_failing() && self.available() {
+                let path = self.path("probe/recovered");
+                self.call("head", self.inner.store.head(&path)).await;
             }
         }
     }

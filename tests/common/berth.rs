@@ -208,3 +208,155 @@ pub fn command() -> std::process::Command {
     cmd.stdin(std::process::Stdio::null());
     cmd
 }
+
+/// berth as a process of its own (the `berth` binary serving a config
+/// file), for what an in-process berth cannot show: a SIGKILL at a chosen
+/// moment, an exit code, credentials handed over in the environment of
+/// that one process. Its data directory and config live in a temporary
+/// directory; dropping it kills the process.
+pub struct Process {
+    dir: TempDir,
+    config: std::path::PathBuf,
+    env: Vec<(String, String)>,
+    addr: SocketAddr,
+    child: Option<std::process::Child>,
+}
+
+impl Process {
+    /// Writes the config that [`Berth::start`] would generate from
+    /// `toml_extra` and `upstream_url` (on a free loopback port), starts
+    /// `berth --config <it>` with `env` added to its environment, and waits
+    /// until it answers `/v2/`; panics with its log if it exits first.
+    pub async fn start(toml_extra: &str, upstream_url: &str, env: &[(&str, &str)]) -> Process {
+        let mut process = Process::configure(toml_extra, upstream_url, env);
+        process.spawn();
+        process.wait_ready().await;
+        process
+    }
+
+    /// The process's files (config, data directory) without starting it:
+    /// for a test that runs the binary itself ([`Process::run`]).
+    pub fn configure(toml_extra: &str, upstream_url: &str, env: &[(&str, &str)]) -> Process {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-process-")
+            .tempdir()
+            .expect("create berth's temp dir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+        let data_dir = dir.path().join("data");
+        let config = dir.path().join("berth.toml");
+        std::fs::write(
+            &config,
+            config_text(toml_extra, upstream_url, addr, &data_dir),
+        )
+        .expect("write berth.toml");
+        Process {
+            dir,
+            config,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            addr,
+            child: None,
+        }
+    }
+
+    /// `berth --config <config> <args>` with the process's environment, run
+    /// to completion (killed past `limit`, a hang guard).
+    pub fn run(&self, args: &[&str], limit: Duration) -> std::process::Output {
+        let mut cmd = self.command();
+        cmd.args(args);
+        super::run_bounded(cmd, limit)
+            .unwrap_or_else(|e| panic!("run berth {}: {e}", args.join(" ")))
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut cmd = command();
+        cmd.arg("--config").arg(&self.config);
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.log_path()).expect("create berth's log");
+        let log_err = log.try_clone().expect("clone berth's log handle");
+        let child = self
+            .command()
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .expect("start the berth binary");
+        self.child = Some(child);
+    }
+
+    async fn wait_ready(&mut self) {
+        let http = super::http::client();
+        let url = format!("{}/v2/", self.url());
+        let until = tokio::time::Instant::now() + LOCK_DEADLINE * 3;
+        loop {
+            let up = http.get(&url).send().await;
+            if up.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!(
+                    "berth exited while starting ({status}); its log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "berth never answered {url}; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Everything berth wrote to stdout and stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("berth.log")
+    }
+
+    /// How it exited, if it has (reaped then); `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// SIGKILL, and reap it. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
