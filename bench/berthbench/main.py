@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from . import mirrors, procs, pull, scale, tools
+from . import mirrors, procs, pull, scale, shared, shared_table, tools
 from . import upstream as up
 
 MIB = 1 << 20
@@ -74,9 +74,15 @@ def main(argv):
     parser.add_argument("--baseline",
                         help="with --manifests: a second berth binary measured in the same run "
                              "(its column is \"berth (baseline)\")")
+    parser.add_argument("--shared", action="store_true",
+                        help="the shared-tier profile instead: berth without a shared tier "
+                             "and a replica reading a Garage bucket another replica filled "
+                             "(see berthbench/shared.py)")
     args = parser.parse_args(argv)
     if args.scale:
         return run_scale(args)
+    if args.shared:
+        return run_shared(args)
     profile = dict(PROFILES["quick" if args.quick else "full"])
     if args.reps:
         profile["reps"] = args.reps
@@ -149,6 +155,51 @@ def run_scale(args):
     print(scale.markdown(report))
     print(f"\nJSON: {output}; {report['seconds']:.0f} s in all.")
     return 1 if failure else 0
+
+
+def run_shared(args):
+    """`--shared`: the shared tier's profile (berthbench/shared.py)."""
+    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    ensure_tools({k: v for k, v in NEEDED.items() if k in ("docker-registry", "wrk", "curl")})
+    berth = args.berth or build_berth()
+    profile = dict(shared.PROFILE)
+    if args.quick:
+        profile.update(layers=[32 * MIB] + [2 * MIB] * 8, small_images=50, clients=4, reps=1,
+                       load_seconds=1)
+    if args.reps:
+        profile["reps"] = args.reps
+    output = args.output or os.path.join(
+        BENCH_DIR, "results-shared-quick.json" if args.quick else "results-shared.json")
+    procs.install_sigterm_handler()
+    work = tempfile.mkdtemp(prefix="berth-shared-")
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    busy_before, own_before = machine_busy(), self_cpu() + children_cpu()
+    try:
+        run = shared.Shared(work, berth, profile)
+        run.run()
+        report = run.report()
+    finally:
+        procs.stop_all()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    # Every process the run started has been reaped by now: its CPU is in
+    # the children's; what else kept the cores busy was someone else's.
+    busy, steal = (after - before for after, before in zip(machine_busy(), busy_before))
+    own = self_cpu() + children_cpu() - own_before
+    seconds = time.monotonic() - started
+    report.update(machine=machine(), load_before=" ".join(f"{x:.2f}" for x in load_before),
+                  load_after=" ".join(f"{x:.2f}" for x in os.getloadavg()),
+                  seconds=round(seconds, 1),
+                  cpu={"capacity_s": round(seconds * os.cpu_count(), 1),
+                       "busy_s": round(busy, 1), "this_run_s": round(own, 1),
+                       "others_s": round(max(busy - own, 0.0), 1),
+                       "steal_s": round(steal, 1)})
+    with open(output, "w") as f:
+        json.dump(report, f, indent=2)
+    print(shared_table.markdown(report))
+    print(f"\nJSON: {output}; {report['seconds']:.0f} s in all.")
+    return 0 if report["checks"]["digests_ok"] else 1
 
 
 def ensure_tools(needed=None):
@@ -546,6 +597,17 @@ def children_cpu():
     h2load): taken before and after a tool runs, the tool's."""
     u = resource.getrusage(resource.RUSAGE_CHILDREN)
     return u.ru_utime + u.ru_stime
+
+
+def machine_busy():
+    """Core-seconds since boot that the machine's processes kept its cores
+    busy (/proc/stat: user, nice, system, irq, softirq), and that the
+    hypervisor gave to others (steal)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
 def machine():
