@@ -244,8 +244,8 @@ async fn a_running_docker_takes_a_new_mirror_on_sighup() {
     let layer = &app.blobs[1];
     common::committed(first.data_dir(), &layer.digest).await;
 
-    // The operator edits daemon.json and sends SIGHUP (what `systemctl
-    // reload docker` does): no restart, the new mirror is used.
+    // The operator edits daemon.json and sends SIGHUP to the (test's own)
+    // daemon: no restart, the new mirror is used.
     let mut both = http_mirror(&second);
     both["insecure-registries"] = json!([first.host(), second.host()]);
     docker.reload(&both).await;

@@ -87,6 +87,7 @@ impl Dockerd {
         dockerd.write_config(daemon_json);
         dockerd.spawn(bridge);
         dockerd.wait_ready().await;
+        dockerd.assert_private().await;
         dockerd
     }
 
@@ -181,6 +182,19 @@ impl Dockerd {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The daemon the CLI reaches is this one, never the machine's: its
+    /// data root is this directory's `root`.
+    async fn assert_private(&self) {
+        let root = self
+            .docker_ok(&["info", "--format", "{{.DockerRootDir}}"])
+            .await;
+        assert_eq!(
+            Path::new(root.trim()),
+            self.path("root"),
+            "the docker CLI reached a daemon other than the test's own"
+        );
     }
 
     /// Everything dockerd has logged.
