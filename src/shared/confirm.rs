@@ -26,24 +26,40 @@ impl SharedTier {
         if store.has_link(upstream, repo, digest).unwrap_or(false) {
             return true;
         }
-        let by_marker = self.linked(upstream, repo, digest).await;
-        if !by_marker {
-            // HEADs: never counted against a pull limit.
-            let asked = match kind {
-                ObjectKind::Blob => target.upstream.blob(Method::HEAD, repo, digest).await,
-                ObjectKind::Manifest => {
-                    let reference = digest.to_string();
-                    let accept = upstream::Accept::Berth;
-                    target
-                        .upstream
-                        .manifest(Method::HEAD, repo, &reference, accept, None)
-                        .await
-                }
-            };
-            if asked.is_err() {
-                return false;
+        if self.confirmed_by_marker(store, target, digest).await {
+            return true;
+        }
+        // HEADs: never counted against a pull limit.
+        let asked = match kind {
+            ObjectKind::Blob => target.upstream.blob(Method::HEAD, repo, digest).await,
+            ObjectKind::Manifest => {
+                let reference = digest.to_string();
+                let accept = upstream::Accept::Berth;
+                target
+                    .upstream
+                    .manifest(Method::HEAD, repo, &reference, accept, None)
+                    .await
             }
-            self.link(upstream, repo, digest);
+        };
+        if asked.is_err() {
+            return false;
+        }
+        self.link(upstream, repo, digest);
+        best_effort(store.add_link(upstream, repo, digest), "a repository link");
+        true
+    }
+
+    /// Whether another replica left the marker saying the repository holds
+    /// `digest`; recorded here as a local link when it did.
+    pub async fn confirmed_by_marker(
+        &self,
+        store: &Store,
+        target: &Target,
+        digest: &Digest,
+    ) -> bool {
+        let (upstream, repo) = (target.upstream.name(), target.repo.as_str());
+        if !self.linked(upstream, repo, digest).await {
+            return false;
         }
         best_effort(store.add_link(upstream, repo, digest), "a repository link");
         true
