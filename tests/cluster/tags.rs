@@ -19,6 +19,14 @@ const TAG_TTL_MS: f64 = 1000.0;
 /// Clients per replica in the storm.
 const CLIENTS: usize = 4;
 
+/// When the mapping was fetched, in milliseconds since the epoch.
+fn fetched_at_ms(mapping: &serde_json::Value) -> Option<f64> {
+    mapping
+        .get("fetched_at_ms")
+        .or_else(|| mapping.get("fetched_at"))
+        .and_then(serde_json::Value::as_f64)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_tag_pulled_through_every_replica_at_once_costs_one_upstream_head() {
     let mut registry = Registry::start();
@@ -51,7 +59,7 @@ async fn a_stale_tag_pulled_through_every_replica_at_once_costs_one_upstream_hea
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
         mapping
             .as_ref()
-            .and_then(|m| m["fetched_at"].as_f64())
+            .and_then(fetched_at_ms)
             .is_some_and(|at| unix_now() * 1000.0 - at > TAG_TTL_MS)
     })
     .await;
@@ -95,13 +103,13 @@ async fn a_stale_tag_pulled_through_every_replica_at_once_costs_one_upstream_hea
     registry
         .wait_for_requests("HEAD", &path, heads_before + 1)
         .await;
-    let fetched_before = mapping["fetched_at"].as_f64();
+    let fetched_before = fetched_at_ms(&mapping);
     let renewed = eventually(GUARD, || {
         cluster
             .redis
             .get(&key)
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .and_then(|m| m["fetched_at"].as_f64())
+            .and_then(|m| fetched_at_ms(&m))
             .is_some_and(|at| Some(at) > fetched_before)
     })
     .await;
