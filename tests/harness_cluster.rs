@@ -335,5 +335,8 @@ async fn a_throttled_upstream_body_is_paced_and_records_when_it_ended() {
         panic!("one completed send: {:?}", hostile.sends_ended(&digest));
     };
     let first_byte = first_byte.expect("a first byte");
-    assert!(first_byte < ended, "the send ended before the first byte came");
+    assert!(
+        first_byte < ended,
+        "the send ended before the first byte came"
+    );
 }

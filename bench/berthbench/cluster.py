@@ -328,6 +328,9 @@ class Cluster:
         self.wrong.extend(f"{cluster}: {err}" for err in failed)
         self.note(cluster, "upstream_ratio", traffic["bytes"] / self.image.size)
         self.note(cluster, "upstream_blob_gets", traffic["blob_gets"])
+        ttfbs = [t for _, t, err in results if not err and t is not None]
+        if ttfbs:
+            self.note(cluster, "ttfb_all_s", statistics.median(ttfbs))
         log(f"{cluster}: upstream sent {traffic['bytes'] / self.image.size:.2f} x the image "
             f"({traffic['blob_gets']} blob GETs); {len(failed)} failed pulls")
 
@@ -354,6 +357,7 @@ class Cluster:
 ROWS = [
     ("upstream_ratio", "Upstream bytes ÷ image size (target 1.00)", "{:.2f}"),
     ("upstream_blob_gets", "Upstream blob GETs", "{:.0f}"),
+    ("ttfb_all_s", "Largest layer, time to first byte, all clients (s)", "{:.3f}"),
     ("ttfb_leader_s", "Largest layer, time to first byte, leader's clients (s)", "{:.3f}"),
     ("ttfb_others_s", "… the other replicas' clients (s)", "{:.3f}"),
     ("ttfb_others_over_leader", "… others ÷ leader", "{:.2f}"),

@@ -29,15 +29,21 @@ fn image(n: usize) -> Fixture {
 }
 
 /// The access time Redis holds for the blob `digest` (seconds, whatever
-/// unit berth scores in), if any.
+/// unit berth scores in), if any. The member is `blob/<digest>`
+/// (`blob/sha256:<hex>`), or `blob/<hex>` as the issue's interface first
+/// wrote it.
 fn atime(cluster: &Cluster, digest: &str) -> Option<f64> {
-    let member = format!("blob/{}", hex_of(digest));
-    cluster
-        .redis
-        .try_cli(&["ZSCORE", &format!("{PREFIX}:s3:atime"), &member])
-        .ok()?
-        .parse::<f64>()
-        .ok()
+    let key = format!("{PREFIX}:s3:atime");
+    [format!("blob/{digest}"), format!("blob/{}", hex_of(digest))]
+        .iter()
+        .find_map(|member| {
+            cluster
+                .redis
+                .try_cli(&["ZSCORE", &key, member])
+                .ok()?
+                .parse::<f64>()
+                .ok()
+        })
         .map(|score| if score > 1e11 { score / 1000.0 } else { score })
 }
 
@@ -54,13 +60,37 @@ async fn past_its_access_time(cluster: &Cluster, image: &Fixture) -> f64 {
     .await;
     assert!(
         recorded,
-        "{}'s layer never got an access time in {PREFIX}:s3:atime; Redis holds {:?}",
+        "{}'s layer never got an access time in {PREFIX}:s3:atime\n{}",
         image.repo,
-        cluster.redis.keys(&format!("{PREFIX}:*"))
+        budget_state(cluster).await
     );
     let at = at.expect("an access time");
     assert!(eventually(GUARD, || unix_now() > at + 1.0).await);
     at
+}
+
+/// What Redis and the bucket say of the budget, and what each replica
+/// evicted: for failure messages.
+async fn budget_state(cluster: &Cluster) -> String {
+    let redis = |args: &[&str]| cluster.redis.try_cli(args).unwrap_or_else(|e| e);
+    format!(
+        "{PREFIX}:s3:bytes = {}\n{PREFIX}:s3:atime = {}\n{PREFIX}:s3:size = {}\n\
+         Redis keys: {:?}\nthe bucket: {:#?}\nevicted objects per replica: {:?}",
+        redis(&["GET", &format!("{PREFIX}:s3:bytes")]),
+        redis(&[
+            "ZRANGE",
+            &format!("{PREFIX}:s3:atime"),
+            "0",
+            "-1",
+            "WITHSCORES"
+        ]),
+        redis(&["HGETALL", &format!("{PREFIX}:s3:size")]),
+        cluster.redis.keys(&format!("{PREFIX}:*")),
+        cluster.garage.access().sizes(PREFIX).await,
+        cluster
+            .metric_each("berth_objectstore_evicted_objects_total", &[])
+            .await,
+    )
 }
 
 async fn blobs_total(access: &S3Access) -> u64 {
@@ -73,6 +103,7 @@ async fn blobs_total(access: &S3Access) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "pending: needs [cluster] (issue 16), not on main yet"]
 async fn past_the_high_watermark_one_replica_evicts_the_least_recently_used_first() {
     let registry = Registry::start();
     let images: Vec<Fixture> = (0..5).map(image).collect();
@@ -112,7 +143,12 @@ async fn past_the_high_watermark_one_replica_evicts_the_least_recently_used_firs
     let evicted_before = cluster
         .metric_each("berth_objectstore_evicted_objects_total", &[])
         .await;
-    assert_eq!(evicted_before, vec![0.0; REPLICAS], "nothing to evict yet");
+    assert_eq!(
+        evicted_before,
+        vec![0.0; REPLICAS],
+        "nothing to evict yet, under the high watermark\n{}",
+        budget_state(&cluster).await
+    );
 
     // E passes the high watermark.
     let e = &images[4];
@@ -127,10 +163,8 @@ async fn past_the_high_watermark_one_replica_evicts_the_least_recently_used_firs
         }
         assert!(
             tokio::time::Instant::now() < until,
-            "the bucket's blobs/ still hold {total} bytes, past the low watermark ({low}); \
-             it holds {:#?}\n{}",
-            access.sizes(PREFIX).await,
-            cluster.logs()
+            "the bucket's blobs/ still hold {total} bytes, past the low watermark ({low})\n{}",
+            budget_state(&cluster).await
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

@@ -13,6 +13,11 @@
 //! - [`readme`]: three replicas started from the README's configuration,
 //!   against a Redis that requires a password;
 //! - [`support`]: the cluster harness, clients, leases in Redis.
+//!
+//! Pending: every test here needs berth's `[cluster]` (issue 16), which
+//! main does not have yet, so each is `#[ignore]`d with that reason until
+//! the coordination lands; `cargo test --test cluster -- --ignored` runs
+//! them against a build that has it.
 
 #[path = "../common/mod.rs"]
 mod common;
