@@ -111,9 +111,10 @@ impl Cluster {
         let mut conn = self.inner.conn.clone();
         let ping = redis::cmd("PING");
         let limit = self.inner.config.redis_timeout;
+        let started = Instant::now();
         match tokio::time::timeout(limit, ping.query_async::<String>(&mut conn)).await {
             Ok(Ok(_)) => {
-                self.answered(Instant::now());
+                self.answered(started);
                 Ok(())
             }
             Ok(Err(e)) if refused(&e) => Err(ClusterError::Refused(e.to_string())),

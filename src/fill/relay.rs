@@ -211,7 +211,12 @@ impl Relay {
                 Claim::Unavailable => return self.open_upstream().await,
                 Claim::Held(holder) => holder,
             };
-            if !holder.peer.is_empty() && holder.peer != self.cluster.me() {
+            if holder.peer == self.cluster.me() {
+                // This replica's own lease (a fill of the digest still
+                // uploading): nobody else to wait for.
+                return self.open_upstream().await;
+            }
+            if !holder.peer.is_empty() {
                 match self.join(&holder).await {
                     Ok(origin) => return Ok(origin),
                     Err(FillError::Peer { peer, reason }) => {
