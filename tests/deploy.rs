@@ -1242,9 +1242,17 @@ fn the_cluster_deployment_coordinates_through_redis_and_peers() {
         is_subset(&labels(peers, "spec.selector", "berth-peers"), &pod_labels),
         "Service berth-peers does not select the Deployment's pods"
     );
-    let port = named(list(peers, "spec.ports", "berth-peers"), "peer", "berth-peers");
+    let port = named(
+        list(peers, "spec.ports", "berth-peers"),
+        "peer",
+        "berth-peers",
+    );
     assert_eq!(
-        resolve_port(must(port, "targetPort", "berth-peers"), set.container, "berth-peers"),
+        resolve_port(
+            must(port, "targetPort", "berth-peers"),
+            set.container,
+            "berth-peers"
+        ),
         u64::from(listen.port())
     );
 }
