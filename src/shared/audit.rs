@@ -56,6 +56,32 @@ impl SharedTier {
         Ok(usage)
     }
 
+    /// Calls `seen` with every blob and manifest: kind, digest, size and
+    /// when it was written (seconds since the epoch), page by page.
+    pub async fn each_object(
+        &self,
+        mut seen: impl FnMut(ObjectKind, Digest, u64, u64),
+    ) -> Result<(), String> {
+        let prefix = self.path("");
+        let mut listing = self.inner.store.list(Some(&prefix));
+        while let Some(meta) = next_listed(&mut listing, self.inner.config.request_timeout).await? {
+            if let Some((kind, digest)) = self.kind_of(&meta.location) {
+                let written = meta.last_modified.timestamp().max(0) as u64;
+                seen(kind, digest, meta.size, written);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes an object (the budget's eviction): `false` when the store
+    /// failed, so the object may remain; gone already counts as removed.
+    pub async fn remove(&self, kind: ObjectKind, digest: &Digest) -> bool {
+        let path = self.object_path(kind, digest);
+        let delete = self.inner.store.delete(&path);
+        self.call("delete", delete).await;
+        self.available()
+    }
+
     /// Re-hashes every blob and manifest, reading at most `rate` bytes a
     /// second; with `repair`, removes what does not match (a replica then
     /// fetches it again from upstream). `progress` hears bytes checked.
