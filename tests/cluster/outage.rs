@@ -76,7 +76,6 @@ async fn wait_readiness(cluster: &Cluster, want: impl Fn(&str) -> bool, what: &s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "pending: needs [cluster] (issue 16), not on main yet"]
 async fn redis_stopped_during_a_cold_storm_costs_no_pull_and_at_most_one_fetch_per_replica() {
     let hostile = Hostile::start().await;
     let before_outage = blobs(&hostile, "outage-during", 3, 16 * MIB);

@@ -148,7 +148,6 @@ fn place_secrets(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "pending: needs [cluster] (issue 16), not on main yet"]
 async fn three_replicas_from_the_readme_share_one_upstream_fetch_through_a_password_redis() {
     let readme = readme_config();
     let garage = Garage::start();

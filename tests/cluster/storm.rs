@@ -18,7 +18,6 @@ const SIZE: usize = 64 * MIB;
 const RATE: u64 = 24 * MIB as u64;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "pending: needs [cluster] (issue 16), not on main yet"]
 async fn thirty_two_clients_on_three_replicas_share_one_upstream_fetch_streamed_live() {
     let hostile = Hostile::start().await;
     let bytes = random_bytes("cluster-storm", 0, SIZE);

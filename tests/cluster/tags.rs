@@ -28,7 +28,6 @@ fn fetched_at_ms(mapping: &serde_json::Value) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "pending: needs [cluster] (issue 16), not on main yet"]
 async fn a_stale_tag_pulled_through_every_replica_at_once_costs_one_upstream_head() {
     let mut registry = Registry::start();
     let image = Fixture::oci_image("test/stale", "v1");

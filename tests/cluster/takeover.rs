@@ -28,7 +28,6 @@ const HELD_AT: usize = 8 * MIB;
 const CLIENTS: usize = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "pending: needs [cluster] (issue 16), not on main yet"]
 async fn a_leader_killed_mid_fill_costs_a_lease_period_and_never_a_wrong_byte() {
     let hostile = Hostile::start().await;
     let bytes = random_bytes("cluster-takeover", 0, SIZE);
