@@ -265,7 +265,7 @@ impl Referrers {
             .lists
             .run(list_key(target, digest), move || async move {
                 let (upstream, repo) = (t.upstream.name(), t.repo.as_str());
-                let record = match this.from_cluster(&t, &d).await {
+                let record = match this.cluster_list(&t, &d).await {
                     Some(record) => record,
                     None => this.ask_upstream(&t, &d).await?,
                 };
@@ -284,7 +284,7 @@ impl Referrers {
     }
 
     /// Another replica's list, while it is fresh.
-    async fn from_cluster(&self, target: &Target, digest: &Digest) -> Option<ReferrersRecord> {
+    async fn cluster_list(&self, target: &Target, digest: &Digest) -> Option<ReferrersRecord> {
         let cluster = self.cluster.as_ref()?;
         let ttl = target.upstream.config().referrers_ttl;
         cluster
