@@ -269,3 +269,26 @@ fn parse_member(member: &str) -> Option<(ObjectKind, Digest)> {
     };
     Some((kind, digest.parse().ok()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_name_the_kind_and_digest_and_read_back() {
+        let digest = crate::digest::Algorithm::Sha256.digest(b"x");
+        let blob = member(ObjectKind::Blob, &digest);
+        assert_eq!(blob, format!("blob/{digest}"));
+        assert_eq!(
+            parse_member(&blob),
+            Some((ObjectKind::Blob, digest.clone()))
+        );
+        let manifest = member(ObjectKind::Manifest, &digest);
+        assert_eq!(
+            parse_member(&manifest),
+            Some((ObjectKind::Manifest, digest))
+        );
+        assert_eq!(parse_member("link/sha256:00"), None);
+        assert_eq!(parse_member("blob/not-a-digest"), None);
+    }
+}

@@ -100,7 +100,11 @@ impl Cluster {
 
     /// A JSON value, refused past the size of the largest referrers list
     /// (nothing berth writes is larger).
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, op: &'static str, key: String) -> Option<T> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &'static str,
+        key: String,
+    ) -> Option<T> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
         let json: Option<String> = self.query(op, cmd).await.flatten();
@@ -152,5 +156,32 @@ impl Cluster {
         self.inner.tasks.spawn(async move {
             let _: Option<()> = this.pipeline("link_set", pipe).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_tag_is_the_mapping_plus_the_publishing_replica() {
+        let digest = crate::digest::Algorithm::Sha256.digest(b"m");
+        let shared = SharedTag {
+            mapping: TagMapping::new(&digest, Some("\"e\"".into())),
+            peer: "10.0.0.5:5001".into(),
+        };
+        let json = serde_json::to_value(&shared).expect("json");
+        assert_eq!(json["digest"], digest.to_string());
+        assert_eq!(json["peer"], "10.0.0.5:5001");
+        assert!(json["fetched_at_ms"].as_u64().is_some());
+        let back: SharedTag = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back.mapping.etag.as_deref(), Some("\"e\""));
+        assert!(back.age() < Duration::from_secs(60));
+        // A mapping without a peer (written by hand, or an older berth).
+        let bare: SharedTag =
+            serde_json::from_str(&format!("{{\"digest\":\"{digest}\",\"fetched_at_ms\":0}}"))
+                .expect("reads");
+        assert!(bare.peer.is_empty());
+        assert!(bare.age() > Duration::from_secs(3600));
     }
 }
