@@ -273,8 +273,17 @@ fn connect(config: &ClusterConfig) -> Result<ConnectionManager, ClusterError> {
         url.set_password(Some(password.expose()))
             .map_err(|()| ClusterError::Config("the URL cannot hold a password".into()))?;
     }
-    let client =
-        redis::Client::open(url.as_str()).map_err(|e| ClusterError::Config(e.to_string()))?;
+    let client = match &config.redis_ca {
+        Some(pem) => redis::Client::build_with_tls(
+            url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        ),
+        None => redis::Client::open(url.as_str()),
+    }
+    .map_err(|e| ClusterError::Config(e.to_string()))?;
     let limit = config.redis_timeout;
     let manager = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(limit))
