@@ -120,7 +120,12 @@ impl App {
             tiers.clone(),
         );
         let manifests = ManifestFills::new(store.clone(), fills.clone(), tiers);
-        let referrers = Referrers::new(store.clone(), fills.clone(), metrics.clone());
+        let referrers = Referrers::new(
+            store.clone(),
+            fills.clone(),
+            metrics.clone(),
+            cluster.clone(),
+        );
         let tag_lists = TagLists::new(store.clone(), fills.clone(), metrics.clone());
         Ok(App {
             inner: Arc::new(AppInner {

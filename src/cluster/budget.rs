@@ -18,13 +18,15 @@ use std::time::Duration;
 
 use super::{Claim, Cluster};
 use crate::digest::Digest;
-use crate::shared::{ObjectKind, SharedTier};
+use crate::shared::{Listed, ObjectKind, SharedTier};
 
 /// How often access times go to Redis and the total is looked at.
 const ROUND: Duration = Duration::from_secs(5);
 /// The most distinct objects noted between two rounds (about 100 bytes
 /// each); past it, further ones wait for the next round.
 const MAX_NOTED: usize = 65_536;
+/// Objects counted per round trip when the bucket is counted again.
+const SEED_BATCH: usize = 256;
 /// Objects removed per look at the oldest.
 const EVICT_BATCH: isize = 32;
 
@@ -163,45 +165,53 @@ impl Budget {
     /// bucket filled before the budget): objects Redis does not know are
     /// added with the time they were written.
     async fn seed(&self, seeded: &str) {
-        let mut found = Vec::new();
-        let listed = self
-            .shared
-            .each_object(|kind, digest, size, written| {
-                found.push((member(kind, &digest), size, written))
-            })
-            .await;
-        if let Err(e) = listed {
-            tracing::warn!(error = %e, "cannot list the shared tier to count it; trying again later");
-            return;
-        }
-        for chunk in found.chunks(256) {
-            let mut pipe = redis::pipe();
-            for (member, size, written) in chunk {
-                pipe.cmd("EVAL")
-                    .arg(RECORD)
-                    .arg(3)
-                    .arg(self.cluster.budget_keys().as_slice())
-                    .arg(member)
-                    .arg(*size)
-                    .arg(*written)
-                    .ignore();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Listed>>(2);
+        let counting = async {
+            let mut counted = 0usize;
+            while let Some(found) = rx.recv().await {
+                if !self.record_listed(&found).await {
+                    return None;
+                }
+                counted += found.len();
             }
-            if self
-                .cluster
-                .pipeline::<()>("budget_seed", pipe)
-                .await
-                .is_none()
-            {
+            Some(counted)
+        };
+        let (listed, counted) = tokio::join!(self.shared.each_object(SEED_BATCH, tx), counting);
+        let counted = match (listed, counted) {
+            (Ok(()), Some(counted)) => counted,
+            (Err(e), _) => {
+                tracing::warn!(error = %e, "cannot count the shared tier for its budget; trying again later");
                 return;
             }
-        }
+            (_, None) => return,
+        };
         let mut cmd = redis::cmd("SET");
         cmd.arg(seeded).arg(1);
         let _: Option<()> = self.cluster.query("budget_seed", cmd).await;
         tracing::info!(
-            objects = found.len(),
+            objects = counted,
             "counted the shared tier's content for its budget"
         );
+    }
+
+    /// Adds listed objects Redis does not know (one round trip); false
+    /// when Redis did not answer.
+    async fn record_listed(&self, found: &[Listed]) -> bool {
+        let mut pipe = redis::pipe();
+        for (kind, digest, size, written) in found {
+            pipe.cmd("EVAL")
+                .arg(RECORD)
+                .arg(3)
+                .arg(self.cluster.budget_keys().as_slice())
+                .arg(member(*kind, digest))
+                .arg(*size)
+                .arg(*written)
+                .ignore();
+        }
+        self.cluster
+            .pipeline::<()>("budget_seed", pipe)
+            .await
+            .is_some()
     }
 
     /// Removes the least recently used objects until the total is at most
@@ -268,4 +278,27 @@ fn parse_member(member: &str) -> Option<(ObjectKind, Digest)> {
         _ => return None,
     };
     Some((kind, digest.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_name_the_kind_and_digest_and_read_back() {
+        let digest = crate::digest::Algorithm::Sha256.digest(b"x");
+        let blob = member(ObjectKind::Blob, &digest);
+        assert_eq!(blob, format!("blob/{digest}"));
+        assert_eq!(
+            parse_member(&blob),
+            Some((ObjectKind::Blob, digest.clone()))
+        );
+        let manifest = member(ObjectKind::Manifest, &digest);
+        assert_eq!(
+            parse_member(&manifest),
+            Some((ObjectKind::Manifest, digest))
+        );
+        assert_eq!(parse_member("link/sha256:00"), None);
+        assert_eq!(parse_member("blob/not-a-digest"), None);
+    }
 }

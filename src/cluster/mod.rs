@@ -273,8 +273,17 @@ fn connect(config: &ClusterConfig) -> Result<ConnectionManager, ClusterError> {
         url.set_password(Some(password.expose()))
             .map_err(|()| ClusterError::Config("the URL cannot hold a password".into()))?;
     }
-    let client =
-        redis::Client::open(url.as_str()).map_err(|e| ClusterError::Config(e.to_string()))?;
+    let client = match &config.redis_ca {
+        Some(pem) => redis::Client::build_with_tls(
+            url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        ),
+        None => redis::Client::open(url.as_str()),
+    }
+    .map_err(|e| ClusterError::Config(e.to_string()))?;
     let limit = config.redis_timeout;
     let manager = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(limit))
@@ -301,4 +310,56 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(secret: &str) -> Cluster {
+        let text = format!(
+            "[cluster]\nredis_url = \"redis://127.0.0.1:1/0\"\npeer_listen = \"127.0.0.1:0\"\npeer_secret_env = \"BERTH_TEST_PEER_SECRET_{}\"\n",
+            secret.len()
+        );
+        std::env::set_var(format!("BERTH_TEST_PEER_SECRET_{}", secret.len()), secret);
+        let config = crate::config::Config::from_toml(&text).expect("valid");
+        let cluster = config.cluster.expect("a cluster");
+        Cluster::new(&cluster, Metrics::new(), TaskTracker::new()).expect("built")
+    }
+
+    #[tokio::test]
+    async fn only_the_peer_secret_opens_the_peer_endpoint() {
+        let c = cluster("0123456789abcdef-secret");
+        let header = |v: &str| http::HeaderValue::from_str(v).expect("header");
+        assert!(c.authorized(Some(&header("Bearer 0123456789abcdef-secret"))));
+        assert!(!c.authorized(Some(&header("Bearer 0123456789abcdef-secreT"))));
+        assert!(!c.authorized(Some(&header("Bearer 0123456789abcdef"))));
+        assert!(!c.authorized(Some(&header("Basic 0123456789abcdef-secret"))));
+        assert!(!c.authorized(None));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_is_out_of_use_at_once_and_says_why() {
+        // Port 1 on loopback: connections are refused.
+        let c = cluster("0123456789abcdef0123456789");
+        c.probe().await.expect("a degraded start, not a refusal");
+        assert!(!c.available(), "taken out of use for the back-off");
+        assert!(c.state().starts_with("failing"), "{}", c.state());
+        let errors = || {
+            c.families()
+                .redis_errors
+                .get_or_create(&metrics::OpLabels { op: "ping" })
+                .get()
+        };
+        assert_eq!(errors(), 1, "the probe's failure is counted");
+        let claim = c.claim("fill", "fill:x", "u", "r").await;
+        assert!(matches!(claim, Claim::Unavailable));
+        let claims = c
+            .families()
+            .redis_errors
+            .get_or_create(&metrics::OpLabels { op: "lease_claim" })
+            .get();
+        assert_eq!(claims, 0, "no command is sent while Redis is out of use");
+        assert_eq!(errors(), 1);
+    }
 }

@@ -1,4 +1,4 @@
-//! Tag mappings and repository links shared through Redis.
+//! Tag mappings, repository links and referrers lists shared through Redis.
 //!
 //! A tag's mapping (`<prefix>:tag:<upstream>/<repo>:<tag>`) is what the
 //! replica that last asked the upstream learnt, with when, and that
@@ -7,15 +7,19 @@
 //! request); stale, one replica revalidates it under a lease
 //! (`tagrev:...`) while the others wait for the new mapping. A link
 //! (`<prefix>:link:<upstream>/<repo>@<digest>`) says a repository was
-//! confirmed to hold a digest. Both expire after a week unless written
-//! again, and every replica keeps its sled copy, so it serves stale tags
-//! without Redis.
+//! confirmed to hold a digest. A referrers list
+//! (`<prefix>:referrers:<upstream>/<repo>@<digest>`) is the last one a
+//! replica read from the upstream, with when: another replica takes it
+//! while it is younger than the upstream's `referrers_ttl`. All expire
+//! after a week unless written again, and every replica keeps its sled
+//! copy, so it serves stale without Redis.
 
 use std::time::Duration;
 
 use super::Cluster;
 use crate::digest::Digest;
-use crate::store::TagMapping;
+use crate::referrers::MAX_LIST_BYTES;
+use crate::store::{ReferrersRecord, TagMapping};
 
 /// How long a shared mapping or link stays in Redis without being written.
 const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -53,10 +57,8 @@ impl Cluster {
 
     /// The cluster's mapping of a tag, when Redis has one and answers.
     pub async fn tag(&self, upstream: &str, repo: &str, tag: &str) -> Option<SharedTag> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.tag_key(upstream, repo, tag));
-        let json: Option<String> = self.query("tag_get", cmd).await.flatten();
-        json.and_then(|json| serde_json::from_str(&json).ok())
+        self.get_json("tag_get", self.tag_key(upstream, repo, tag))
+            .await
     }
 
     /// Publishes what this replica learnt of a tag from the upstream.
@@ -65,15 +67,58 @@ impl Cluster {
             mapping,
             peer: self.me().to_owned(),
         };
-        let Ok(json) = serde_json::to_string(&shared) else {
+        self.set_json("tag_set", self.tag_key(upstream, repo, tag), &shared)
+            .await;
+    }
+
+    fn referrers_key(&self, upstream: &str, repo: &str, digest: &Digest) -> String {
+        self.key(&format!("referrers:{upstream}/{repo}@{digest}"))
+    }
+
+    /// The cluster's last referrers list of `digest`, when Redis has one.
+    pub async fn referrers(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Option<ReferrersRecord> {
+        self.get_json("referrers_get", self.referrers_key(upstream, repo, digest))
+            .await
+    }
+
+    /// Publishes a referrers list this replica read from the upstream.
+    pub async fn put_referrers(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &Digest,
+        record: &ReferrersRecord,
+    ) {
+        let key = self.referrers_key(upstream, repo, digest);
+        self.set_json("referrers_set", key, record).await;
+    }
+
+    /// A JSON value, refused past the size of the largest referrers list
+    /// (nothing berth writes is larger).
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &'static str,
+        key: String,
+    ) -> Option<T> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        let json: Option<String> = self.query(op, cmd).await.flatten();
+        json.filter(|json| json.len() <= 2 * MAX_LIST_BYTES)
+            .and_then(|json| serde_json::from_str(&json).ok())
+    }
+
+    async fn set_json(&self, op: &'static str, key: String, value: &impl serde::Serialize) {
+        let Ok(json) = serde_json::to_string(value) else {
             return;
         };
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.tag_key(upstream, repo, tag))
-            .arg(json)
-            .arg("EX")
-            .arg(KEEP.as_secs());
-        let _: Option<()> = self.query("tag_set", cmd).await;
+        cmd.arg(key).arg(json).arg("EX").arg(KEEP.as_secs());
+        let _: Option<()> = self.query(op, cmd).await;
     }
 
     /// Whether the cluster knows `repo` holds `digest`; `false` when Redis
@@ -111,5 +156,32 @@ impl Cluster {
         self.inner.tasks.spawn(async move {
             let _: Option<()> = this.pipeline("link_set", pipe).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_tag_is_the_mapping_plus_the_publishing_replica() {
+        let digest = crate::digest::Algorithm::Sha256.digest(b"m");
+        let shared = SharedTag {
+            mapping: TagMapping::new(&digest, Some("\"e\"".into())),
+            peer: "10.0.0.5:5001".into(),
+        };
+        let json = serde_json::to_value(&shared).expect("json");
+        assert_eq!(json["digest"], digest.to_string());
+        assert_eq!(json["peer"], "10.0.0.5:5001");
+        assert!(json["fetched_at_ms"].as_u64().is_some());
+        let back: SharedTag = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back.mapping.etag.as_deref(), Some("\"e\""));
+        assert!(back.age() < Duration::from_secs(60));
+        // A mapping without a peer (written by hand, or an older berth).
+        let bare: SharedTag =
+            serde_json::from_str(&format!("{{\"digest\":\"{digest}\",\"fetched_at_ms\":0}}"))
+                .expect("reads");
+        assert!(bare.peer.is_empty());
+        assert!(bare.age() > Duration::from_secs(3600));
     }
 }

@@ -28,6 +28,12 @@ pub struct ClusterConfig {
     pub redis_password_env: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_password_file: Option<PathBuf>,
+    /// CA certificates (PEM) for a `rediss://` Redis with a private CA,
+    /// instead of the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub redis_ca: Option<Vec<u8>>,
     /// The deadline of one Redis command (connecting included).
     #[serde(serialize_with = "super::effective::duration")]
     pub redis_timeout: Duration,
@@ -75,6 +81,7 @@ pub(super) fn parse(root: &mut Fields) -> Option<ClusterConfig> {
 fn parse_table(f: &mut Fields) -> Option<ClusterConfig> {
     let redis_url = redis_url(f);
     let password = f.secret("redis_password");
+    let (redis_ca_file, redis_ca) = super::upstream::parse_ca_file_named(f, "redis_ca_file");
     let peer_secret = f.secret("peer_secret");
     if peer_secret.value.is_none() && !f.has_error("peer_secret_env") {
         if !f.has_error("peer_secret_file") {
@@ -120,6 +127,8 @@ fn parse_table(f: &mut Fields) -> Option<ClusterConfig> {
         redis_password: password.value,
         redis_password_env: password.env,
         redis_password_file: password.file,
+        redis_ca_file,
+        redis_ca,
         redis_timeout,
         key_prefix,
         peer_listen: peer_listen?,

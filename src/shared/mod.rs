@@ -38,7 +38,7 @@ use object_store::{
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-pub use self::audit::{SharedCheck, SharedUsage};
+pub use self::audit::{Listed, SharedCheck, SharedUsage};
 pub use self::metrics::SharedFamilies;
 pub use self::stream::ObjectBody;
 pub use self::upload::{Upload, Uploaded};
