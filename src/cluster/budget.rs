@@ -3,10 +3,10 @@
 //!
 //! Redis holds what the budget needs: every object's size
 //! (`<prefix>:s3:size`, a hash), their total (`s3:bytes`) and their last
-//! use (`s3:atime`, a sorted set scored in milliseconds). An upload adds its object; every replica
-//! notes what it serves in a bounded map and adds those times in one
-//! pipelined round trip every few seconds (only for objects Redis knows,
-//! only ever later). Past the high watermark, the replica that wins the
+//! use (`s3:atime`, a sorted set scored in milliseconds). An upload adds
+//! its object; every replica notes what it serves in a bounded map and
+//! adds those times in one pipelined round trip every few seconds (only
+//! for objects Redis knows, only ever later). Past the high watermark, the replica that wins the
 //! eviction lease (`s3:evict`) removes the least recently used objects,
 //! oldest first, down to the low watermark. A Redis that lost its keys (or
 //! a bucket filled before the budget was set) is counted again from one
