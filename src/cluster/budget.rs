@@ -3,10 +3,10 @@
 //!
 //! Redis holds what the budget needs: every object's size
 //! (`<prefix>:s3:size`, a hash), their total (`s3:bytes`) and their last
-//! use (`s3:atime`, a sorted set). An upload adds its object; every replica
-//! notes what it serves in a bounded map and adds those times in one
-//! pipelined round trip every few seconds (only for objects Redis knows,
-//! only ever later). Past the high watermark, the replica that wins the
+//! use (`s3:atime`, a sorted set scored in milliseconds). An upload adds
+//! its object; every replica notes what it serves in a bounded map and
+//! adds those times in one pipelined round trip every few seconds (only
+//! for objects Redis knows, only ever later). Past the high watermark, the replica that wins the
 //! eviction lease (`s3:evict`) removes the least recently used objects,
 //! oldest first, down to the low watermark. A Redis that lost its keys (or
 //! a bucket filled before the budget was set) is counted again from one
@@ -48,7 +48,8 @@ if size then redis.call('DECRBY', KEYS[2], size) end
 return 1
 ";
 
-/// Accesses noted since the last round: member → seconds since the epoch.
+/// Accesses noted since the last round: member → milliseconds since the
+/// epoch (the sorted set's scores; exact in a double).
 #[derive(Default)]
 pub struct Touched(Mutex<HashMap<String, u64>>);
 
@@ -79,7 +80,7 @@ impl Cluster {
         self.inner.tasks.spawn(async move {
             let mut cmd = redis::cmd("EVAL");
             cmd.arg(RECORD).arg(3).arg(this.budget_keys().as_slice());
-            cmd.arg(&member).arg(size).arg(super::now_ms() / 1000);
+            cmd.arg(&member).arg(size).arg(super::now_ms());
             let _: Option<i64> = this.query("budget_record", cmd).await;
         });
     }
@@ -94,7 +95,7 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if noted.len() < MAX_NOTED {
-            noted.insert(member(kind, digest), super::now_ms() / 1000);
+            noted.insert(member(kind, digest), super::now_ms());
         }
     }
 
@@ -205,7 +206,7 @@ impl Budget {
                 .arg(self.cluster.budget_keys().as_slice())
                 .arg(member(*kind, digest))
                 .arg(*size)
-                .arg(*written)
+                .arg(written.saturating_mul(1000))
                 .ignore();
         }
         self.cluster
