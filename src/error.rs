@@ -239,11 +239,13 @@ impl ApiError {
                 err.to_string(),
             ),
             FillError::Store(e) => Self::from(e),
-            FillError::Busy { .. } | FillError::Abandoned { .. } => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                err.to_string(),
-            ),
+            FillError::Busy { .. } | FillError::Abandoned { .. } | FillError::Peer { .. } => {
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    err.to_string(),
+                )
+            }
             FillError::Io(_) => Self::internal(err.to_string()),
         }
     }
@@ -321,6 +323,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Shared(#[from] crate::shared::SharedError),
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl Error {
@@ -331,6 +335,10 @@ impl Error {
             self,
             Error::Shared(
                 crate::shared::SharedError::Config(_) | crate::shared::SharedError::Refused(_)
+            ) | Error::Cluster(
+                crate::cluster::ClusterError::Config(_)
+                    | crate::cluster::ClusterError::Refused(_)
+                    | crate::cluster::ClusterError::Listen { .. }
             )
         )
     }

@@ -15,7 +15,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod bundle;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod digest;
@@ -79,6 +81,8 @@ struct AppInner {
     online_check: Arc<online_check::OnlineCheck>,
     /// The shared tier (`[storage.s3]`), when configured.
     shared: Option<shared::SharedTier>,
+    /// Coordination with other replicas (`[cluster]`), when configured.
+    cluster: Option<cluster::Cluster>,
 }
 
 impl App {
@@ -100,15 +104,28 @@ impl App {
             Some(s3) => Some(shared::SharedTier::new(s3, metrics.clone(), fills.clone())?),
             None => None,
         };
+        let cluster = match &config.cluster {
+            Some(c) => Some(cluster::Cluster::new(c, metrics.clone(), fills.clone())?),
+            None => None,
+        };
+        let tiers = fill::Tiers {
+            shared: shared.clone(),
+            cluster: cluster.clone(),
+        };
         let blobs = BlobFills::new(
             store.clone(),
             fills.clone(),
             metrics.clone(),
             &config.limits,
-            shared.clone(),
+            tiers.clone(),
         );
-        let manifests = ManifestFills::new(store.clone(), fills.clone(), shared.clone());
-        let referrers = Referrers::new(store.clone(), fills.clone(), metrics.clone());
+        let manifests = ManifestFills::new(store.clone(), fills.clone(), tiers);
+        let referrers = Referrers::new(
+            store.clone(),
+            fills.clone(),
+            metrics.clone(),
+            cluster.clone(),
+        );
         let tag_lists = TagLists::new(store.clone(), fills.clone(), metrics.clone());
         Ok(App {
             inner: Arc::new(AppInner {
@@ -125,6 +142,7 @@ impl App {
                 fills,
                 online_check: Default::default(),
                 shared,
+                cluster,
             }),
         })
     }
@@ -140,6 +158,11 @@ impl App {
     /// The shared tier, when `[storage.s3]` configures one.
     pub fn shared(&self) -> Option<&shared::SharedTier> {
         self.inner.shared.as_ref()
+    }
+
+    /// The cluster's coordination, when `[cluster]` configures it.
+    pub fn cluster(&self) -> Option<&cluster::Cluster> {
+        self.inner.cluster.as_ref()
     }
 
     pub fn upstreams(&self) -> &Upstreams {
@@ -179,6 +202,16 @@ impl App {
     /// Who may pull, when pulls are not open to anyone.
     pub fn pull_auth(&self) -> Option<&http::auth::PullAuth> {
         self.inner.pull_auth.as_ref()
+    }
+
+    /// Notes a use of content for the shared tier's budget (least recently
+    /// used first), when the cluster keeps one.
+    pub fn touch_shared(&self, kind: shared::ObjectKind, digest: &digest::Digest) {
+        if let (Some(cluster), Some(shared)) = (&self.inner.cluster, &self.inner.shared) {
+            if shared.max_size().is_some() {
+                cluster.touch(kind, digest);
+            }
+        }
     }
 
     /// Counts a cache lookup of `kind` (manifest, blob, tag, referrers) in
@@ -227,6 +260,35 @@ async fn probe_shared(app: &App) -> Result<(), Error> {
     }
 }
 
+/// With `[cluster]`: binds the peer endpoint's listener (its address is
+/// what the leases this replica takes name), asks Redis for a `PING` (wrong
+/// credentials stop start-up; an unreachable Redis is a degraded start),
+/// and starts the background work: watching Redis, sharing access times,
+/// keeping the shared tier within its budget.
+async fn start_cluster(
+    app: &App,
+) -> Result<(Option<TcpListener>, Vec<tokio::task::JoinHandle<()>>), Error> {
+    let Some(cluster) = app.cluster() else {
+        return Ok((None, Vec::new()));
+    };
+    let addr = cluster.config().peer_listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| cluster::ClusterError::Listen { addr, source })?;
+    cluster.bound(listener.local_addr()?);
+    tracing::info!(addr = %listener.local_addr()?, advertised = cluster.me(), "peer endpoint (for the cluster's replicas) listening");
+    cluster.probe().await?;
+    if cluster.available() {
+        tracing::info!("Redis answers: coordinating fills, tags and links with the other replicas");
+    }
+    let mut tasks = vec![tokio::spawn(cluster.clone().watch())];
+    if let Some(shared) = app.shared() {
+        let budget = cluster::Budget::new(cluster.clone(), shared.clone());
+        tasks.push(tokio::spawn(budget.run()));
+    }
+    Ok((Some(listener), tasks))
+}
+
 /// `run` for an `App` that is already open.
 pub async fn serve(
     app: App,
@@ -270,14 +332,16 @@ pub async fn serve(
         "berth is serving"
     );
     probe_shared(&app).await?;
-    let watching = app
-        .shared()
-        .cloned()
-        .map(|shared| tokio::spawn(shared.watch()));
+    let (peer, mut watching) = start_cluster(&app).await?;
+    watching.extend(
+        app.shared()
+            .cloned()
+            .map(|shared| tokio::spawn(shared.watch())),
+    );
     let maintenance = tokio::spawn(maintain(app.clone()));
     let sampling = tokio::spawn(status::sample_every_minute(app.clone()));
     let sync = sync::schedule::spawn(&app, stop_sync.clone());
-    http::server::serve(app.clone(), listener, admin, tls, shutdown, deadline).await;
+    http::server::serve(app.clone(), listener, admin, peer, tls, shutdown, deadline).await;
     stop_sync.cancel();
     if let Some(sync) = sync {
         let _ = sync.await;
@@ -293,8 +357,8 @@ pub async fn serve(
     }
     maintenance.abort();
     sampling.abort();
-    if let Some(watching) = watching {
-        watching.abort();
+    for task in watching {
+        task.abort();
     }
     let store = app.store().clone();
     tokio::task::spawn_blocking(move || store.close())

@@ -172,6 +172,7 @@ pub struct Families {
     pub upstream_bytes: Family<UpstreamName, Counter>,
     pub sync: SyncFamilies,
     pub shared: crate::shared::SharedFamilies,
+    pub cluster: crate::cluster::ClusterFamilies,
     pub store_writable: Gauge,
     pub store_records_visited: Gauge,
     pub runtime_tasks: Gauge,
@@ -223,6 +224,7 @@ impl Metrics {
             upstream_bytes: Family::default(),
             sync: SyncFamilies::default(),
             shared: crate::shared::SharedFamilies::default(),
+            cluster: crate::cluster::ClusterFamilies::default(),
             store_writable: Gauge::default(),
             store_records_visited: Gauge::default(),
             runtime_tasks: Gauge::default(),
@@ -341,6 +343,7 @@ impl Metrics {
         );
         f.sync.register(&mut r);
         f.shared.register(&mut r);
+        f.cluster.register(&mut r);
         r.register(
             "fill_failures",
             "Fills that ended without verified content, by kind and reason \

@@ -102,6 +102,8 @@ struct BerthConfig {
     upstreams: Vec<(String, String)>,
     /// `[storage.s3]`, the shared tier, when there is one.
     s3: Option<toml::Table>,
+    /// `[cluster]`, the replicas' coordination, when there is one.
+    cluster: Option<toml::Table>,
 }
 
 /// Run `berth check-config` on `text` (panicking with berth's complaint if
@@ -178,6 +180,7 @@ fn parse_config(text: &str, what: &str) -> BerthConfig {
                 .unwrap_or_else(|| panic!("{what}: storage.s3 is not a table"))
                 .clone()
         }),
+        cluster: section("cluster").cloned(),
     }
 }
 
@@ -1120,7 +1123,7 @@ fn the_cluster_deployment_shares_one_bucket_with_a_bounded_near_cache_per_pod() 
     );
 
     // The Service selects the pods and reaches berth's port.
-    let service = document(&docs, "Service", None);
+    let service = document(&docs, "Service", Some("berth-cluster"));
     let name = format!("Service {}", name_of(service));
     assert!(
         is_subset(&labels(service, "spec.selector", &name), &pod_labels),
@@ -1154,22 +1157,7 @@ fn the_cluster_deployment_shares_one_bucket_with_a_bounded_near_cache_per_pod() 
         .unwrap_or_else(|| panic!("{what}: no [storage.s3]"));
     let created = secrets_created_in_comments(&path);
     for field in ["access_key_id", "secret_access_key"] {
-        assert!(
-            !s3.contains_key(&format!("{field}_file")),
-            "{what}: {field} from the Secret, through the environment"
-        );
-        let var = s3
-            .get(&format!("{field}_env"))
-            .and_then(toml::Value::as_str)
-            .unwrap_or_else(|| panic!("{what}: no storage.s3.{field}_env"));
-        let entry = named(list(set.container, "env", what), var, what);
-        let secret = text(entry, "valueFrom.secretKeyRef.name", what);
-        let key = text(entry, "valueFrom.secretKeyRef.key", what);
-        assert!(
-            created.get(secret).is_some_and(|keys| keys.contains(key)),
-            "{what}: {var} reads key {key} of Secret {secret}, which the comment's \
-             `kubectl create secret generic` does not create: {created:?}"
-        );
+        check_secret_from_env(s3, field, &set, &created);
     }
     let prefix = s3
         .get("prefix")
@@ -1179,6 +1167,93 @@ fn the_cluster_deployment_shares_one_bucket_with_a_bounded_near_cache_per_pod() 
         lifecycle_rule()["Filter"]["Prefix"],
         format!("{prefix}/"),
         "deploy/s3/lifecycle.json clears another prefix than {what}'s"
+    );
+}
+
+/// `<field>_env` of `table` names a variable the container reads from a
+/// Secret the file's comments create (never `<field>_file`).
+fn check_secret_from_env(
+    table: &toml::Table,
+    field: &str,
+    set: &Workload<'_>,
+    created: &BTreeMap<String, BTreeSet<String>>,
+) {
+    let what = &set.what;
+    assert!(
+        !table.contains_key(&format!("{field}_file")),
+        "{what}: {field} from the Secret, through the environment"
+    );
+    let var = table
+        .get(&format!("{field}_env"))
+        .and_then(toml::Value::as_str)
+        .unwrap_or_else(|| panic!("{what}: no {field}_env"));
+    let entry = named(list(set.container, "env", what), var, what);
+    let secret = text(entry, "valueFrom.secretKeyRef.name", what);
+    let key = text(entry, "valueFrom.secretKeyRef.key", what);
+    assert!(
+        created.get(secret).is_some_and(|keys| keys.contains(key)),
+        "{what}: {var} reads key {key} of Secret {secret}, which the comment's \
+         `kubectl create secret generic` does not create: {created:?}"
+    );
+}
+
+#[test]
+fn the_cluster_deployment_coordinates_through_redis_and_peers() {
+    let path = deploy().join("kubernetes/cluster.yaml");
+    let docs = yaml_documents(&path);
+    let set = check_workload(&docs, "Deployment");
+    let what = &set.what;
+    let pod_labels = labels(set.doc, "spec.template.metadata.labels", what);
+    let cluster = set
+        .config
+        .cluster
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: no [cluster]"));
+    let created = secrets_created_in_comments(&path);
+    for field in ["redis_password", "peer_secret"] {
+        check_secret_from_env(cluster, field, &set, &created);
+    }
+
+    // The peer endpoint: a container port, each replica dialled at its
+    // own pod IP (the downward API), listed by a headless Service.
+    let listen: std::net::SocketAddr = cluster
+        .get("peer_listen")
+        .and_then(toml::Value::as_str)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: cluster.peer_listen"));
+    let peer_port = named(list(set.container, "ports", what), "peer", what);
+    assert_eq!(
+        must(peer_port, "containerPort", what).as_u64(),
+        Some(u64::from(listen.port())),
+        "{what}: containerPort peer is not cluster.peer_listen's port"
+    );
+    let var = cluster
+        .get("peer_advertise_env")
+        .and_then(toml::Value::as_str)
+        .unwrap_or_else(|| panic!("{what}: cluster.peer_advertise_env (the pod's IP)"));
+    let entry = named(list(set.container, "env", what), var, what);
+    assert_eq!(
+        text(entry, "valueFrom.fieldRef.fieldPath", what),
+        "status.podIP"
+    );
+    let peers = document(&docs, "Service", Some("berth-peers"));
+    assert_eq!(text(peers, "spec.clusterIP", "berth-peers"), "None");
+    assert!(
+        is_subset(&labels(peers, "spec.selector", "berth-peers"), &pod_labels),
+        "Service berth-peers does not select the Deployment's pods"
+    );
+    let port = named(
+        list(peers, "spec.ports", "berth-peers"),
+        "peer",
+        "berth-peers",
+    );
+    assert_eq!(
+        resolve_port(
+            must(port, "targetPort", "berth-peers"),
+            set.container,
+            "berth-peers"
+        ),
+        u64::from(listen.port())
     );
 }
 

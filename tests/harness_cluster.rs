@@ -2,7 +2,8 @@
 //! Garage it starts (one node, and three with replication factor 3) is a
 //! real S3 store that takes what berth's shared tier will send, its outages
 //! are real, its request counters count; the Redis it starts answers,
-//! refuses connections once stopped, and comes back.
+//! refuses connections once stopped, and comes back; the hostile
+//! upstream's throttled body is paced and says when it ended.
 //!
 //! If these fail, every shared-tier and cluster test built on the harness
 //! means nothing.
@@ -287,4 +288,55 @@ fn a_persistent_redis_keeps_its_data_across_a_kill() {
     let other = Redis::start();
     assert_ne!(other.port(), redis.port());
     assert_eq!(other.get("berth:kept"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_upstream_body_is_paced_and_records_when_it_ended() {
+    use common::hostile::{Behaviour, Hostile, SendOutcome};
+    const SIZE: usize = 4 * MIB;
+    const RATE: u64 = 8 * MIB as u64;
+    let hostile = Hostile::start().await;
+    let bytes = random_bytes("throttled", 0, SIZE);
+    let digest = hostile.add_blob(
+        bytes.clone(),
+        Behaviour::Throttled {
+            bytes_per_second: RATE,
+        },
+    );
+    let started = Instant::now();
+    let mut response = common::http::client()
+        .get(format!("{}/v2/any/blobs/{digest}", hostile.url()))
+        .send()
+        .await
+        .expect("GET the throttled blob");
+    assert_eq!(response.status(), 200);
+    let mut body = Vec::new();
+    let mut first_byte = None;
+    while let Some(chunk) = response.chunk().await.expect("the throttled body") {
+        first_byte.get_or_insert_with(Instant::now);
+        body.extend_from_slice(&chunk);
+    }
+    let done = Instant::now();
+    assert!(body == bytes, "the throttled body is not the blob's bytes");
+    // Paced: the last piece is not due before SIZE / RATE minus one piece
+    // (a lower bound the throttle guarantees, whatever the machine's load).
+    let due = Duration::from_secs_f64((SIZE - 64 * 1024) as f64 / RATE as f64);
+    assert!(
+        done.duration_since(started) >= due,
+        "{SIZE} bytes at {RATE} B/s came in {:?}",
+        done.duration_since(started)
+    );
+    // The recorded end comes after the client's first byte (it is taken
+    // once the last piece is handed over, so it may trail the client's
+    // last byte by a moment: an ordering against first bytes only).
+    let sends = hostile.wait_outcomes(&digest, 1).await;
+    assert_eq!(sends, vec![SendOutcome::Completed]);
+    let [(SendOutcome::Completed, ended)] = hostile.sends_ended(&digest)[..] else {
+        panic!("one completed send: {:?}", hostile.sends_ended(&digest));
+    };
+    let first_byte = first_byte.expect("a first byte");
+    assert!(
+        first_byte < ended,
+        "the send ended before the first byte came"
+    );
 }

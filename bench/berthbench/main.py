@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from . import mirrors, procs, pull, scale, shared, shared_table, tools
+from . import cluster, mirrors, procs, pull, scale, shared, shared_table, tools
 from . import upstream as up
 
 MIB = 1 << 20
@@ -78,7 +78,14 @@ def main(argv):
                         help="the shared-tier profile instead: berth without a shared tier "
                              "and a replica reading a Garage bucket another replica filled "
                              "(see berthbench/shared.py)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="the cluster profile instead: three berth replicas sharing "
+                             "a Garage bucket and a Redis against three distribution proxies "
+                             "on the same bucket, 32 cold clients across them "
+                             "(see berthbench/cluster.py)")
     args = parser.parse_args(argv)
+    if args.cluster:
+        return run_cluster(args)
     if args.scale:
         return run_scale(args)
     if args.shared:
@@ -198,6 +205,41 @@ def run_shared(args):
     with open(output, "w") as f:
         json.dump(report, f, indent=2)
     print(shared_table.markdown(report))
+    print(f"\nJSON: {output}; {report['seconds']:.0f} s in all.")
+    return 0 if report["checks"]["digests_ok"] else 1
+
+
+def run_cluster(args):
+    """`--cluster`: a berth cluster against distribution (berthbench/cluster.py)."""
+    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    ensure_tools({"docker-registry": "docker-registry", "redis-server": "redis-server",
+                  "redis-cli": "redis-tools"})
+    berth = args.berth or build_berth()
+    profile = dict(cluster.PROFILE)
+    if args.quick:
+        profile.update(cluster.QUICK)
+    if args.reps:
+        profile["reps"] = args.reps
+    output = args.output or os.path.join(
+        BENCH_DIR, "results-cluster-quick.json" if args.quick else "results-cluster.json")
+    procs.install_sigterm_handler()
+    work = tempfile.mkdtemp(prefix="berth-cluster-")
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    try:
+        run = cluster.Cluster(work, berth, profile)
+        run.run()
+        report = run.report()
+    finally:
+        procs.stop_all()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report.update(machine=machine(), load_before=" ".join(f"{x:.2f}" for x in load_before),
+                  load_after=" ".join(f"{x:.2f}" for x in os.getloadavg()),
+                  seconds=round(time.monotonic() - started, 1))
+    with open(output, "w") as f:
+        json.dump(report, f, indent=2)
+    print(cluster.markdown(report))
     print(f"\nJSON: {output}; {report['seconds']:.0f} s in all.")
     return 0 if report["checks"]["digests_ok"] else 1
 

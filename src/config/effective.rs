@@ -37,6 +37,10 @@ pub fn optional_duration<S: Serializer>(
     }
 }
 
+pub fn url<S: Serializer>(value: &reqwest::Url, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(value.as_str())
+}
+
 pub fn optional_url<S: Serializer>(
     value: &Option<reqwest::Url>,
     serializer: S,

@@ -6,6 +6,7 @@
 //! serde in one go, so that a bad file is refused with *every* bad or unknown
 //! field named, not just the first one serde trips over.
 
+pub mod cluster;
 mod effective;
 pub mod endpoints;
 mod fields;
@@ -20,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use self::cluster::ClusterConfig;
 pub use self::endpoints::{EndpointConfig, Endpoints};
 use self::fields::Fields;
 pub use self::s3::S3Config;
@@ -57,6 +59,10 @@ pub struct Config {
     pub status: StatusConfig,
     /// Content kept fresh ahead of need (`[[sync]]` rules).
     pub sync: Vec<SyncRule>,
+    /// Coordination with other replicas (`[cluster]`): Redis and the peer
+    /// endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// How much disk the cache may use.
@@ -344,6 +350,7 @@ fn parse_config(f: &mut Fields) -> Config {
         auth: auth_config,
         status: status_config,
         sync,
+        cluster: cluster::parse(f),
     }
 }
 

@@ -55,6 +55,17 @@ pub struct S3Config {
     /// Uploads to the store at once; more wait, and past a queue they are
     /// left to another replica's fill.
     pub uploads: usize,
+    /// The bucket's own budget: above `max_size * high_watermark`, one
+    /// replica at a time (with `[cluster]`) removes the least recently used
+    /// content down to `max_size * low_watermark`. Unset: unbounded (the
+    /// bucket's lifecycle rules are the operator's business).
+    #[serde(
+        serialize_with = "super::effective::optional_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_size: Option<u64>,
+    pub high_watermark: f64,
+    pub low_watermark: f64,
 }
 
 impl S3Config {
@@ -77,6 +88,9 @@ impl S3Config {
             ca_certificates: None,
             part_size: 16 * 1024 * 1024,
             uploads: 4,
+            max_size: None,
+            high_watermark: 0.9,
+            low_watermark: 0.8,
         }
     }
 }
@@ -146,5 +160,24 @@ fn parse_table(f: &mut Fields) -> Option<S3Config> {
     if c.uploads == 0 {
         f.error("uploads", "must be at least 1");
     }
+    parse_budget(f, &mut c);
     bucket.map(|_| c)
+}
+
+fn parse_budget(f: &mut Fields, c: &mut S3Config) {
+    c.max_size = f.size("max_size");
+    if c.max_size == Some(0) {
+        f.error("max_size", "must be more than zero");
+    }
+    let high: f64 = f.get("high_watermark").unwrap_or(c.high_watermark);
+    let low: f64 = f.get("low_watermark").unwrap_or(c.low_watermark);
+    if !(0.0 < low && low < high && high <= 1.0) {
+        f.error(
+            "low_watermark",
+            format!(
+                "watermarks must satisfy 0 < low_watermark ({low}) < high_watermark ({high}) <= 1"
+            ),
+        );
+    }
+    (c.high_watermark, c.low_watermark) = (high, low);
 }

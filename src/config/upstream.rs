@@ -297,28 +297,30 @@ fn patterns(f: &mut Fields, key: &str) -> RepoPatterns {
 /// Reads and checks the extra CA certificates now, so that a bad file stops
 /// start-up instead of failing the first pull; the file and its PEM.
 pub(super) fn parse_ca_file(f: &mut Fields) -> (Option<PathBuf>, Option<Vec<u8>>) {
-    let Some(path) = f.get::<PathBuf>("ca_file") else {
+    parse_ca_file_named(f, "ca_file")
+}
+
+/// A PEM bundle of CA certificates named by `key`, checked to hold some.
+pub(super) fn parse_ca_file_named(f: &mut Fields, key: &str) -> (Option<PathBuf>, Option<Vec<u8>>) {
+    let Some(path) = f.get::<PathBuf>(key) else {
         return (None, None);
     };
     let pem = match std::fs::read(&path) {
         Ok(pem) => pem,
         Err(e) => {
-            f.error("ca_file", format!("cannot read {}: {e}", path.display()));
+            f.error(key, format!("cannot read {}: {e}", path.display()));
             return (None, None);
         }
     };
     match reqwest::Certificate::from_pem_bundle(&pem) {
         Ok(certs) if !certs.is_empty() => (Some(path), Some(pem)),
         Ok(_) => {
-            f.error(
-                "ca_file",
-                format!("{} holds no PEM certificate", path.display()),
-            );
+            f.error(key, format!("{} holds no PEM certificate", path.display()));
             (None, None)
         }
         Err(e) => {
             f.error(
-                "ca_file",
+                key,
                 format!(
                     "{} is not a PEM certificate bundle: {}",
                     path.display(),

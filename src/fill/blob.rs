@@ -12,11 +12,12 @@ use tokio_util::task::TaskTracker;
 use super::passthrough::{Handover, Resume};
 use super::reader::{batch_len, BlobReader, Progress, Recent};
 use super::source::{self, Source};
-use super::FillError;
+use super::{FillError, Tiers};
+use crate::cluster::Lease;
 use crate::config::Limits;
 use crate::digest::{Digest, Hasher};
 use crate::metrics::{KindLabels, Metrics};
-use crate::shared::{ObjectKind, SharedTier, Upload};
+use crate::shared::{ObjectKind, Upload};
 use crate::store::files::TempFile;
 use crate::store::{best_effort, BlobContent, Store};
 use crate::upstream::routing::Target;
@@ -173,8 +174,9 @@ struct Inner {
     /// One permit per running fill: `limits.max_fills`.
     permits: Arc<tokio::sync::Semaphore>,
     limits: Limits,
-    /// Where a fill looks before the upstream, and what it uploads to.
-    shared: Option<SharedTier>,
+    /// Where a fill looks before the upstream (and uploads to), and whom
+    /// it agrees with on who fetches.
+    tiers: Tiers,
 }
 
 impl BlobFills {
@@ -183,7 +185,7 @@ impl BlobFills {
         tasks: TaskTracker,
         metrics: Metrics,
         limits: &Limits,
-        shared: Option<SharedTier>,
+        tiers: Tiers,
     ) -> Self {
         BlobFills {
             inner: Arc::new(Inner {
@@ -193,7 +195,7 @@ impl BlobFills {
                 metrics,
                 permits: Arc::new(tokio::sync::Semaphore::new(limits.max_fills)),
                 limits: limits.clone(),
-                shared,
+                tiers,
             }),
         }
     }
@@ -335,14 +337,16 @@ impl BlobFills {
         let leave = LeaveTable::enter(self.clone(), digest.clone());
         let started = std::time::Instant::now();
         let outcome = match self.transfer(&target, &digest, &temp, &tx).await {
-            Ok((size, from_upstream)) => {
+            Ok((size, from_upstream, lease)) => {
                 // Readers may finish now: every byte is in the file and
                 // matched the digest. Durability (fsync, rename, record) is
                 // the cache's business, not the waiting clients'.
                 tx.send_replace(Progress::Done { size });
                 let kept = self.commit_verified(&target, &digest, temp, size).await;
                 if from_upstream {
-                    self.upload(&target, &digest);
+                    // The fill lease is held until the upload ends: a
+                    // replica that asks meanwhile joins this one.
+                    self.upload(&target, &digest, lease);
                 }
                 kept
             }
@@ -372,14 +376,21 @@ impl BlobFills {
     }
 
     /// Where the bytes come from: the shared tier when it holds the blob
-    /// and the repository is confirmed, else the upstream.
+    /// and the repository is confirmed; else, in a cluster, whatever the
+    /// fill lease says (the upstream, or the replica fetching it); else the
+    /// upstream.
     async fn source(&self, target: &Target, digest: &Digest) -> Result<Source, FillError> {
-        if let Some(shared) = &self.inner.shared {
-            if let Some(source) =
-                source::from_shared(shared, &self.inner.store, target, digest).await
-            {
+        let store = &self.inner.store;
+        if let Some(shared) = &self.inner.tiers.shared {
+            if let Some(cluster) = &self.inner.tiers.cluster {
+                source::linked_in_cluster(cluster, store, target, digest).await;
+            }
+            if let Some(source) = source::from_shared(shared, store, target, digest).await {
                 return Ok(source);
             }
+        }
+        if let Some(cluster) = &self.inner.tiers.cluster {
+            return source::coordinated(cluster, store, target, digest).await;
         }
         let resp = target
             .upstream
@@ -389,22 +400,23 @@ impl BlobFills {
     }
 
     /// Streams the source's body into the temp file, hashing as it goes;
-    /// returns the verified size, and whether it came from the upstream.
+    /// returns the verified size, whether it came from the upstream, and
+    /// the cluster's fill lease when this replica holds it.
     async fn transfer(
         &self,
         target: &Target,
         digest: &Digest,
         temp: &TempFile,
         tx: &watch::Sender<Progress>,
-    ) -> Result<(u64, bool), FillError> {
+    ) -> Result<(u64, bool, Option<Lease>), FillError> {
         let mut source = self.source(target, digest).await?;
         let result = self.receive(&mut source, digest, temp, tx).await;
-        if let (Err(e), Some(shared)) = (&result, &self.inner.shared) {
-            if !source.is_upstream() && e.is_bad_content() {
+        if let (Err(e), Some(shared)) = (&result, &self.inner.tiers.shared) {
+            if source.is_shared() && e.is_bad_content() {
                 shared.discard(ObjectKind::Blob, digest);
             }
         }
-        Ok((result?, source.is_upstream()))
+        Ok((result?, source.is_upstream(), source.take_lease()))
     }
 
     async fn receive(
@@ -505,9 +517,10 @@ impl BlobFills {
     }
 
     /// Hands a blob fetched from the upstream and committed here to the
-    /// shared tier (in the background; the fill's clients have their bytes).
-    fn upload(&self, target: &Target, digest: &Digest) {
-        let Some(shared) = &self.inner.shared else {
+    /// shared tier (in the background; the fill's clients have their
+    /// bytes), holding the fill lease until the upload ends.
+    fn upload(&self, target: &Target, digest: &Digest, lease: Option<Lease>) {
+        let Some(shared) = &self.inner.tiers.shared else {
             return;
         };
         // Not kept here (a full disk): another replica's fill uploads it.
@@ -516,6 +529,7 @@ impl BlobFills {
                 digest: digest.clone(),
                 upstream: target.upstream.name().to_owned(),
                 repo: target.repo.clone(),
+                uploaded: self.inner.tiers.uploaded(ObjectKind::Blob, lease),
             };
             shared.upload_blob(upload, content);
         }
@@ -554,6 +568,9 @@ impl BlobFills {
         self.inner
             .store
             .add_link(target.upstream.name(), &target.repo, digest)?;
+        if let Some(cluster) = &self.inner.tiers.cluster {
+            cluster.share_links(target.upstream.name(), &target.repo, [digest]);
+        }
         Ok(())
     }
 }

@@ -23,12 +23,14 @@ use http::{Method, StatusCode};
 use tokio_util::task::TaskTracker;
 
 use super::single_flight::SingleFlight;
+use super::tag_lease::TagTurn;
 use super::FillError;
+use super::Tiers;
 use crate::digest::{Algorithm, Digest};
 use crate::graph;
 use crate::manifest::{validate, MediaTypes};
 use crate::reference::Reference;
-use crate::shared::{ObjectKind, SharedTier, Upload};
+use crate::shared::{ObjectKind, Upload};
 use crate::store::{best_effort, Manifest, Store, TagMapping};
 use crate::upstream::routing::Target;
 use crate::upstream::{self, Upstream};
@@ -56,9 +58,10 @@ struct Inner {
     /// `negative_ttl`, other failures for its `error_ttl`.
     remembered: moka::sync::Cache<FillKey, Remembered>,
     store: Store,
-    /// Where a manifest by digest is looked for before the upstream, and
-    /// where manifests fetched from the upstream go.
-    shared: Option<SharedTier>,
+    /// Where a manifest by digest is looked for before the upstream (and
+    /// where manifests fetched from the upstream go), and whom tags are
+    /// agreed with.
+    tiers: Tiers,
 }
 
 /// An upstream's answer, and how long to answer with it: a failure, or
@@ -89,7 +92,7 @@ fn remembered_weight(key: &FillKey, value: &Remembered) -> u32 {
 }
 
 impl ManifestFills {
-    pub fn new(store: Store, tasks: TaskTracker, shared: Option<SharedTier>) -> Self {
+    pub fn new(store: Store, tasks: TaskTracker, tiers: Tiers) -> Self {
         let remembered = moka::sync::Cache::builder()
             .max_capacity(REMEMBERED_BYTES)
             .weigher(remembered_weight)
@@ -100,7 +103,7 @@ impl ManifestFills {
                 flights: SingleFlight::new(tasks),
                 remembered,
                 store,
-                shared,
+                tiers,
             }),
         }
     }
@@ -192,7 +195,33 @@ impl ManifestFills {
         self.inner.remembered.insert(key.clone(), remembered);
     }
 
+    /// A tag in a cluster is first agreed on (`tag_lease`): another
+    /// replica's fresh mapping is taken as is, and one replica at a time
+    /// asks the upstream, then publishes what it learnt.
     async fn transfer(
+        &self,
+        target: &Target,
+        reference: &Reference,
+        accept: Option<MediaTypes>,
+    ) -> Result<Arc<Manifest>, FillError> {
+        let (Some(cluster), Reference::Tag(tag), None) =
+            (&self.inner.tiers.cluster, reference, &accept)
+        else {
+            return self.transfer_alone(target, reference, accept).await;
+        };
+        let lease = match self.agree_on_tag(cluster, target, tag).await {
+            TagTurn::Resolved(manifest) => return Ok(manifest),
+            TagTurn::Ours(lease) => lease,
+        };
+        let result = self.transfer_alone(target, reference, accept).await;
+        if result.is_ok() {
+            self.publish_tag(cluster, target, tag).await;
+        }
+        drop(lease);
+        result
+    }
+
+    async fn transfer_alone(
         &self,
         target: &Target,
         reference: &Reference,
@@ -272,6 +301,9 @@ impl ManifestFills {
             store.add_link(upstream.name(), repo, &digest),
             "a repository link",
         );
+        if let Some(cluster) = &self.inner.tiers.cluster {
+            cluster.share_links(upstream.name(), repo, [&digest]);
+        }
         self.share(target, &manifest);
         if let (true, Reference::Tag(tag)) = (canonical, reference) {
             if let Some(endpoint) = &endpoint {
@@ -290,8 +322,12 @@ impl ManifestFills {
     /// The shared tier's copy of a manifest, verified (digest, then what a
     /// manifest must be), once the repository is confirmed to hold it; it
     /// is then kept here too, like one from the upstream.
-    async fn shared_copy(&self, target: &Target, digest: &Digest) -> Option<Arc<Manifest>> {
-        let shared = self.inner.shared.as_ref()?;
+    pub(super) async fn shared_copy(
+        &self,
+        target: &Target,
+        digest: &Digest,
+    ) -> Option<Arc<Manifest>> {
+        let shared = self.inner.tiers.shared.as_ref()?;
         let found = shared.manifest(digest, MAX_MANIFEST_SIZE).await?;
         let media_type = match validate::check(found.media_type.as_deref(), &found.bytes) {
             Ok(media_type) if digest.algorithm().digest(&found.bytes) == *digest => media_type,
@@ -322,13 +358,14 @@ impl ManifestFills {
     /// With a shared tier: uploads a manifest the upstream gave (in the
     /// background) and links what it references.
     fn share(&self, target: &Target, manifest: &Arc<Manifest>) {
-        let Some(shared) = &self.inner.shared else {
+        let Some(shared) = &self.inner.tiers.shared else {
             return;
         };
         let upload = Upload {
             digest: manifest.digest.clone(),
             upstream: target.upstream.name().to_owned(),
             repo: target.repo.clone(),
+            uploaded: self.inner.tiers.uploaded(ObjectKind::Manifest, None),
         };
         shared.upload_manifest(upload, manifest.bytes.clone(), manifest.media_type.clone());
         self.link_references(target, manifest);
@@ -339,17 +376,30 @@ impl ManifestFills {
     /// are in the repository): with a shared tier, they are linked here, so
     /// that their pulls from the shared tier need no confirmation of their
     /// own (one object-store request per blob, not two).
-    fn link_references(&self, target: &Target, manifest: &Manifest) {
+    pub(super) fn link_references(&self, target: &Target, manifest: &Manifest) {
         let Ok(refs) = graph::refs(&manifest.digest, &manifest.bytes) else {
             return;
         };
         let store = &self.inner.store;
-        for descriptor in refs.manifests.iter().chain(refs.blobs.iter()) {
+        let referenced = || {
+            refs.manifests
+                .iter()
+                .chain(refs.blobs.iter())
+                .map(|d| &d.digest)
+        };
+        for digest in referenced() {
             best_effort(
-                store.add_link(target.upstream.name(), &target.repo, &descriptor.digest),
+                store.add_link(target.upstream.name(), &target.repo, digest),
                 "a repository link",
             );
         }
+        if let Some(cluster) = &self.inner.tiers.cluster {
+            cluster.share_links(target.upstream.name(), &target.repo, referenced());
+        }
+    }
+
+    pub(super) fn store(&self) -> &Store {
+        &self.inner.store
     }
 
     /// Asks the upstream, with a conditional `HEAD`, whether a tag berth

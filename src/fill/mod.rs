@@ -12,12 +12,37 @@ pub mod blob;
 pub mod manifest;
 pub mod passthrough;
 pub mod reader;
+mod relay;
 pub mod single_flight;
 pub mod source;
+mod tag_lease;
 
+use crate::cluster::{Cluster, Lease};
 use crate::digest::Digest;
+use crate::shared::{ObjectKind, SharedTier, Uploaded};
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
+
+/// What a fill may use beside the local store and the upstream: the
+/// shared tier's objects, and the cluster's leases and peers.
+#[derive(Clone, Default)]
+pub struct Tiers {
+    pub shared: Option<SharedTier>,
+    pub cluster: Option<Cluster>,
+}
+
+impl Tiers {
+    /// What an upload to the shared tier does once the object is there:
+    /// the cluster's budget counts it; `lease` (the fill lease) is held
+    /// until then.
+    pub fn uploaded(&self, kind: ObjectKind, lease: Option<Lease>) -> Option<Uploaded> {
+        let cluster = self.cluster.clone()?;
+        Some(Box::new(move |digest: &Digest, size: u64| {
+            drop(lease);
+            cluster.record_upload(kind, digest, size);
+        }))
+    }
+}
 
 /// Why a fill did not produce verified content. Nothing is committed when a
 /// fill fails.
@@ -61,6 +86,8 @@ pub enum FillError {
     Busy { limit: usize },
     #[error("cache write failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the replica {peer} streaming this blob stopped: {reason}")]
+    Peer { peer: String, reason: String },
 }
 
 impl FillError {
@@ -89,6 +116,7 @@ impl FillError {
             FillError::Store(_)
             | FillError::Busy { .. }
             | FillError::Abandoned { .. }
+            | FillError::Peer { .. }
             | FillError::Io(_) => false,
         }
     }
@@ -108,6 +136,7 @@ impl FillError {
             FillError::Abandoned { .. } => "abandoned",
             FillError::Busy { .. } => "busy",
             FillError::Store(_) | FillError::Io(_) => "storage",
+            FillError::Peer { .. } => "peer",
         }
     }
 }

@@ -62,22 +62,7 @@ impl Direct {
     pub async fn open(resume: &Resume, handover: &Handover) -> Result<Direct, FillError> {
         let Resume { target, digest } = resume;
         let offset = handover.written;
-        let resp = target
-            .upstream
-            .blob_from(&target.repo, digest, offset)
-            .await?;
-        let skip = match resp.status() {
-            StatusCode::PARTIAL_CONTENT => {
-                check_content_range(&resp, offset).map_err(|reason| {
-                    FillError::Upstream(UpstreamError::BadResponse {
-                        upstream: target.upstream.name().to_owned(),
-                        reason,
-                    })
-                })?;
-                0
-            }
-            _ => offset,
-        };
+        let (resp, skip) = open_from(target, digest, offset).await?;
         let total = handover
             .total
             .or_else(|| announced_length(&resp).map(|len| len + offset - skip));
@@ -145,6 +130,33 @@ impl Direct {
             ))),
         }
     }
+}
+
+/// The upstream's answer for the blob from `offset` on, and how many bytes
+/// of its body come before `offset` (all of them, for an upstream that
+/// ignored the `Range`; none for a `206`, which must start there).
+pub async fn open_from(
+    target: &Target,
+    digest: &Digest,
+    offset: u64,
+) -> Result<(reqwest::Response, u64), FillError> {
+    let resp = target
+        .upstream
+        .blob_from(&target.repo, digest, offset)
+        .await?;
+    let skip = match resp.status() {
+        StatusCode::PARTIAL_CONTENT => {
+            check_content_range(&resp, offset).map_err(|reason| {
+                FillError::Upstream(UpstreamError::BadResponse {
+                    upstream: target.upstream.name().to_owned(),
+                    reason,
+                })
+            })?;
+            0
+        }
+        _ => offset,
+    };
+    Ok((resp, skip))
 }
 
 /// A `206` must start where it was asked to.

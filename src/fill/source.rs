@@ -9,7 +9,9 @@ use bytes::Bytes;
 use futures_util::FutureExt as _;
 
 use super::reader::batch_len;
+use super::relay::Relay;
 use super::FillError;
+use crate::cluster::Lease;
 use crate::digest::Digest;
 use crate::shared::{ObjectBody, ObjectKind, SharedTier};
 use crate::store::Store;
@@ -39,6 +41,34 @@ pub async fn from_shared(
     Some(Source::Shared { size, body })
 }
 
+/// The source the cluster agrees on (`relay`): the upstream under this
+/// replica's fill lease, or the live fill of the replica holding it.
+pub async fn coordinated(
+    cluster: &crate::cluster::Cluster,
+    store: &Store,
+    target: &Target,
+    digest: &Digest,
+) -> Result<Source, FillError> {
+    let relay = Relay::open(cluster, store, target, digest).await?;
+    Ok(Source::Relay(Box::new(relay)))
+}
+
+/// Takes the cluster's word (a link in Redis) that the repository holds
+/// `digest`, as a local link, so that it needs no confirmation of its own.
+pub async fn linked_in_cluster(
+    cluster: &crate::cluster::Cluster,
+    store: &Store,
+    target: &Target,
+    digest: &Digest,
+) {
+    let (upstream, repo) = (target.upstream.name(), target.repo.as_str());
+    if !store.has_link(upstream, repo, digest).unwrap_or(false)
+        && cluster.has_link(upstream, repo, digest).await
+    {
+        crate::store::best_effort(store.add_link(upstream, repo, digest), "a repository link");
+    }
+}
+
 /// What the errors of a fill from the shared tier name as its source.
 pub const SHARED: &str = "the shared tier (storage.s3)";
 
@@ -51,6 +81,9 @@ pub enum Source {
         size: u64,
         body: ObjectBody,
     },
+    /// Agreed with the cluster: the upstream under this replica's fill
+    /// lease, or another replica's live fill (`relay`).
+    Relay(Box<Relay>),
 }
 
 impl Source {
@@ -58,8 +91,29 @@ impl Source {
         Source::Upstream { upstream, resp }
     }
 
+    /// Whether the bytes (some of them, for a relay) came from the upstream:
+    /// this replica's copy is then the one to upload.
     pub fn is_upstream(&self) -> bool {
-        matches!(self, Source::Upstream { .. })
+        match self {
+            Source::Upstream { .. } => true,
+            Source::Shared { .. } => false,
+            Source::Relay(relay) => relay.fetched_upstream(),
+        }
+    }
+
+    /// Whether the bytes came from the shared tier (a bad copy there is
+    /// removed).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Source::Shared { .. })
+    }
+
+    /// The cluster's fill lease this replica holds, if any: the fill keeps
+    /// it until the blob is uploaded.
+    pub fn take_lease(&mut self) -> Option<Lease> {
+        match self {
+            Source::Relay(relay) => relay.take_lease(),
+            _ => None,
+        }
     }
 
     /// The name errors give the source.
@@ -67,6 +121,7 @@ impl Source {
         match self {
             Source::Upstream { upstream, .. } => upstream.name().to_owned(),
             Source::Shared { .. } => SHARED.to_owned(),
+            Source::Relay(relay) => relay.name(),
         }
     }
 
@@ -75,6 +130,7 @@ impl Source {
         match self {
             Source::Upstream { resp, .. } => announced_length(resp),
             Source::Shared { size, .. } => Some(*size),
+            Source::Relay(relay) => relay.total(),
         }
     }
 
@@ -83,6 +139,7 @@ impl Source {
         match self {
             Source::Upstream { upstream, resp } => Ok(upstream.next_chunk(resp).await?),
             Source::Shared { body, .. } => Ok(body.next_chunk().await?),
+            Source::Relay(relay) => relay.next_chunk().await,
         }
     }
 
@@ -102,6 +159,10 @@ impl Source {
                     _ => break,
                 },
                 Source::Shared { body, .. } => match body.ready_chunk() {
+                    Some(more) => more,
+                    None => break,
+                },
+                Source::Relay(relay) => match relay.ready_chunk() {
                     Some(more) => more,
                     None => break,
                 },

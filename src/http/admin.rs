@@ -176,6 +176,10 @@ fn ready_body(app: &App, store: &str) -> String {
         // Still ready while it fails: the near cache and the upstreams serve.
         body["shared"] = shared.state().into();
     }
+    if let Some(cluster) = app.cluster() {
+        // Still ready while it fails: each replica then works alone.
+        body["redis"] = cluster.state().into();
+    }
     format!("{body}\n")
 }
 

@@ -27,6 +27,9 @@ pub async fn get(
 ) -> Result<Response<Body>, ApiError> {
     let store = app.store();
     let linked = store.has_link(target.upstream.name(), &target.repo, digest)?;
+    if !head {
+        app.touch_shared(crate::shared::ObjectKind::Blob, digest);
+    }
     if conditional::none_match(headers, digest) {
         // The client holds these bytes; it only needs to hear that the
         // repository has them too.

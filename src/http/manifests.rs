@@ -38,6 +38,7 @@ pub async fn get(
     {
         manifest = negotiate(app, target, reference, headers).await?;
     }
+    app.touch_shared(crate::shared::ObjectKind::Manifest, &manifest.digest);
     if conditional::none_match(headers, &manifest.digest) {
         return Ok(not_modified(&manifest.digest));
     }

@@ -11,6 +11,7 @@ pub mod conditional;
 pub mod lazy;
 pub mod manifests;
 pub mod outcome;
+pub mod peer;
 pub mod range;
 pub mod referrers;
 pub mod route;

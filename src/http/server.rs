@@ -40,6 +40,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 enum Service {
     Registry,
     Admin,
+    /// The peer endpoint, for the cluster's other replicas.
+    Peer,
     /// Over the connection limit: every request gets a 503.
     Refuse,
 }
@@ -68,6 +70,7 @@ pub async fn serve(
     app: App,
     listener: TcpListener,
     admin: Option<TcpListener>,
+    peer: Option<TcpListener>,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -94,12 +97,14 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => front.accepted(accepted, Service::Registry).await,
-            accepted = accept_admin(admin.as_ref()) => front.accepted(accepted, Service::Admin).await,
+            accepted = accept_other(admin.as_ref()) => front.accepted(accepted, Service::Admin).await,
+            accepted = accept_other(peer.as_ref()) => front.accepted(accepted, Service::Peer).await,
             () = &mut shutdown => break,
         }
     }
     drop(listener);
     drop(admin);
+    drop(peer);
     tracing::info!("shutting down: no longer accepting, draining open connections");
     if tokio::time::timeout(drain, front.graceful.shutdown())
         .await
@@ -112,10 +117,11 @@ pub async fn serve(
     }
 }
 
-async fn accept_admin(
-    admin: Option<&TcpListener>,
+/// Accepts on a listener that may not be configured (never resolves then).
+async fn accept_other(
+    listener: Option<&TcpListener>,
 ) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
-    match admin {
+    match listener {
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,
     }
@@ -148,7 +154,7 @@ impl Front {
         };
         let tls = match service {
             Service::Registry | Service::Refuse => self.tls.clone(),
-            Service::Admin => None,
+            Service::Admin | Service::Peer => None,
         };
         let (app, builder, timeouts) = (self.app.clone(), self.builder.clone(), self.timeouts);
         let watcher = self.graceful.watcher();
@@ -219,6 +225,7 @@ async fn respond<B>(app: App, req: Request<B>, service: Service) -> Response<Bod
     match service {
         Service::Registry => super::handle(app, req).await,
         Service::Admin => super::admin::handle_only(&app, &req),
+        Service::Peer => super::peer::handle(&app, &req).await,
         Service::Refuse => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,

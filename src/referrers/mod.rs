@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use self::listing::Listing;
 pub use self::listing::{index_descriptors, MAX_LIST_BYTES};
+use crate::cluster::Cluster;
 use crate::digest::{Algorithm, Digest};
 use crate::fill::single_flight::SingleFlight;
 use crate::fill::FillError;
@@ -70,6 +71,8 @@ pub struct Referrers {
     attempted: moka::sync::Cache<ListKey, Duration>,
     /// Per upstream: permits for background refreshes.
     background: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    /// Lists shared with the other replicas, when in a cluster.
+    cluster: Option<Cluster>,
 }
 
 struct LiveFor;
@@ -123,7 +126,12 @@ pub fn index_bytes(descriptors: &[Value]) -> Vec<u8> {
 }
 
 impl Referrers {
-    pub fn new(store: Store, tasks: TaskTracker, metrics: Metrics) -> Self {
+    pub fn new(
+        store: Store,
+        tasks: TaskTracker,
+        metrics: Metrics,
+        cluster: Option<Cluster>,
+    ) -> Self {
         Referrers {
             store,
             metrics,
@@ -144,6 +152,7 @@ impl Referrers {
                 .expire_after(LiveFor)
                 .build(),
             background: Arc::default(),
+            cluster,
         }
     }
 
@@ -256,17 +265,9 @@ impl Referrers {
             .lists
             .run(list_key(target, digest), move || async move {
                 let (upstream, repo) = (t.upstream.name(), t.repo.as_str());
-                let known = this
-                    .store
-                    .referrers(upstream, repo, &d)
-                    .map_err(|e| Arc::new(e.into()))?;
-                let record = match this.fetch(&t, &d, known.as_deref()).await {
-                    Ok(Listing::New(record)) => record,
-                    Ok(Listing::Unchanged) => match known {
-                        Some(known) => known.renewed(),
-                        None => return Err(Arc::new(unchanged_without_list(&t))),
-                    },
-                    Err(e) => return Err(Arc::new(e)),
+                let record = match this.cluster_list(&t, &d).await {
+                    Some(record) => record,
+                    None => this.ask_upstream(&t, &d).await?,
                 };
                 best_effort(
                     this.store.put_referrers(upstream, repo, &d, &record),
@@ -280,6 +281,42 @@ impl Referrers {
                 "the referrers lookup failed",
             ))))
         })
+    }
+
+    /// Another replica's list, while it is fresh.
+    async fn cluster_list(&self, target: &Target, digest: &Digest) -> Option<ReferrersRecord> {
+        let cluster = self.cluster.as_ref()?;
+        let ttl = target.upstream.config().referrers_ttl;
+        cluster
+            .referrers(target.upstream.name(), &target.repo, digest)
+            .await
+            .filter(|record| record.age() < ttl)
+    }
+
+    /// The upstream's list (the known one renewed when unchanged), shared
+    /// with the other replicas.
+    async fn ask_upstream(
+        &self,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<ReferrersRecord, Arc<FillError>> {
+        let (upstream, repo) = (target.upstream.name(), target.repo.as_str());
+        let known = self
+            .store
+            .referrers(upstream, repo, digest)
+            .map_err(|e| Arc::new(e.into()))?;
+        let record = match self.fetch(target, digest, known.as_deref()).await {
+            Ok(Listing::New(record)) => record,
+            Ok(Listing::Unchanged) => match known {
+                Some(known) => known.renewed(),
+                None => return Err(Arc::new(unchanged_without_list(target))),
+            },
+            Err(e) => return Err(Arc::new(e)),
+        };
+        if let Some(cluster) = &self.cluster {
+            cluster.put_referrers(upstream, repo, digest, &record).await;
+        }
+        Ok(record)
     }
 
     async fn fetch(

@@ -11,6 +11,10 @@ use serde::Serialize;
 use super::{ObjectKind, SharedTier};
 use crate::digest::{Digest, Hasher};
 
+/// An object as a listing shows it: kind, digest, size, and when it was
+/// written (seconds since the epoch).
+pub type Listed = (ObjectKind, Digest, u64, u64);
+
 /// What the shared tier holds, by kind.
 #[derive(Debug, Default, Serialize)]
 pub struct SharedUsage {
@@ -54,6 +58,46 @@ impl SharedTier {
             }
         }
         Ok(usage)
+    }
+
+    /// Sends every blob and manifest (kind, digest, size, when it was
+    /// written in seconds since the epoch) to `seen`, `batch` at a time as
+    /// the listing's pages arrive: never the whole bucket in memory (the
+    /// channel's bound holds the listing back). Stops when the receiver
+    /// goes away.
+    pub async fn each_object(
+        &self,
+        batch: usize,
+        seen: tokio::sync::mpsc::Sender<Vec<Listed>>,
+    ) -> Result<(), String> {
+        let prefix = self.path("");
+        let mut listing = self.inner.store.list(Some(&prefix));
+        let mut found = Vec::with_capacity(batch);
+        let stopped = |_| "the listing's reader stopped".to_owned();
+        while let Some(meta) = next_listed(&mut listing, self.inner.config.request_timeout).await? {
+            if let Some((kind, digest)) = self.kind_of(&meta.location) {
+                let written = meta.last_modified.timestamp().max(0) as u64;
+                found.push((kind, digest, meta.size, written));
+            }
+            if found.len() >= batch {
+                seen.send(std::mem::take(&mut found))
+                    .await
+                    .map_err(stopped)?;
+            }
+        }
+        if !found.is_empty() {
+            seen.send(found).await.map_err(stopped)?;
+        }
+        Ok(())
+    }
+
+    /// Removes an object (the budget's eviction): `false` when the store
+    /// failed, so the object may remain; gone already counts as removed.
+    pub async fn remove(&self, kind: ObjectKind, digest: &Digest) -> bool {
+        let path = self.object_path(kind, digest);
+        let delete = self.inner.store.delete(&path);
+        self.call("delete", delete).await;
+        self.available()
     }
 
     /// Re-hashes every blob and manifest, reading at most `rate` bytes a

@@ -21,7 +21,6 @@
 mod audit;
 pub mod cli;
 mod confirm;
-mod health;
 pub mod metrics;
 mod stream;
 mod upload;
@@ -39,11 +38,11 @@ use object_store::{
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-pub use self::audit::{SharedCheck, SharedUsage};
-use self::health::Health;
+pub use self::audit::{Listed, SharedCheck, SharedUsage};
 pub use self::metrics::SharedFamilies;
 pub use self::stream::ObjectBody;
-pub use self::upload::Upload;
+pub use self::upload::{Upload, Uploaded};
+use crate::backoff::Backoff;
 use crate::config::S3Config;
 use crate::digest::Digest;
 use crate::metrics::Metrics;
@@ -98,7 +97,7 @@ struct Inner {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     config: S3Config,
-    health: Health,
+    health: Backoff,
     metrics: Metrics,
     /// One permit per upload running (`uploads`).
     uploads: Arc<Semaphore>,
@@ -118,7 +117,7 @@ impl SharedTier {
                 store: Arc::new(store),
                 prefix: config.prefix.clone(),
                 config: config.clone(),
-                health: Health::default(),
+                health: Backoff::new("the shared tier"),
                 metrics,
                 uploads: Arc::new(Semaphore::new(config.uploads)),
                 tasks,
@@ -165,7 +164,7 @@ impl SharedTier {
     /// idle replica notices too, not only the next client's request.
     pub async fn watch(self) {
         loop {
-            tokio::time::sleep(health::BACK_OFF).await;
+            tokio::time::sleep(crate::backoff::BACK_OFF).await;
             if self.inner.health.is_failing() && self.available() {
                 let path = self.path("probe/recovered");
                 self.call("head", self.inner.store.head(&path)).await;
@@ -176,6 +175,19 @@ impl SharedTier {
     /// "ok", or why the tier is not used now (for `/readyz`).
     pub fn state(&self) -> String {
         self.inner.health.state()
+    }
+
+    /// The bucket's budget (`max_size`), when one is set.
+    pub fn max_size(&self) -> Option<u64> {
+        self.inner.config.max_size
+    }
+
+    /// (high, low) watermarks of the budget, as fractions of `max_size`.
+    pub fn watermarks(&self) -> (f64, f64) {
+        (
+            self.inner.config.high_watermark,
+            self.inner.config.low_watermark,
+        )
     }
 
     pub fn available(&self) -> bool {

@@ -22,6 +22,21 @@ pub struct Upload {
     pub digest: Digest,
     pub upstream: String,
     pub repo: String,
+    /// Called with the object's size once it is in the store (and dropped
+    /// either way when the upload ends): the cluster's budget counts it,
+    /// and what it holds (the fill lease) is released then.
+    pub uploaded: Option<Uploaded>,
+}
+
+/// See [`Upload::uploaded`].
+pub type Uploaded = Box<dyn FnOnce(&Digest, u64) + Send + Sync>;
+
+impl Upload {
+    fn done(self, size: u64) {
+        if let Some(uploaded) = self.uploaded {
+            uploaded(&self.digest, size);
+        }
+    }
 }
 
 impl SharedTier {
@@ -29,6 +44,7 @@ impl SharedTier {
     pub fn upload_blob(&self, upload: Upload, content: BlobContent) {
         self.spawn_upload(move |this: SharedTier| async move {
             let path = this.object_path(ObjectKind::Blob, &upload.digest);
+            let size = content.size();
             let done = match content {
                 BlobContent::Inline(bytes) => this.put_small(&path, bytes, None).await,
                 BlobContent::File { file, size } if size <= this.part_size() as u64 => {
@@ -44,6 +60,7 @@ impl SharedTier {
             };
             if done {
                 this.put_link(&upload).await;
+                upload.done(size);
             }
         });
     }
@@ -52,8 +69,10 @@ impl SharedTier {
     pub fn upload_manifest(&self, upload: Upload, bytes: Bytes, media_type: String) {
         self.spawn_upload(move |this: SharedTier| async move {
             let path = this.object_path(ObjectKind::Manifest, &upload.digest);
+            let size = bytes.len() as u64;
             if this.put_small(&path, bytes, Some(&media_type)).await {
                 this.put_link(&upload).await;
+                upload.done(size);
             }
         });
     }

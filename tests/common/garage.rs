@@ -107,6 +107,21 @@ impl S3Access {
         Ok(keys)
     }
 
+    /// Every object under `prefix` with its size in bytes, sorted by key;
+    /// panics if the node cannot list.
+    pub async fn sizes(&self, prefix: &str) -> Vec<(String, u64)> {
+        let listed = ObjectPath::from(prefix);
+        let mut sizes: Vec<(String, u64)> = self
+            .store()
+            .list(Some(&listed))
+            .map_ok(|meta| (meta.location.to_string(), meta.size))
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| panic!("list {prefix:?} at {}: {e}", self.endpoint));
+        sizes.sort();
+        sizes
+    }
+
     /// The whole object at `key`, or `None` if there is none; panics on
     /// any other failure.
     pub async fn read(&self, key: &str) -> Option<Bytes> {

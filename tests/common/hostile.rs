@@ -30,7 +30,7 @@ mod tags;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, Method, Request};
@@ -123,6 +123,8 @@ struct State {
     gates: HashMap<String, watch::Sender<bool>>,
     blob_gets: HashMap<String, usize>,
     outcomes: HashMap<String, Vec<SendOutcome>>,
+    /// When each send of `outcomes` ended, in the same order.
+    ended_at: HashMap<String, Vec<Instant>>,
     requests: Vec<Seen>,
     guard: Guard,
     tokens: HashSet<String>,
@@ -176,11 +178,19 @@ impl Shared {
     }
 
     fn record_outcome(&self, digest: &str, outcome: SendOutcome) {
-        self.state()
+        let ended = Instant::now();
+        let mut state = self.state();
+        state
             .outcomes
             .entry(digest.to_owned())
             .or_default()
             .push(outcome);
+        state
+            .ended_at
+            .entry(digest.to_owned())
+            .or_default()
+            .push(ended);
+        drop(state);
         self.changes.send_modify(|n| *n += 1);
     }
 }
@@ -510,6 +520,17 @@ impl Hostile {
             .get(digest)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// How every finished GET of `digest` ended and when its last byte was
+    /// handed to the connection (or the send gave up), in order: what a
+    /// test orders other events against ("before the upstream transfer
+    /// ended"), never a duration it asserts.
+    pub fn sends_ended(&self, digest: &str) -> Vec<(SendOutcome, Instant)> {
+        let state = self.shared.state();
+        let outcomes = state.outcomes.get(digest).cloned().unwrap_or_default();
+        let times = state.ended_at.get(digest).cloned().unwrap_or_default();
+        outcomes.into_iter().zip(times).collect()
     }
 
     /// Wait until `count` GETs of `digest` have ended, then return how they

@@ -20,7 +20,10 @@
 //! - [`garage`]: a real S3-compatible object store (Garage), one node or a
 //!   three-node cluster, for berth's shared tier;
 //! - [`redis`]: a real Redis (Debian's `redis-server`), for berth's cluster
-//!   coordination.
+//!   coordination;
+//! - [`replica`]: what the shared-tier and cluster tests share about a
+//!   replica: its `[storage.s3]`, its object keys, its `/metrics` and
+//!   `/readyz`.
 
 // Every test binary uses a different part of the harness.
 #![allow(dead_code)]
@@ -36,6 +39,7 @@ pub mod http;
 pub mod redis;
 pub mod referrers_upstream;
 pub mod registry;
+pub mod replica;
 pub mod runnable;
 pub mod skopeo;
 pub mod tls;

@@ -24,6 +24,11 @@ pub enum Behaviour {
     Corrupt,
     /// In `CHUNK`-sized pieces with `pause` between them.
     Slow { pause: Duration },
+    /// In `CHUNK`-sized pieces paced to `bytes_per_second` on average (each
+    /// piece waits until the time its offset is due), so a large body takes
+    /// a known while whatever the timer's granularity: a slow upstream
+    /// link, for fills that must still be running while clients join them.
+    Throttled { bytes_per_second: u64 },
     /// The first `at` bytes, then nothing until [`super::Hostile::release`]:
     /// a fill that is provably in progress for as long as a test needs.
     Gated { at: usize },
@@ -84,6 +89,9 @@ pub(super) async fn send_blob(
             send_pieces(&send, Bytes::from(wrong), None).await
         }
         Behaviour::Slow { pause } => send_pieces(&send, bytes, Some(pause)).await,
+        Behaviour::Throttled { bytes_per_second } => {
+            send_throttled(&send, bytes, bytes_per_second).await
+        }
         Behaviour::Truncated => {
             let half = bytes.slice(..bytes.len() / 2);
             if send_pieces(&send, half, None).await == SendOutcome::Completed {
@@ -123,6 +131,26 @@ where
         if let (Some(pause), true) = (pause, offset < bytes.len()) {
             tokio::time::sleep(pause).await;
         }
+    }
+    SendOutcome::Completed
+}
+
+async fn send_throttled<F, Fut>(send: &F, bytes: Bytes, bytes_per_second: u64) -> SendOutcome
+where
+    F: Fn(Bytes) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    let rate = bytes_per_second.max(1) as f64;
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let due = start + Duration::from_secs_f64(offset as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let end = (offset + CHUNK).min(bytes.len());
+        if !send(bytes.slice(offset..end)).await {
+            return SendOutcome::Aborted;
+        }
+        offset = end;
     }
     SendOutcome::Completed
 }

@@ -1,7 +1,8 @@
-//! Whether the shared tier is used now. A failed request takes it out of
-//! use for a back-off period (so that clients do not each wait for a store
-//! that is down); the first request after the period is the probe that
-//! puts it back. Transitions are logged once, not per request.
+//! Whether a shared service (the object store, Redis) is used now. A failed
+//! request takes it out of use for a back-off period (so that clients do
+//! not each wait for a service that is down); the first request after the
+//! period is the probe that puts it back. Transitions are logged once, not
+//! per request.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -9,8 +10,9 @@ use std::time::{Duration, Instant};
 /// How long a failing store is left alone before it is tried again.
 pub const BACK_OFF: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
-pub struct Health {
+pub struct Backoff {
+    /// What is watched, for the log ("the shared tier", "Redis").
+    what: &'static str,
     state: Mutex<State>,
 }
 
@@ -20,7 +22,14 @@ struct State {
     down_until: Option<(Instant, String)>,
 }
 
-impl Health {
+impl Backoff {
+    pub fn new(what: &'static str) -> Self {
+        Backoff {
+            what,
+            state: Mutex::default(),
+        }
+    }
+
     /// Whether to use the store now: yes unless a failure's back-off runs.
     pub fn available(&self) -> bool {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -44,7 +53,7 @@ impl Health {
         let was_down = state.down_until.is_some();
         state.down_until = None;
         if was_down {
-            tracing::info!("the shared tier answers again");
+            tracing::info!("{} answers again", self.what);
         }
         was_down
     }
@@ -71,7 +80,7 @@ mod tests {
 
     #[test]
     fn a_failure_takes_the_store_out_of_use_until_it_answers() {
-        let health = Health::default();
+        let health = Backoff::new("the store");
         assert!(health.available());
         assert!(health.failed("connection refused"));
         assert!(!health.failed("connection refused"), "logged once");
