@@ -288,7 +288,7 @@ fn the_directory_stays_within_max_size_and_eviction_reads_what_it_removes() {
     };
     let (store, _) = Store::open_with(dir.path(), &CacheConfig::default(), &storage).expect("open");
     store.reconcile().expect("counted");
-    let mut last = None;
+    let mut evicted = 0;
     // 10,000 small manifests take a block each: over three times the budget.
     for n in 0..10_000 {
         let m = store.put_manifest(manifest(n)).expect("put");
@@ -302,7 +302,7 @@ fn the_directory_stays_within_max_size_and_eviction_reads_what_it_removes() {
                 store.records_visited() - before <= removed + 5,
                 "a round reads about what it removes: {round:?}"
             );
-            last = Some(round);
+            evicted += round.manifests;
             let on_disk = du(dir.path());
             assert!(
                 on_disk <= max_size,
@@ -310,7 +310,9 @@ fn the_directory_stays_within_max_size_and_eviction_reads_what_it_removes() {
             );
         }
     }
-    assert!(last.is_some_and(|r| r.manifests > 0), "eviction ran");
+    // Whether a given round runs depends on sled's file sizes at that
+    // moment (its flusher's timing); that rounds ran at all does not.
+    assert!(evicted > 0, "eviction ran");
     store.close().expect("close");
     let on_disk = du(dir.path());
     assert!(
