@@ -2,10 +2,13 @@
 //! built berth, every client of every mirror got the right bytes, and berth
 //! fetched each blob from the upstream exactly once under concurrent cold
 //! pulls. Speed figures are never asserted here (machines are noisy); they
-//! are in the README's performance section.
+//! are in the README's performance section. `bench/run --cluster --quick`
+//! likewise: every answer right, one upstream transfer per blob for the
+//! cluster.
 //!
 //! Needs Debian's docker-registry, nginx, wrk, nghttp2-client (h2load),
-//! curl and openssl, and python3: `bench/run` installs what is missing, and
+//! curl and openssl, and python3 (and for `--cluster`, redis-server and
+//! Garage): `bench/run` installs what Debian has and is missing, and
 //! so does `scripts/test`.
 
 use std::process::{Command, Stdio};
@@ -125,4 +128,80 @@ fn the_quick_benchmark_runs_and_every_answer_is_right() {
     }
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("| scenario |"), "no Markdown table:\n{log}");
+}
+
+/// `bench/run --cluster --quick`: three berth replicas and three
+/// distribution proxies on one Garage bucket, 32 cold clients across each
+/// trio. Every client got the right bytes; berth's cluster fetched each
+/// blob from the upstream once (the upstream sent exactly the image);
+/// distribution's trio, which does not coordinate, more than once; every
+/// row has a figure for berth.
+#[test]
+fn the_quick_cluster_benchmark_runs_and_the_cluster_fetches_each_blob_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("results-cluster.json");
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(format!("{repo}/bench/run"))
+        .args([
+            "--cluster",
+            "--quick",
+            "--berth",
+            env!("CARGO_BIN_EXE_berth"),
+        ])
+        .arg("--output")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bench/run (python3 must be installed)");
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "bench/run --cluster --quick failed:\n{log}"
+    );
+    let text = std::fs::read_to_string(&json).expect("the JSON results");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("results parse");
+    assert_eq!(report["checks"]["digests_ok"], true, "{log}");
+    assert_eq!(report["wrong"], serde_json::json!([]), "{log}");
+    let berth = &report["figures"]["berth"];
+    let blobs = report["blobs"].as_f64().expect("the blob count");
+    for ratio in berth["upstream_ratio"].as_array().expect("ratios") {
+        let ratio = ratio.as_f64().expect("a number");
+        assert!(
+            (0.999..=1.001).contains(&ratio),
+            "berth's cluster fetched {ratio}× the image from upstream:\n{log}"
+        );
+    }
+    for gets in berth["upstream_blob_gets"].as_array().expect("counts") {
+        assert_eq!(gets.as_f64(), Some(blobs), "upstream blob GETs:\n{log}");
+    }
+    for ratio in report["figures"]["distribution"]["upstream_ratio"]
+        .as_array()
+        .expect("distribution's ratios")
+    {
+        assert!(
+            ratio.as_f64().is_some_and(|r| r > 1.001),
+            "distribution's uncoordinated trio fetched the image once:\n{log}"
+        );
+    }
+    for key in [
+        "ttfb_all_s",
+        "ttfb_leader_s",
+        "ttfb_others_s",
+        "redis_per_pulled_blob",
+        "redis_per_blob",
+    ] {
+        assert!(
+            report["medians"]["berth"][key].is_number(),
+            "no berth figure for {key}:\n{log}"
+        );
+    }
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| berth cluster |"),
+        "no Markdown table:\n{log}"
+    );
 }

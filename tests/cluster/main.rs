@@ -10,6 +10,8 @@
 //! - [`outage`]: Redis stopped during a cold storm;
 //! - [`tags`]: a stale tag pulled through every replica at once;
 //! - [`budget`]: the bucket's own budget, kept by one replica at a time;
+//! - [`peer`]: the peer endpoint answers the cluster only, on its own
+//!   listener;
 //! - [`readme`]: three replicas started from the README's configuration,
 //!   against a Redis that requires a password;
 //! - [`support`]: the cluster harness, clients, leases in Redis.
@@ -23,6 +25,7 @@ mod common;
 
 mod budget;
 mod outage;
+mod peer;
 mod readme;
 mod storm;
 mod support;

@@ -61,6 +61,8 @@ pub struct Cluster {
     replicas: Vec<Process>,
     /// Each replica's peer address, as its leases name it.
     peers: Vec<String>,
+    /// The secret the peer endpoints require (`Authorization: Bearer`).
+    pub peer_secret: String,
 }
 
 impl Cluster {
@@ -95,12 +97,18 @@ impl Cluster {
             redis,
             replicas,
             peers,
+            peer_secret: secret,
         }
     }
 
     /// `http://127.0.0.1:PORT` of replica `i`'s client listener.
     pub fn url(&self, i: usize) -> String {
         self.replicas[i].url()
+    }
+
+    /// Replica `i`'s peer address (`127.0.0.1:PORT`).
+    pub fn peer(&self, i: usize) -> &str {
+        &self.peers[i]
     }
 
     /// The replica whose peer address is `peer`.
@@ -422,6 +430,18 @@ pub async fn pull_image(base_url: &str, fixture: &Fixture) {
             pulled.ended
         );
     }
+}
+
+/// GETs `repo`'s blob `digest` from the replica at `base_url`, checking
+/// every byte (`len` of them) against the digest.
+pub async fn pull_image_blob(base_url: &str, repo: &str, digest: &str, len: usize) {
+    let url = format!("{base_url}/v2/{repo}/blobs/{digest}");
+    let pulled = pull(&client(), &url, 0, &AtomicU64::new(0)).await;
+    assert!(
+        pulled.is_right(digest, len as u64),
+        "GET {url}: {:?}",
+        pulled.ended
+    );
 }
 
 /// Waits until the bucket holds `fixture`'s manifest and every blob, and

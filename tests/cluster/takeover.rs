@@ -5,7 +5,8 @@
 //! fill over once the dead one's lease lapses (a lease naming another peer
 //! appears within the lease period), a fresh pull through a survivor gets
 //! every byte right, the upstream saw at most two GETs (the dead fill and
-//! the one that took over), and the bucket holds no partial object.
+//! the one that took over, whole or resumed with a `Range`), and the
+//! bucket holds no partial object.
 
 use std::sync::atomic::Ordering;
 
@@ -32,6 +33,9 @@ async fn a_leader_killed_mid_fill_costs_a_lease_period_and_never_a_wrong_byte() 
     let hostile = Hostile::start().await;
     let bytes = random_bytes("cluster-takeover", 0, SIZE);
     let digest = hostile.add_blob(bytes, Behaviour::Gated { at: HELD_AT });
+    // As distribution does: the replica taking over may resume from the
+    // byte reached with a `Range`.
+    hostile.serve_ranges();
     let mut cluster = Cluster::start(&hostile.url(), Options::default()).await;
     let watch = cluster.watch_fill_lease(&digest);
 
