@@ -6,7 +6,7 @@
 //!
 //! What the test changes is what only this machine can say, each named in
 //! [`localize`]: the addresses (Garage's endpoint, Redis's URL, the peer
-//! listener on loopback, one free port per replica), and the secrets,
+//! listener on a free loopback port), and the secrets,
 //! which go where the README's fields say (the environment variable or
 //! the file it names). Then an image pulled through all three at once
 //! costs the upstream one GET per blob, and every byte is right.
@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use crate::common::berth::Process;
 use crate::common::content::{Fixture, Pusher};
 use crate::common::garage::Garage;
+use crate::common::random_hex;
 use crate::common::redis::Redis;
 use crate::common::registry::Registry;
-use crate::common::{free_port, random_hex};
 use crate::support::{merge, pull_image, REPLICAS};
 
 const SECTION: &str = "## Running several replicas";
@@ -77,14 +77,13 @@ impl Secrets {
 }
 
 /// The README's config made to run here, for one replica whose peer
-/// listener is `peer`; the environment it needs. Every change is one a
+/// listener takes a free loopback port (port 0); the environment it needs. Every change is one a
 /// user on another machine makes too: addresses, and secrets put where
 /// the README's fields say.
 fn localize(
     readme: &toml::Table,
     garage: &Garage,
     redis: &Redis,
-    peer: &str,
     secrets: &Secrets,
     secret_dir: &Path,
 ) -> (toml::Table, Vec<(String, String)>) {
@@ -106,7 +105,7 @@ fn localize(
         "redis_url".into(),
         format!("{}/0", redis.url_without_password()).into(),
     );
-    cluster.insert("peer_listen".into(), peer.into());
+    cluster.insert("peer_listen".into(), "127.0.0.1:0".into());
     cluster.remove("peer_advertise");
     place_secrets(cluster, secrets, secret_dir, &mut env);
     (config, env)
@@ -176,8 +175,7 @@ async fn three_replicas_from_the_readme_share_one_upstream_fetch_through_a_passw
 
     let mut replicas = Vec::new();
     for _ in 0..REPLICAS {
-        let peer = format!("127.0.0.1:{}", free_port());
-        let (config, env) = localize(&readme, &garage, &redis, &peer, &secrets, secret_dir.path());
+        let (config, env) = localize(&readme, &garage, &redis, &secrets, secret_dir.path());
         let text = toml::to_string(&config).expect("serialize the localized config");
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         replicas.push(Process::start(&text, &registry.url(), &env).await);

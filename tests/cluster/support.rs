@@ -4,8 +4,9 @@
 //! `[cluster]` pointing at them and the secrets in each process's own
 //! environment, never in its config file.
 //!
-//! Each replica's peer listener is on a port chosen here, so the `"peer"`
-//! a Redis lease names tells which replica holds it. Clients read bodies
+//! Each replica's peer listener is on a loopback port of its own choosing,
+//! read back from its start-up log, so the `"peer"` a Redis lease names
+//! tells which replica holds it. Clients read bodies
 //! as a registry client does, hashing as they go, and note when their
 //! first byte came: what the tests order against the upstream's own
 //! record of when it finished sending.
@@ -23,7 +24,7 @@ use crate::common::garage::{Garage, S3Access};
 use crate::common::http::{client, Reply};
 use crate::common::redis::{Redis, RedisOptions};
 use crate::common::replica::{blob_key, manifest_key, metric, s3_toml_env, PREFIX};
-use crate::common::{digest_hex, free_port, random_hex, sha256_digest};
+use crate::common::{digest_hex, random_hex, sha256_digest};
 
 /// The name the harness gives the one upstream (as [`Process::start`]
 /// generates the config).
@@ -78,8 +79,7 @@ impl Cluster {
         let mut replicas = Vec::new();
         let mut peers = Vec::new();
         for _ in 0..REPLICAS {
-            let peer = format!("127.0.0.1:{}", free_port());
-            let toml = replica_toml(garage.access(), &redis, &peer, &options.extra);
+            let toml = replica_toml(garage.access(), &redis, &options.extra);
             let access = garage.access();
             let mut env = vec![
                 (S3_KEY_VAR, access.access_key_id.as_str()),
@@ -89,8 +89,9 @@ impl Cluster {
             if let Some(password) = redis.password() {
                 env.push((REDIS_PASSWORD_VAR, password));
             }
-            replicas.push(Process::start(&toml, upstream_url, &env).await);
-            peers.push(peer);
+            let replica = Process::start(&toml, upstream_url, &env).await;
+            peers.push(advertised_peer(&replica).await);
+            replicas.push(replica);
         }
         Cluster {
             garage,
@@ -237,13 +238,44 @@ impl Drop for LeaseWatch {
     }
 }
 
+/// The peer address `replica` advertises, as its log says at start-up
+/// (`peer endpoint … listening addr=… advertised=…`): its peer listener is
+/// on a port of its own choosing (port 0), so no other test can take it
+/// between choosing and binding.
+async fn advertised_peer(replica: &Process) -> String {
+    const LINE: &str = "peer endpoint (for the cluster's replicas) listening";
+    let mut peer = None;
+    crate::common::eventually(GUARD, || {
+        peer = replica
+            .log()
+            .lines()
+            .filter(|line| line.contains(LINE))
+            .find_map(|line| {
+                let rest = &line[line.find("advertised")? + "advertised".len()..];
+                let rest = rest.trim_start_matches(['=', ':', '"', ' ']);
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || ".:[]-".contains(c)))
+                    .unwrap_or(rest.len());
+                Some(rest[..end].to_owned()).filter(|p| !p.is_empty())
+            });
+        peer.is_some()
+    })
+    .await;
+    peer.unwrap_or_else(|| {
+        panic!(
+            "the replica never logged its peer address ({LINE:?}); its log:\n{}",
+            replica.log()
+        )
+    })
+}
+
 /// A replica's config: `[storage.s3]` on `access` with its credentials in
-/// the environment, `[cluster]` on `redis` with its peer listener at
-/// `peer`, and `extra` merged over both.
-fn replica_toml(access: &S3Access, redis: &Redis, peer: &str, extra: &str) -> String {
+/// the environment, `[cluster]` on `redis` with its peer listener on a
+/// loopback port of its own choosing, and `extra` merged over both.
+fn replica_toml(access: &S3Access, redis: &Redis, extra: &str) -> String {
     let s3 = s3_toml_env(access, (S3_KEY_VAR, S3_SECRET_VAR), "");
     let mut cluster = format!(
-        "[cluster]\nredis_url = {:?}\nredis_timeout = \"2s\"\npeer_listen = {peer:?}\n\
+        "[cluster]\nredis_url = {:?}\nredis_timeout = \"2s\"\npeer_listen = \"127.0.0.1:0\"\n\
          peer_secret_env = {PEER_SECRET_VAR:?}\nlease = \"{}s\"\n",
         format!("{}/0", redis.url_without_password()),
         LEASE.as_secs()

@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 const STOP_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a start may take to open the store, and a stop to let go of it.
 const LOCK_DEADLINE: Duration = Duration::from_secs(10);
+/// Free ports a [`Process`] tries before giving up on starting.
+const PORT_ATTEMPTS: usize = 3;
 
 pub struct Berth {
     data_dir: TempDir,
@@ -227,11 +229,19 @@ impl Process {
     /// `toml_extra` and `upstream_url` (on a free loopback port), starts
     /// `berth --config <it>` with `env` added to its environment, and waits
     /// until it answers `/v2/`; panics with its log if it exits first.
+    /// The free port may be taken by another test before berth binds it:
+    /// then it starts again on another one, a few times.
     pub async fn start(toml_extra: &str, upstream_url: &str, env: &[(&str, &str)]) -> Process {
-        let mut process = Process::configure(toml_extra, upstream_url, env);
-        process.spawn();
-        process.wait_ready().await;
-        process
+        for attempt in 1..=PORT_ATTEMPTS {
+            let mut process = Process::configure(toml_extra, upstream_url, env);
+            process.spawn();
+            match process.wait_ready().await {
+                Ok(()) => return process,
+                Err(log) if attempt < PORT_ATTEMPTS && log.contains("Address already in use") => {}
+                Err(log) => panic!("berth exited while starting; its log:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// The process's files (config, data directory) without starting it:
@@ -289,14 +299,16 @@ impl Process {
         self.child = Some(child);
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until it answers `/v2/`; `Err` with its exit status and log
+    /// if it exits first.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let http = super::http::client();
         let url = format!("{}/v2/", self.url());
         let until = tokio::time::Instant::now() + LOCK_DEADLINE * 3;
         loop {
             let up = http.get(&url).send().await;
             if up.is_ok_and(|r| r.status().is_success()) {
-                return;
+                return Ok(());
             }
             if let Some(status) = self
                 .child
@@ -304,10 +316,7 @@ impl Process {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 self.child = None;
-                panic!(
-                    "berth exited while starting ({status}); its log:\n{}",
-                    self.log()
-                );
+                return Err(format!("({status})\n{}", self.log()));
             }
             assert!(
                 tokio::time::Instant::now() < until,
