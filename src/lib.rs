@@ -301,8 +301,11 @@ pub async fn serve(
     // Sync rules stop starting work as soon as shutdown begins.
     let stop_sync = tokio_util::sync::CancellationToken::new();
     let sync_stopper = stop_sync.clone();
+    let store = app.store().clone();
     let shutdown = async move {
         shutdown.await;
+        // A reconcile or eviction round under way ends where it is.
+        store.stop_background();
         sync_stopper.cancel();
         let _ = stopping_tx.send(Instant::now());
     };

@@ -242,7 +242,7 @@ class Scale:
                 log(f"filling berth to {3 * n} objects ({n} images)")
                 fill = self.fill(big, filled, n)
                 filled = n
-                self.results.append(self.measure(big, small, n, fill))
+                self.measure(big, small, n, fill)
         finally:
             small.stop()
             big.stop()
@@ -302,6 +302,9 @@ class Scale:
         objects = 3 * images
         self.objects_now = objects
         r = {"objects": objects, "images": images, "fill": fill}
+        # Listed at once and filled in as measured: a step that fails keeps
+        # the figures of the steps before it.
+        self.results.append(r)
         log(f"{objects} objects: RSS, p99, stop, restarts, eviction, du")
         r["rss_after_fill_mib"] = big.rss_mib()
         d = tempfile.mkdtemp(dir=self.work)
@@ -375,7 +378,10 @@ class Scale:
         # background reconcile ended (no clean mark), eviction waits for the
         # reconcile, which reads every record at storage.reconcile_rate: the
         # wait grows with the store.
-        deadline = 120 + self.objects_now // 5000
+        # The round itself reads about k records for k objects removed,
+        # but at 1M objects each is a page sled's cache no longer holds:
+        # minutes on a loaded machine.
+        deadline = 120 + self.objects_now // 1000
         m, waited = berth.wait_log(r"evicted least recently used content.*", mark, deadline)
         cpu = berth.proc.cpu_seconds() - cpu0
         visited1 = metric(berth.url, "berth_store_records_visited")

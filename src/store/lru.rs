@@ -334,7 +334,7 @@ impl Store {
         let mut report = Eviction::default();
         let trees = self.trees()?;
         for entry in trees.lru.iter().keys() {
-            if self.used() <= target {
+            if self.used() <= target || self.stopping() {
                 break;
             }
             let entry = entry?;

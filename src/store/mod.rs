@@ -123,8 +123,9 @@ struct Inner {
     reconcile_rate: u64,
     /// The reconcile under way (`resume`): `None` once the counts are known.
     reconciling: resume::State,
-    /// Asked at a clean stop: a reconcile under way ends where it is.
-    stop_reconcile: std::sync::atomic::AtomicBool,
+    /// Shutdown has begun: a reconcile or an eviction round under way ends
+    /// where it is.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -160,7 +161,7 @@ impl Store {
                 visited: Default::default(),
                 reconcile_rate: storage.reconcile_rate,
                 reconciling: Default::default(),
-                stop_reconcile: Default::default(),
+                stopping: Default::default(),
             }),
         };
         let mut opened = store.start()?;

@@ -132,13 +132,21 @@ impl Store {
 
     /// Whether a stop has been asked for: the walk ends where it is.
     pub(super) fn stopping(&self) -> bool {
-        self.inner.stop_reconcile.load(Ordering::Relaxed)
+        self.inner.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Shutdown has begun: a reconcile or an eviction round under way ends
+    /// at its next object, so that stopping never waits for a walk whose
+    /// length grows with the store (the reconcile's progress is written
+    /// down by `close`; eviction starts again after the next start).
+    pub fn stop_background(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
     }
 
     /// At a clean stop during a reconcile: stops the walk and writes down
     /// how far it got. Returns whether there was one.
     pub(super) fn save_progress(&self) -> Result<bool, StoreError> {
-        self.inner.stop_reconcile.store(true, Ordering::Relaxed);
+        self.inner.stopping.store(true, Ordering::Relaxed);
         let state = self.reconciling();
         let Some(progress) = state.as_ref() else {
             return Ok(false);

@@ -425,3 +425,27 @@ fn a_small_blob_committed_without_fsync_is_never_served_wrong() {
         "and it is forgotten, so that it is fetched again"
     );
 }
+
+#[test]
+fn shutdown_ends_an_eviction_round_where_it_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (store, _) = open(dir.path());
+        store.reconcile().expect("reconcile");
+        for i in 0..20 {
+            commit(&store, format!("blob {i}").as_bytes());
+        }
+        store.close().expect("close");
+    }
+    // Far over a budget of one byte: a round would remove everything.
+    let (store, opened) = Store::open_with(dir.path(), &cache(), &storage(1)).expect("open");
+    assert!(opened.clean);
+    store.stop_background();
+    let round = store.evict_if_needed().expect("evict");
+    assert_eq!(
+        (round.blobs, round.visited),
+        (0, 0),
+        "a round begun after shutdown began removes nothing: {round:?}"
+    );
+    assert_eq!(store.report().expect("report").blobs, 20);
+}
