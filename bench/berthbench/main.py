@@ -139,7 +139,8 @@ def run_scale(args):
     failure = None
     try:
         run.run()
-    except Exception as e:  # noqa: BLE001 - reported with what was measured
+    # A stop (SIGTERM, ^C) too: reported with what was measured before it.
+    except (Exception, SystemExit, KeyboardInterrupt) as e:  # noqa: BLE001
         failure = f"{type(e).__name__}: {e}"[:2000]
         print(f"the scale run failed: {failure}", file=sys.stderr)
     finally:
