@@ -39,13 +39,17 @@ redis.call('ZADD', KEYS[3], 'GT', ARGV[3], ARGV[1])
 return 1
 ";
 
-/// Forgets an object: its size off the total.
+/// Forgets an object: its size off the total; answers the size (0 when
+/// it was not counted).
 const FORGET: &str = r"
 local size = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-if size then redis.call('DECRBY', KEYS[2], size) end
-return 1
+if size then
+  redis.call('DECRBY', KEYS[2], size)
+  return tonumber(size)
+end
+return 0
 ";
 
 /// Accesses noted since the last round: member → milliseconds since the
@@ -141,6 +145,7 @@ impl Budget {
 
     async fn keep_within(&self, max: u64) {
         let (high, low) = self.shared.watermarks();
+        let over = |total: u64| total as f64 > max as f64 * high;
         let seeded = self.cluster.key("s3:seeded");
         let mut cmd = redis::cmd("MGET");
         cmd.arg(self.cluster.key("s3:bytes")).arg(&seeded);
@@ -149,8 +154,7 @@ impl Budget {
         else {
             return;
         };
-        let over = total.unwrap_or(0) as f64 > max as f64 * high;
-        if !over && is_seeded.is_some() {
+        if !over(total.unwrap_or(0)) && is_seeded.is_some() {
             return;
         }
         let Claim::Won(_lease) = self.cluster.claim("evict", "s3:evict", "", "").await else {
@@ -159,7 +163,22 @@ impl Budget {
         if is_seeded.is_none() {
             self.seed(&seeded).await;
         }
-        self.evict_down_to((max as f64 * low) as u64).await;
+        // Counted again (or by another replica meanwhile): evict only if
+        // the total is over the high watermark now.
+        match self.total().await {
+            Some(total) if over(total) => {
+                self.evict_down_to(total, (max as f64 * low) as u64).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// The bucket's content in bytes, as Redis counts it.
+    async fn total(&self) -> Option<u64> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.cluster.key("s3:bytes"));
+        let total: Option<Option<u64>> = self.cluster.query("budget_get", cmd).await;
+        total.map(|t| t.unwrap_or(0))
     }
 
     /// Counts what the bucket holds (a Redis that lost its keys, or a
@@ -215,20 +234,12 @@ impl Budget {
             .is_some()
     }
 
-    /// Removes the least recently used objects until the total is at most
-    /// `target` (or Redis or the store fails, or nothing is left to remove).
-    async fn evict_down_to(&self, target: u64) {
+    /// Removes the least recently used objects, oldest first, one at a
+    /// time, until the total (`total` now) is at most `target`; or until
+    /// Redis or the store fails, or nothing is left to remove.
+    async fn evict_down_to(&self, mut total: u64, target: u64) {
         let families = self.cluster.families();
-        loop {
-            let mut cmd = redis::cmd("GET");
-            cmd.arg(self.cluster.key("s3:bytes"));
-            let Some(total): Option<Option<u64>> = self.cluster.query("budget_get", cmd).await
-            else {
-                return;
-            };
-            if total.unwrap_or(0) <= target {
-                return;
-            }
+        while total > target {
             let mut cmd = redis::cmd("ZRANGE");
             cmd.arg(self.cluster.key("s3:atime"))
                 .arg(0)
@@ -241,33 +252,37 @@ impl Budget {
                 return;
             }
             for member in oldest {
-                let Some((kind, digest)) = parse_member(&member) else {
-                    self.forget(&member).await;
-                    continue;
-                };
-                if !self.shared.remove(kind, &digest).await {
+                if total <= target {
                     return;
                 }
-                let size = self.forget(&member).await.unwrap_or(0);
-                families.evicted_objects.inc();
-                families.evicted_bytes.inc_by(size);
-                tracing::debug!(%digest, kind = kind.label(), size, "evicted from the shared tier");
+                let parsed = parse_member(&member);
+                if let Some((kind, digest)) = &parsed {
+                    if !self.shared.remove(*kind, digest).await {
+                        return;
+                    }
+                }
+                let Some(size) = self.forget(&member).await else {
+                    return;
+                };
+                total = total.saturating_sub(size);
+                if let Some((kind, digest)) = parsed {
+                    families.evicted_objects.inc();
+                    families.evicted_bytes.inc_by(size);
+                    tracing::debug!(%digest, kind = kind.label(), size, "evicted from the shared tier");
+                }
             }
         }
     }
 
-    /// Takes an object out of the budget; its size, when Redis had it.
+    /// Takes an object out of the budget: its size (0 when Redis did not
+    /// know it), `None` when Redis did not answer.
     async fn forget(&self, member: &str) -> Option<u64> {
-        let mut size_cmd = redis::cmd("HGET");
-        size_cmd.arg(self.cluster.key("s3:size")).arg(member);
-        let size: Option<u64> = self.cluster.query("budget_get", size_cmd).await.flatten();
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(FORGET)
             .arg(3)
             .arg(self.cluster.budget_keys().as_slice())
             .arg(member);
-        let _: Option<i64> = self.cluster.query("budget_forget", cmd).await;
-        size
+        self.cluster.query("budget_forget", cmd).await
     }
 }
 

@@ -103,7 +103,6 @@ async fn blobs_total(access: &S3Access) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "pending: the budget evicts under the high watermark and a whole batch at once (NOTES for the lead)"]
 async fn past_the_high_watermark_one_replica_evicts_the_least_recently_used_first() {
     let registry = Registry::start();
     let images: Vec<Fixture> = (0..5).map(image).collect();
