@@ -378,6 +378,10 @@ fn reconcile_in_background(store: Store) {
                 "the last run did not stop cleanly; reconciling the store in the background"
             );
             match store.reconcile() {
+                Ok(report) if report.stopped => tracing::info!(
+                    ?report,
+                    "reconcile stopped by the shutdown; the next start goes on from here"
+                ),
                 Ok(report) => tracing::info!(?report, "store reconciled"),
                 Err(e) => tracing::error!(error = %e, "reconciling the store failed"),
             }

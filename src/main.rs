@@ -1,10 +1,20 @@
 //! The `berth` binary: command line, logging, configuration (refused with
 //! exit code 64 when invalid), and signals; everything else is the library.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// jemalloc rather than glibc's malloc: glibc keeps what berth frees in
+/// per-thread arenas (sled's page cache and the hot tier churn many small
+/// allocations across the runtime's threads), so an idle berth held twice
+/// the memory it used; jemalloc's background threads hand freed pages back
+/// to the system within seconds.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Exit code for a configuration error (EX_USAGE / EX_CONFIG family, as sysexits.h).
 const EXIT_CONFIG: u8 = 64;

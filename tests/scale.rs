@@ -235,6 +235,47 @@ async fn a_clean_restart_reads_no_record_and_a_killed_one_serves_while_it_reconc
     }
     let status = stop(&mut berth).await;
     assert!(status.success(), "SIGTERM while reconciling: {status}");
+
+    // Stopped cleanly part way through its reconcile: the next start goes
+    // on from there, and its counts come out exact.
+    let admin = free_port();
+    let resumed = served(
+        dir.path(),
+        &data,
+        &format!("admin_listen = \"127.0.0.1:{admin}\""),
+    );
+    let mut berth = start(&resumed).await;
+    let started = Instant::now();
+    loop {
+        // With an admin listener, /readyz is served there.
+        let ready: serde_json::Value = client()
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .expect("GET /readyz")
+            .json()
+            .await
+            .expect("readyz JSON");
+        if ready["store_counted"] == true {
+            break;
+        }
+        assert!(started.elapsed() < GUARD, "never reconciled: {ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = common::berth::command()
+        .arg("--config")
+        .arg(&resumed.config)
+        .args(["du", "--json"])
+        .output()
+        .expect("run berth du");
+    assert!(out.status.success(), "berth du: {out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("du JSON");
+    assert_eq!(report["manifests"], OBJECTS, "{report}");
+    assert_eq!(
+        report["blobs"], 1,
+        "the intact blob; the missing and the cut one forgotten: {report}"
+    );
+    assert!(stop(&mut berth).await.success());
 }
 
 #[test]
@@ -247,7 +288,7 @@ fn the_directory_stays_within_max_size_and_eviction_reads_what_it_removes() {
     };
     let (store, _) = Store::open_with(dir.path(), &CacheConfig::default(), &storage).expect("open");
     store.reconcile().expect("counted");
-    let mut last = None;
+    let mut evicted = 0;
     // 10,000 small manifests take a block each: over three times the budget.
     for n in 0..10_000 {
         let m = store.put_manifest(manifest(n)).expect("put");
@@ -261,7 +302,7 @@ fn the_directory_stays_within_max_size_and_eviction_reads_what_it_removes() {
                 store.records_visited() - before <= removed + 5,
                 "a round reads about what it removes: {round:?}"
             );
-            last = Some(round);
+            evicted += round.manifests;
             let on_disk = du(dir.path());
             assert!(
                 on_disk <= max_size,
@@ -269,7 +310,9 @@ fn the_directory_stays_within_max_size_and_eviction_reads_what_it_removes() {
             );
         }
     }
-    assert!(last.is_some_and(|r| r.manifests > 0), "eviction ran");
+    // Whether a given round runs depends on sled's file sizes at that
+    // moment (its flusher's timing); that rounds ran at all does not.
+    assert!(evicted > 0, "eviction ran");
     store.close().expect("close");
     let on_disk = du(dir.path());
     assert!(

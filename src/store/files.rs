@@ -148,6 +148,21 @@ impl Files {
         Ok(disk)
     }
 
+    /// `commit` without the fsyncs, for content that is hashed again
+    /// whenever it is read from its file (a small blob, as a manifest): one
+    /// that a power cut left incomplete or lost is forgotten and fetched
+    /// again, never served, so its fill need not wait for the disk.
+    pub fn commit_unsynced(
+        &self,
+        mut temp: TempFile,
+        kind: Kind,
+        digest: &Digest,
+    ) -> io::Result<u64> {
+        let disk = self.rename_into_place(&temp.path, kind, digest)?;
+        temp.committed = true;
+        Ok(disk)
+    }
+
     /// `commit` for a staged file.
     pub fn commit_staged(
         &self,
@@ -254,31 +269,72 @@ impl Files {
         kind: Kind,
         mut visit: impl FnMut(PathBuf, Option<Digest>) -> io::Result<()>,
     ) -> io::Result<()> {
+        let shards = self.shards(kind, &mut |path| visit(path, None))?;
+        for shard in shards {
+            self.visit_shard(&shard, &mut visit)?;
+        }
+        Ok(())
+    }
+
+    /// The directories that hold `kind`'s files (`<algorithm>/<2 hex>`),
+    /// sorted, so that a walk can stop and resume where it was; a stray
+    /// file above them is handed to `stray`.
+    pub fn shards(
+        &self,
+        kind: Kind,
+        stray: &mut dyn FnMut(PathBuf) -> io::Result<()>,
+    ) -> io::Result<Vec<Shard>> {
+        let mut shards = Vec::new();
         for alg in fs::read_dir(self.dir(kind))? {
             let alg = alg?;
             if !alg.file_type()?.is_dir() {
-                visit(alg.path(), None)?;
+                stray(alg.path())?;
                 continue;
             }
             for prefix in fs::read_dir(alg.path())? {
                 let prefix = prefix?;
                 if !prefix.file_type()?.is_dir() {
-                    visit(prefix.path(), None)?;
+                    stray(prefix.path())?;
                     continue;
                 }
-                for file in fs::read_dir(prefix.path())? {
-                    let file = file?;
-                    let name = format!(
-                        "{}:{}",
+                shards.push(Shard {
+                    name: format!(
+                        "{}/{}",
                         alg.file_name().to_string_lossy(),
-                        file.file_name().to_string_lossy()
-                    );
-                    visit(file.path(), name.parse().ok())?;
-                }
+                        prefix.file_name().to_string_lossy()
+                    ),
+                    algorithm: alg.file_name().to_string_lossy().into_owned(),
+                    path: prefix.path(),
+                });
             }
+        }
+        shards.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(shards)
+    }
+
+    /// Each file of one shard, with the digest its name says (`None` when
+    /// the name is not one).
+    pub fn visit_shard(
+        &self,
+        shard: &Shard,
+        visit: &mut dyn FnMut(PathBuf, Option<Digest>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        for file in fs::read_dir(&shard.path)? {
+            let file = file?;
+            let name = format!("{}:{}", shard.algorithm, file.file_name().to_string_lossy());
+            visit(file.path(), name.parse().ok())?;
         }
         Ok(())
     }
+}
+
+/// One directory of content files: `<algorithm>/<2 hex>`.
+#[derive(Debug, Clone)]
+pub struct Shard {
+    /// `<algorithm>/<2 hex>`: the order shards are walked in.
+    pub name: String,
+    algorithm: String,
+    path: PathBuf,
 }
 
 #[cfg(test)]

@@ -34,20 +34,44 @@ pub enum HotValue {
     Link,
 }
 
-/// Rough per-entry bookkeeping cost, so that many tiny entries still count.
-const ENTRY_OVERHEAD: usize = 128;
+/// What one entry costs besides the bytes its key and value hold: moka's
+/// own bookkeeping (its hash table bucket, the entry and its access-order
+/// node) and the key and value themselves. Measured with jemalloc's
+/// counters over 200,000 entries of each kind (moka 0.12): 320 to 390
+/// bytes. Weighing entries by their payload and 128 bytes made a tier of
+/// many small entries (tags, links, referrers lists) hold two to three
+/// times `hot_size`.
+const ENTRY_OVERHEAD: usize = 384;
+
+impl HotKey {
+    fn heap_bytes(&self) -> usize {
+        match self {
+            HotKey::Manifest(d) | HotKey::Blob(d) => d.hex().len(),
+            HotKey::Tag(k) | HotKey::Referrers(k) | HotKey::Link(k) => k.len(),
+        }
+    }
+}
 
 impl HotValue {
-    fn weight(&self) -> u32 {
-        let payload = match self {
-            HotValue::Manifest(m) => m.bytes.len() + m.media_type.len(),
+    fn heap_bytes(&self) -> usize {
+        match self {
+            HotValue::Manifest(m) => m.bytes.len() + m.media_type.len() + m.digest.hex().len() + 64,
             HotValue::Blob(b) => b.len(),
-            HotValue::Tag(_) => 0,
-            HotValue::Referrers(r) => r.descriptors.len() * 256,
+            HotValue::Tag(t) => {
+                t.digest.len()
+                    + t.etag.as_ref().map_or(0, String::len)
+                    + t.endpoint.as_ref().map_or(0, String::len)
+            }
+            HotValue::Referrers(r) => r.descriptors.len() * 256 + 48,
             HotValue::Link => 0,
-        };
-        u32::try_from(payload + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+        }
     }
+}
+
+/// An entry's weight against `hot_size`: what it holds in memory, as
+/// near as berth can tell.
+fn weight(key: &HotKey, value: &HotValue) -> u32 {
+    u32::try_from(key.heap_bytes() + value.heap_bytes() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
 }
 
 #[derive(Clone)]
@@ -59,7 +83,7 @@ impl Hot {
     pub fn new(max_bytes: u64) -> Self {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_k: &HotKey, v: &HotValue| v.weight())
+            .weigher(weight)
             .build();
         Hot { cache }
     }

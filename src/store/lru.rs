@@ -24,6 +24,7 @@ use super::hot::HotKey;
 use super::keys::{self, Kind};
 use super::meta::Meta;
 use super::records::{encode_json, now_ms, ObjectRecord, TagMapping};
+use super::resume::Change;
 use super::{Store, StoreError};
 use crate::config::StorageConfig;
 use crate::digest::Digest;
@@ -154,13 +155,10 @@ impl Store {
         digest: &Digest,
         record: &ObjectRecord,
     ) -> Result<(), StoreError> {
-        let totals = &self.inner.totals;
-        match kind {
-            Kind::Blob => totals.blobs.fetch_add(1, Ordering::Relaxed),
-            Kind::Manifest => totals.manifests.fetch_add(1, Ordering::Relaxed),
-        };
-        totals.content.fetch_add(record.size, Ordering::Relaxed);
-        totals.disk.fetch_add(record.disk, Ordering::Relaxed);
+        self.account(
+            &keys::object(kind, digest),
+            Change::object(kind, 1, record.size, record.disk),
+        );
         // Repositories that were shown this digest before it was stored
         // (a link made while its fill ran) count its bytes now.
         let trees = self.trees()?;
@@ -402,13 +400,10 @@ impl Store {
                 kind.name()
             )))?;
         let (size, disk) = record.map_or((0, 0), |r| (r.size, r.disk));
-        let totals = &self.inner.totals;
-        match kind {
-            Kind::Blob => census::take(&totals.blobs, 1),
-            Kind::Manifest => census::take(&totals.manifests, 1),
-        }
-        census::take(&totals.content, size);
-        census::take(&totals.disk, disk);
+        self.account(
+            &keys::object(kind, digest),
+            Change::object(kind, -1, size, disk),
+        );
         let other = match kind {
             Kind::Blob => Kind::Manifest,
             Kind::Manifest => Kind::Blob,

@@ -30,6 +30,7 @@ pub mod pins;
 pub mod records;
 pub mod recovery;
 pub mod report;
+mod resume;
 pub mod tag_lists;
 
 use std::path::Path;
@@ -120,6 +121,10 @@ struct Inner {
     /// scale benchmark use to show that costs follow the work, not the size.
     visited: std::sync::atomic::AtomicU64,
     reconcile_rate: u64,
+    /// The reconcile under way (`resume`): `None` once the counts are known.
+    reconciling: resume::State,
+    /// Asked at a clean stop: a reconcile under way ends where it is.
+    stop_reconcile: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -154,6 +159,8 @@ impl Store {
                 dir: dir.to_owned(),
                 visited: Default::default(),
                 reconcile_rate: storage.reconcile_rate,
+                reconciling: Default::default(),
+                stop_reconcile: Default::default(),
             }),
         };
         let mut opened = store.start()?;
@@ -343,17 +350,23 @@ impl Store {
     }
 
     /// Commits a verified blob: the file goes into place, then its record.
+    /// A blob up to `inline_max` is re-hashed whenever it is read from its
+    /// file, so it goes into place without waiting for the disk (fsync):
+    /// a fill's slot is held until its commit ends, and under a busy disk
+    /// the fsyncs of many small blobs held them all.
     pub fn commit_blob(
         &self,
         digest: &Digest,
         temp: TempFile,
         size: u64,
     ) -> Result<(), StoreError> {
-        let disk = self
-            .inner
-            .files
-            .commit(temp, Kind::Blob, digest)
-            .map_err(io_err(format!("cannot commit blob {digest}")))?;
+        let files = &self.inner.files;
+        let committed = if size <= self.inner.inline_max {
+            files.commit_unsynced(temp, Kind::Blob, digest)
+        } else {
+            files.commit(temp, Kind::Blob, digest)
+        };
+        let disk = committed.map_err(io_err(format!("cannot commit blob {digest}")))?;
         self.recorded_or_undone(Kind::Blob, digest, size, disk)
     }
 
@@ -414,8 +427,12 @@ impl Store {
             Some(old) => {
                 // Stored again (a replaced file): account for the difference.
                 let _ = trees.lru.remove(keys::lru(old.used_at_ms, kind, digest));
-                census::take(&self.inner.totals.disk, old.disk);
-                self.inner.totals.disk.fetch_add(disk, Ordering::Relaxed);
+                let change = resume::Change {
+                    disk: i64::try_from(disk).unwrap_or(i64::MAX)
+                        - i64::try_from(old.disk).unwrap_or(i64::MAX),
+                    ..Default::default()
+                };
+                self.account(&key, change);
             }
         }
         Ok(())

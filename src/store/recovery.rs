@@ -10,10 +10,13 @@
 
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use super::census::{Counts, Snapshot};
 use super::check::Pace;
 use super::keys::{self, Kind};
 use super::records::{encode_json, now_ms, ObjectRecord, TagMapping};
+use super::resume::Progress;
 use super::{hash_file, io_err, Store, StoreError};
 use crate::digest::Digest;
 use crate::manifest::validate;
@@ -32,12 +35,17 @@ pub struct Opened {
 }
 
 /// What reconciling after a crash mended.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Reconciled {
     pub records_dropped: usize,
     pub files_adopted: usize,
     pub files_removed: usize,
     pub reindexed: usize,
+    /// Starts this reconcile went on through after a clean stop.
+    pub resumed: u32,
+    /// A clean stop ended it early: the next start goes on from here.
+    pub stopped: bool,
 }
 
 /// Bytes a directory tree takes on disk, as `du` counts them.
@@ -58,14 +66,22 @@ pub fn du(dir: &Path) -> u64 {
 impl Store {
     /// Reads the clean-stop mark (removing it, durably, so that a crash
     /// from now on is seen) and clears the temp files of interrupted fills.
+    /// Without the mark, a reconcile is due: from where the last one was
+    /// stopped cleanly, if it was (`resume`), or from the beginning.
     pub(super) fn start(&self) -> Result<Opened, StoreError> {
         let trees = self.trees()?;
         let mark = self.wrote(trees.meta.remove(CLEAN_KEY))?;
+        let progress = self.take_progress()?;
         let snapshot = mark.and_then(|raw| serde_json::from_slice::<Snapshot>(&raw).ok());
         let clean = snapshot.is_some();
         if let Some(snapshot) = &snapshot {
             self.inner.totals.restore(snapshot);
             self.set_counted(true);
+        } else {
+            let progress = progress.unwrap_or_default();
+            // The running totals start from what the walk has counted.
+            self.inner.totals.restore(&progress.totals);
+            *self.reconciling() = Some(progress);
         }
         self.inner.meta.flush()?;
         self.measure_overhead();
@@ -87,11 +103,13 @@ impl Store {
     }
 
     /// Writes what is pending and the clean-stop mark with the totals, so
-    /// that the next start reads nothing else. The last thing a process
-    /// does with the store.
+    /// that the next start reads nothing else; or, while a reconcile is
+    /// under way, how far it got, so that the next start goes on from
+    /// there. The last thing a process does with the store.
     pub fn close(&self) -> Result<(), StoreError> {
         self.flush_access()?;
-        if self.is_counted() {
+        let reconciling = self.save_progress()?;
+        if !reconciling && self.is_counted() {
             let trees = self.trees()?;
             let snapshot = self.inner.totals.snapshot();
             self.wrote(trees.meta.insert(CLEAN_KEY, encode_json(&snapshot)))?;
@@ -118,121 +136,223 @@ impl Store {
     /// records without their file go, files without a record are adopted
     /// when they hash to their name (removed otherwise), the access index
     /// and the counts are rebuilt. Blocking, and as long as the store is
-    /// large: the server runs it in the background while it serves.
+    /// large: the server runs it in the background while it serves. A
+    /// clean stop ends it early (`Reconciled::stopped`) and the next start
+    /// goes on from there.
     pub fn reconcile(&self) -> Result<Reconciled, StoreError> {
-        let mut report = Reconciled::default();
-        let mut totals = Snapshot::default();
-        self.check_records(&mut report, &mut totals)?;
+        let progress = {
+            let mut state = self.reconciling();
+            let progress = state.get_or_insert_with(Progress::default);
+            if progress.records_after.is_some() || progress.records_done {
+                progress.report.resumed += 1;
+            }
+            progress.clone()
+        };
+        if !progress.records_done && !self.check_records(progress.records_after)? {
+            return Ok(self.stopped_report());
+        }
         for kind in [Kind::Blob, Kind::Manifest] {
-            self.adopt_files(kind, &mut report, &mut totals)?;
+            if !self.adopt_files(kind)? {
+                return Ok(self.stopped_report());
+            }
         }
         self.count_repositories()?;
-        totals.tags = self.trees()?.tags.len() as u64;
-        self.inner.totals.restore(&totals);
+        let tags = self.trees()?.tags.len() as u64;
+        let mut state = self.reconciling();
+        let Some(mut progress) = state.take() else {
+            return Ok(Reconciled::default());
+        };
+        progress.totals.tags = tags;
+        self.inner.totals.restore(&progress.totals);
         self.set_counted(true);
+        drop(state);
         self.measure_overhead();
-        Ok(report)
+        Ok(progress.report)
+    }
+
+    fn stopped_report(&self) -> Reconciled {
+        let mut report = self
+            .reconciling()
+            .as_ref()
+            .map(|p| p.report.clone())
+            .unwrap_or_default();
+        report.stopped = true;
+        report
     }
 
     /// Every record's file must be there with the recorded size, and every
-    /// record in the access index.
-    fn check_records(
-        &self,
-        report: &mut Reconciled,
-        totals: &mut Snapshot,
-    ) -> Result<(), StoreError> {
+    /// record in the access index; from just past `after`. Whether it went
+    /// through to the end (false: a stop was asked for).
+    fn check_records(&self, after: Option<Vec<u8>>) -> Result<bool, StoreError> {
         let trees = self.trees()?;
         let pace = Pace::new(Some(self.inner.reconcile_rate));
         let mut seen = 0u64;
-        for entry in trees.objects.iter() {
+        let range = match &after {
+            Some(after) => trees.objects.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after.as_slice()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => trees.objects.iter(),
+        };
+        for entry in range {
             let (key, raw) = entry?;
             self.visit();
             seen += 1;
             pace.wait(seen);
-            let parsed = keys::parse_object(&key).zip(ObjectRecord::decode(&raw));
-            let Some(((kind, digest), record)) = parsed else {
-                self.wrote(trees.objects.remove(&key))?;
-                report.records_dropped += 1;
-                continue;
+            let change = self.check_record(&key, &raw)?;
+            // The record is counted and the walk moves past it in one step,
+            // unless a stop came first: then it is checked again next time.
+            let mut state = self.reconciling();
+            let Some(progress) = state.as_mut().filter(|_| !self.stopping()) else {
+                return Ok(false);
             };
-            let intact = std::fs::metadata(self.inner.files.path_of(kind, &digest))
-                .is_ok_and(|m| m.len() == record.size);
-            if !intact {
-                self.forget(kind, &digest)?;
-                report.records_dropped += 1;
-                continue;
+            if let Some((kind, record)) = change {
+                progress.count(kind, &record);
             }
-            let index = keys::lru(record.used_at_ms, kind, &digest);
-            if !trees.lru.contains_key(&index)? {
-                self.wrote(trees.lru.insert(index, &[]))?;
-                report.reindexed += 1;
-            }
-            match kind {
-                Kind::Blob => totals.blobs += 1,
-                Kind::Manifest => totals.manifests += 1,
-            }
-            totals.content += record.size;
-            totals.disk += record.disk;
+            progress.records_after = Some(key.to_vec());
         }
-        Ok(())
+        let mut state = self.reconciling();
+        let Some(progress) = state.as_mut().filter(|_| !self.stopping()) else {
+            return Ok(false);
+        };
+        progress.records_done = true;
+        Ok(true)
     }
 
-    /// Files a crash left without a record.
-    fn adopt_files(
+    /// One record: mended, and what it counts for when it stays.
+    fn check_record(
         &self,
-        kind: Kind,
-        report: &mut Reconciled,
-        totals: &mut Snapshot,
-    ) -> Result<(), StoreError> {
+        key: &[u8],
+        raw: &[u8],
+    ) -> Result<Option<(Kind, ObjectRecord)>, StoreError> {
         let trees = self.trees()?;
+        let parsed = keys::parse_object(key).zip(ObjectRecord::decode(raw));
+        let Some(((kind, digest), record)) = parsed else {
+            self.wrote(trees.objects.remove(key))?;
+            self.note(|r| r.records_dropped += 1);
+            return Ok(None);
+        };
+        let intact = std::fs::metadata(self.inner.files.path_of(kind, &digest))
+            .is_ok_and(|m| m.len() == record.size);
+        if !intact {
+            self.forget(kind, &digest)?;
+            self.note(|r| r.records_dropped += 1);
+            return Ok(None);
+        }
+        let index = keys::lru(record.used_at_ms, kind, &digest);
+        if !trees.lru.contains_key(&index)? {
+            self.wrote(trees.lru.insert(index, &[]))?;
+            self.note(|r| r.reindexed += 1);
+        }
+        Ok(Some((kind, record)))
+    }
+
+    /// Adds to the reconcile's report.
+    fn note(&self, f: impl FnOnce(&mut Reconciled)) {
+        if let Some(progress) = self.reconciling().as_mut() {
+            f(&mut progress.report);
+        }
+    }
+
+    /// Files a crash left without a record, directory by directory, past
+    /// those already walked. Whether it went through to the end.
+    fn adopt_files(&self, kind: Kind) -> Result<bool, StoreError> {
         let files = &self.inner.files;
-        let mut outcome = Ok(());
         let pace = Pace::new(Some(self.inner.reconcile_rate));
         let mut seen = 0u64;
-        files
-            .visit(kind, |path, digest| {
-                seen += 1;
-                pace.wait(seen);
-                let Some(digest) = digest else {
-                    report.files_removed += 1;
-                    return std::fs::remove_file(&path);
-                };
-                match trees.objects.contains_key(keys::object(kind, &digest)) {
-                    Ok(true) => return Ok(()),
-                    Ok(false) => {}
-                    Err(e) => {
-                        outcome = Err(e.into());
-                        return Ok(());
-                    }
-                }
-                match self.adopt(kind, &digest, &path) {
-                    Ok(Some(record)) => {
-                        report.files_adopted += 1;
-                        match kind {
-                            Kind::Blob => totals.blobs += 1,
-                            Kind::Manifest => totals.manifests += 1,
-                        }
-                        totals.content += record.size;
-                        totals.disk += record.disk;
-                        Ok(())
-                    }
-                    Ok(None) => {
-                        report.files_removed += 1;
-                        std::fs::remove_file(&path)
-                    }
-                    Err(e) => {
-                        outcome = Err(e);
-                        Ok(())
-                    }
-                }
+        let shards = files
+            .shards(kind, &mut |path| {
+                self.note(|r| r.files_removed += 1);
+                std::fs::remove_file(path)
             })
             .map_err(io_err("cannot walk the content files"))?;
-        outcome
+        for shard in shards {
+            let name = Progress::shard_name(kind, &shard.name);
+            let done = self
+                .reconciling()
+                .as_ref()
+                .is_none_or(|p| p.shard_done(&name));
+            if done {
+                continue;
+            }
+            let mut outcome = Ok(true);
+            files
+                .visit_shard(&shard, &mut |path, digest| {
+                    seen += 1;
+                    pace.wait(seen);
+                    match self.adopt_file(kind, digest, &path) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => {
+                            outcome = Ok(false);
+                            Err(std::io::Error::other("stopped"))
+                        }
+                        Err(e) => {
+                            outcome = Err(e);
+                            Err(std::io::Error::other("failed"))
+                        }
+                    }
+                })
+                .or_else(|e| match outcome {
+                    Ok(true) => Err(io_err("cannot walk the content files")(e)),
+                    _ => Ok(()),
+                })?;
+            if !outcome? {
+                return Ok(false);
+            }
+            let mut state = self.reconciling();
+            let Some(progress) = state.as_mut().filter(|_| !self.stopping()) else {
+                return Ok(false);
+            };
+            progress.files_after = Some(name);
+        }
+        Ok(true)
+    }
+
+    /// One content file: kept when it has a record, adopted when it hashes
+    /// to its name, removed otherwise. False when a stop came first.
+    fn adopt_file(
+        &self,
+        kind: Kind,
+        digest: Option<Digest>,
+        path: &Path,
+    ) -> Result<bool, StoreError> {
+        let trees = self.trees()?;
+        let Some(digest) = digest else {
+            self.note(|r| r.files_removed += 1);
+            std::fs::remove_file(path).map_err(io_err("cannot remove a stray file"))?;
+            return Ok(true);
+        };
+        if trees.objects.contains_key(keys::object(kind, &digest))? {
+            return Ok(true);
+        }
+        let Some(record) = self.adoptable(kind, &digest, path)? else {
+            self.note(|r| r.files_removed += 1);
+            std::fs::remove_file(path).map_err(io_err("cannot remove a content file"))?;
+            return Ok(true);
+        };
+        // The record and its count in one step, unless a stop came first.
+        let mut state = self.reconciling();
+        let Some(progress) = state.as_mut().filter(|_| !self.stopping()) else {
+            return Ok(false);
+        };
+        self.wrote(
+            trees
+                .objects
+                .insert(keys::object(kind, &digest), record.encode()),
+        )?;
+        self.wrote(
+            trees
+                .lru
+                .insert(keys::lru(record.used_at_ms, kind, &digest), &[]),
+        )?;
+        progress.report.files_adopted += 1;
+        progress.count(kind, &record);
+        Ok(true)
     }
 
     /// A record for a file that hashes to its name; `None` when it does
     /// not (or, for a manifest, is not one).
-    fn adopt(
+    fn adoptable(
         &self,
         kind: Kind,
         digest: &Digest,
@@ -258,21 +378,13 @@ impl Store {
             .map(|m| super::files::disk_bytes(&m))
             .map_err(io_err("cannot stat a content file"))?;
         let now = now_ms();
-        let record = ObjectRecord {
+        Ok(Some(ObjectRecord {
             size,
             disk,
             stored_at_ms: now,
             used_at_ms: now,
             media_type,
-        };
-        let trees = self.trees()?;
-        self.wrote(
-            trees
-                .objects
-                .insert(keys::object(kind, digest), record.encode()),
-        )?;
-        self.wrote(trees.lru.insert(keys::lru(now, kind, digest), &[]))?;
-        Ok(Some(record))
+        }))
     }
 
     /// Counts every repository's links, bytes and tags afresh.
