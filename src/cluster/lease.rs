@@ -70,6 +70,8 @@ pub struct Lease {
     key: String,
     value: String,
     renewing: JoinHandle<()>,
+    /// Left to lapse rather than released (`linger`).
+    lingering: bool,
 }
 
 impl Cluster {
@@ -156,6 +158,26 @@ impl Lease {
             key,
             value,
             renewing,
+            lingering: false,
+        }
+    }
+
+    /// Ends the work without releasing the lease: it is renewed once more
+    /// and then left to lapse, still naming this replica, which holds the
+    /// result. A replica that missed the result by a hair (it looked in
+    /// the bucket just before the upload, and asks for the lease just
+    /// after) then asks this one for it, not the upstream.
+    pub fn linger(mut self) {
+        self.lingering = true;
+        self.renewing.abort();
+        let (cluster, key, value) = (self.cluster.clone(), self.key.clone(), self.value.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let period = cluster.lease_period();
+                let _: Option<i64> = cluster
+                    .query("lease_renew", renew_cmd(&key, &value, period))
+                    .await;
+            });
         }
     }
 }
@@ -163,6 +185,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.renewing.abort();
+        if self.lingering {
+            return;
+        }
         let (cluster, key, value) = (self.cluster.clone(), self.key.clone(), self.value.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -180,18 +205,24 @@ async fn renew(cluster: Cluster, key: String, value: String) {
     let period = cluster.lease_period();
     loop {
         tokio::time::sleep(period / 3).await;
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(RENEW)
-            .arg(1)
-            .arg(&key)
-            .arg(&value)
-            .arg(millis(period));
-        let renewed: Option<i64> = cluster.query("lease_renew", cmd).await;
+        let renewed: Option<i64> = cluster
+            .query("lease_renew", renew_cmd(&key, &value, period))
+            .await;
         if renewed == Some(0) {
             tracing::warn!(key, "a lease this replica held lapsed and was taken by another; the work goes on here regardless");
             return;
         }
     }
+}
+
+fn renew_cmd(key: &str, value: &str, period: Duration) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(RENEW)
+        .arg(1)
+        .arg(key)
+        .arg(value)
+        .arg(millis(period));
+    cmd
 }
 
 fn millis(d: Duration) -> u64 {

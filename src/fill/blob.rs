@@ -521,6 +521,12 @@ impl BlobFills {
     /// bytes), holding the fill lease until the upload ends.
     fn upload(&self, target: &Target, digest: &Digest, lease: Option<Lease>) {
         let Some(shared) = &self.inner.tiers.shared else {
+            // Kept here only: the lease goes on naming this replica for a
+            // while, so that a replica that just missed the fill asks it
+            // (unless the blob could not be kept: then it is released).
+            if let (Some(lease), Ok(Some(_))) = (lease, self.inner.store.blob(digest)) {
+                lease.linger();
+            }
             return;
         };
         // Not kept here (a full disk): another replica's fill uploads it.

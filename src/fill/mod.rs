@@ -34,11 +34,14 @@ pub struct Tiers {
 impl Tiers {
     /// What an upload to the shared tier does once the object is there:
     /// the cluster's budget counts it; `lease` (the fill lease) is held
-    /// until then.
+    /// until then, and left to lapse (`Lease::linger`); an upload that
+    /// fails releases it.
     pub fn uploaded(&self, kind: ObjectKind, lease: Option<Lease>) -> Option<Uploaded> {
         let cluster = self.cluster.clone()?;
         Some(Box::new(move |digest: &Digest, size: u64| {
-            drop(lease);
+            if let Some(lease) = lease {
+                lease.linger();
+            }
             cluster.record_upload(kind, digest, size);
         }))
     }

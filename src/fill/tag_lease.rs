@@ -42,21 +42,22 @@ impl ManifestFills {
         let name = Cluster::tag_lease(upstream, repo, tag);
         let tags = &cluster.families().shared_tags;
         for waited in [false, true] {
-            let fresh = cluster
-                .tag(upstream, repo, tag)
-                .await
-                .filter(|found| found.age() < ttl);
-            if let Some(found) = fresh {
-                if let Some(manifest) = self.take_shared_tag(cluster, target, tag, found).await {
-                    ClusterFamilies::outcome(tags, "hit");
-                    return TagTurn::Resolved(manifest);
-                }
+            if let Some(manifest) = self.fresh_shared_tag(cluster, target, tag, ttl).await {
+                ClusterFamilies::outcome(tags, "hit");
+                return TagTurn::Resolved(manifest);
             }
             if waited {
                 break;
             }
             match cluster.claim("tag", &name, upstream, repo).await {
                 Claim::Won(lease) => {
+                    // Another replica may have revalidated the tag and
+                    // released the lease between the read above and this
+                    // claim: its answer, if so, spares the upstream.
+                    if let Some(manifest) = self.fresh_shared_tag(cluster, target, tag, ttl).await {
+                        ClusterFamilies::outcome(tags, "hit");
+                        return TagTurn::Resolved(manifest);
+                    }
                     ClusterFamilies::outcome(tags, "miss");
                     return TagTurn::Ours(Some(lease));
                 }
@@ -66,6 +67,23 @@ impl ManifestFills {
         }
         ClusterFamilies::outcome(tags, "miss");
         TagTurn::Ours(None)
+    }
+
+    /// The cluster's mapping of the tag, when it is younger than `ttl`,
+    /// with its manifest.
+    async fn fresh_shared_tag(
+        &self,
+        cluster: &Cluster,
+        target: &Target,
+        tag: &str,
+        ttl: std::time::Duration,
+    ) -> Option<Arc<Manifest>> {
+        let (upstream, repo) = (target.upstream.name(), target.repo.as_str());
+        let found = cluster
+            .tag(upstream, repo, tag)
+            .await
+            .filter(|found| found.age() < ttl)?;
+        self.take_shared_tag(cluster, target, tag, found).await
     }
 
     /// Publishes this replica's mapping of a tag, as the upstream just gave it.

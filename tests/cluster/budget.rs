@@ -128,7 +128,12 @@ async fn past_the_high_watermark_one_replica_evicts_the_least_recently_used_firs
     }
     // A again, through every replica: now the most recently used of the four.
     let a = &images[0];
-    let d_at = atime(&cluster, &images[3].largest_blob().digest).expect("D's access time");
+    let Some(d_at) = atime(&cluster, &images[3].largest_blob().digest) else {
+        panic!(
+            "D's access time vanished from Redis, under the high watermark\n{}",
+            budget_state(&cluster).await
+        );
+    };
     for r in 0..REPLICAS {
         pull_image(&cluster.url(r), a).await;
     }

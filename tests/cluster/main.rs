@@ -16,9 +16,8 @@
 //!   against a Redis that requires a password;
 //! - [`support`]: the cluster harness, clients, leases in Redis.
 //!
-//! Pending: [`budget`] is `#[ignore]`d (the reason says why) until the
-//! shared tier's eviction keeps to its watermarks; `cargo test --test
-//! cluster -- --ignored` runs it.
+//! Each test has the machine to itself (`.config/nextest.toml`): three
+//! berths, Garage and Redis apiece.
 
 #[path = "../common/mod.rs"]
 mod common;
