@@ -79,14 +79,10 @@ impl Cluster {
 
     /// Counts an object just uploaded to the shared tier (in the background).
     pub fn record_upload(&self, kind: ObjectKind, digest: &Digest, size: u64) {
-        let this = self.clone();
-        let member = member(kind, digest);
-        self.inner.tasks.spawn(async move {
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(RECORD).arg(3).arg(this.budget_keys().as_slice());
-            cmd.arg(&member).arg(size).arg(super::now_ms());
-            let _: Option<i64> = this.query("budget_record", cmd).await;
-        });
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RECORD).arg(3).arg(self.budget_keys().as_slice());
+        cmd.arg(member(kind, digest)).arg(size).arg(super::now_ms());
+        self.in_background("budget_record", cmd);
     }
 
     /// Notes that this replica served `digest` (for the shared tier's

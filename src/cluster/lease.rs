@@ -170,15 +170,9 @@ impl Lease {
     pub fn linger(mut self) {
         self.lingering = true;
         self.renewing.abort();
-        let (cluster, key, value) = (self.cluster.clone(), self.key.clone(), self.value.clone());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let period = cluster.lease_period();
-                let _: Option<i64> = cluster
-                    .query("lease_renew", renew_cmd(&key, &value, period))
-                    .await;
-            });
-        }
+        let period = self.cluster.lease_period();
+        let renew = renew_cmd(&self.key, &self.value, period);
+        self.cluster.in_background("lease_renew", renew);
     }
 }
 
@@ -188,14 +182,9 @@ impl Drop for Lease {
         if self.lingering {
             return;
         }
-        let (cluster, key, value) = (self.cluster.clone(), self.key.clone(), self.value.clone());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(RELEASE).arg(1).arg(&key).arg(&value);
-                let _: Option<i64> = cluster.query("lease_release", cmd).await;
-            });
-        }
+        let mut release = redis::cmd("EVAL");
+        release.arg(RELEASE).arg(1).arg(&self.key).arg(&self.value);
+        self.cluster.in_background("lease_release", release);
     }
 }
 

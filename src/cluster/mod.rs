@@ -197,6 +197,19 @@ impl Cluster {
         .await
     }
 
+    /// Sends a command without waiting for it (a release, a count): on the
+    /// task tracker, so that shutdown lets it finish; dropped when no
+    /// runtime runs any more.
+    fn in_background(&self, op: &'static str, cmd: redis::Cmd) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let this = self.clone();
+        self.inner.tasks.spawn(async move {
+            let _: Option<redis::Value> = this.query(op, cmd).await;
+        });
+    }
+
     /// Runs a pipeline (one round trip) within the deadline.
     async fn pipeline<T: redis::FromRedisValue>(
         &self,

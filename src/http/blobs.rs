@@ -158,13 +158,18 @@ fn cached(
     if head {
         return finish(resp, body::empty());
     }
-    let body = match content {
+    finish(resp, content_body(content, start, end))
+}
+
+/// The bytes `start..end` of committed blob content, as a response body:
+/// from memory, or read from its file.
+pub fn content_body(content: BlobContent, start: u64, end: u64) -> Body {
+    match content {
         BlobContent::Inline(bytes) => body::full(bytes.slice(start as usize..end as usize)),
         BlobContent::File { file, size } => {
             body::stream(BlobReader::complete(file, size, start, end).into_stream())
         }
-    };
-    finish(resp, body)
+    }
 }
 
 /// Response headers for a blob of `size` bytes and the byte span to send.

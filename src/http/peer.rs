@@ -17,8 +17,6 @@ use crate::cluster::metrics::ClusterFamilies;
 use crate::cluster::peer::{BLOBS_PATH, MANIFESTS_PATH, OFFSET_HEADER, SIZE_HEADER};
 use crate::digest::Digest;
 use crate::error::{ApiError, ErrorCode};
-use crate::fill::reader::BlobReader;
-use crate::store::BlobContent;
 use crate::App;
 
 pub async fn handle<B>(app: &App, req: &Request<B>) -> Response<Body> {
@@ -66,12 +64,7 @@ fn blob(app: &App, digest: &str, start: u64) -> (&'static str, Response<Body>) {
     match app.store().blob(&digest) {
         Ok(Some(content)) if start <= content.size() => {
             let size = content.size();
-            let body = match content {
-                BlobContent::Inline(bytes) => body::full(bytes.slice(start as usize..)),
-                BlobContent::File { file, size } => {
-                    body::stream(BlobReader::complete(file, size, start, size).into_stream())
-                }
-            };
+            let body = super::blobs::content_body(content, start, size);
             ("stored", respond(start, Some(size), body))
         }
         _ => ("not_found", not_found("this replica has no such blob")),
