@@ -7,9 +7,11 @@
 //!   CLI's configuration (`DOCKER_CONFIG`) are in one temporary directory
 //!   with a short name under /tmp (a unix socket path has a length limit).
 //! - It runs in a mount namespace of its own where that directory's `etc/`
-//!   is bind-mounted over `/etc/docker`: dockerd writes its `key.json`
-//!   there, and reads a registry's CA from `/etc/docker/certs.d/<host:port>/
-//!   ca.crt` as on any machine, so a test puts the CA where the README says.
+//!   is bind-mounted over `/etc/docker`, seen by this dockerd only (the
+//!   machine's directory is never written): Docker 20.10 reads a
+//!   registry's CA only from `/etc/docker/certs.d/<host:port>/ca.crt`, so a
+//!   test puts the CA where the README says. Its identity key goes to its
+//!   own directory (`deprecated-key-path` in its daemon.json).
 //! - Its way out is loopback only. `HTTP(S)_PROXY` name a [`HubSink`] on
 //!   loopback, so Docker's fallback to Docker Hub when a mirror fails is
 //!   recorded and answered there, and nothing leaves the machine; Go never
@@ -96,7 +98,13 @@ impl Dockerd {
     }
 
     fn write_config(&self, daemon_json: &Value) {
-        let text = serde_json::to_string_pretty(daemon_json).expect("daemon.json");
+        // Its identity key in its own directory, not /etc/docker.
+        let mut config = daemon_json.clone();
+        if let Some(map) = config.as_object_mut() {
+            let key = self.path("key.json").display().to_string();
+            map.insert("deprecated-key-path".to_owned(), Value::String(key));
+        }
+        let text = serde_json::to_string_pretty(&config).expect("daemon.json");
         fs::write(self.path("daemon.json"), text).expect("write daemon.json");
     }
 
@@ -194,6 +202,10 @@ impl Dockerd {
             Path::new(root.trim()),
             self.path("root"),
             "the docker CLI reached a daemon other than the test's own"
+        );
+        assert!(
+            self.path("key.json").exists() && !self.etc_docker().join("key.json").exists(),
+            "dockerd kept its identity key somewhere other than its own directory"
         );
     }
 
