@@ -36,6 +36,8 @@ const STATS_KEY: &[u8] = b"stats";
 /// Access times held before a batch is written without waiting for the
 /// maintenance round: the bound on this map.
 const MAX_PENDING: usize = 65_536;
+/// Access times written under one hold of the records lock.
+const FLUSH_CHUNK: usize = 1024;
 
 pub(super) struct Lru {
     pending: Mutex<HashMap<(Kind, Digest), u64>>,
@@ -148,17 +150,9 @@ impl Store {
         }
     }
 
-    /// Accounts for newly stored content and wakes eviction when it is due.
-    pub(super) fn added(
-        &self,
-        kind: Kind,
-        digest: &Digest,
-        record: &ObjectRecord,
-    ) -> Result<(), StoreError> {
-        self.account(
-            &keys::object(kind, digest),
-            Change::object(kind, 1, record.size, record.disk),
-        );
+    /// After newly stored content is accounted for: its repositories' counts,
+    /// and eviction woken when it is due.
+    pub(super) fn added(&self, digest: &Digest, record: &ObjectRecord) -> Result<(), StoreError> {
         // Repositories that were shown this digest before it was stored
         // (a link made while its fill ran) count its bytes now.
         let trees = self.trees()?;
@@ -262,30 +256,11 @@ impl Store {
     pub fn flush_access(&self) -> Result<(), StoreError> {
         let pending =
             std::mem::take(&mut *self.lru().pending.lock().unwrap_or_else(|e| e.into_inner()));
-        let trees = self.trees()?;
-        let (mut records, mut index) = (sled::Batch::default(), sled::Batch::default());
-        for ((kind, digest), at) in pending {
-            let key = keys::object(kind, &digest);
-            let Some(mut record) = trees
-                .objects
-                .get(&key)?
-                .as_deref()
-                .and_then(ObjectRecord::decode)
-            else {
-                continue;
-            };
-            if record.used_at_ms >= at {
-                continue;
-            }
-            index.remove(keys::lru(record.used_at_ms, kind, &digest));
-            index.insert(keys::lru(at, kind, &digest), &[]);
-            record.used_at_ms = at;
-            records.insert(key, record.encode());
+        let pending: Vec<_> = pending.into_iter().collect();
+        for chunk in pending.chunks(FLUSH_CHUNK) {
+            self.flush_times(chunk)?;
         }
-        // Records first: a crash between the two leaves an object indexed
-        // under its older time (evicted a little early), never unindexed.
-        self.wrote(trees.objects.apply_batch(records))?;
-        self.wrote(trees.lru.apply_batch(index))?;
+        let trees = self.trees()?;
         let activity = Activity {
             since_ms: self.lru().since_ms,
             hits: self.lru().hits.load(Ordering::Relaxed),
@@ -294,6 +269,37 @@ impl Store {
         };
         self.wrote(trees.meta.insert(STATS_KEY, encode_json(&activity)))?;
         Ok(())
+    }
+
+    /// Writes new access times into their records and the access index.
+    /// Under the records lock, so that a record removed meanwhile is not
+    /// written back; a chunk at a time, so that fills wait little for it.
+    fn flush_times(&self, times: &[((Kind, Digest), u64)]) -> Result<(), StoreError> {
+        let trees = self.trees()?;
+        let (mut records, mut index) = (sled::Batch::default(), sled::Batch::default());
+        let _state = self.records();
+        for ((kind, digest), at) in times {
+            let key = keys::object(*kind, digest);
+            let Some(mut record) = trees
+                .objects
+                .get(&key)?
+                .as_deref()
+                .and_then(ObjectRecord::decode)
+            else {
+                continue;
+            };
+            if record.used_at_ms >= *at {
+                continue;
+            }
+            index.remove(keys::lru(record.used_at_ms, *kind, digest));
+            index.insert(keys::lru(*at, *kind, digest), &[]);
+            record.used_at_ms = *at;
+            records.insert(key, record.encode());
+        }
+        // Records first: a crash between the two leaves an object indexed
+        // under its older time (evicted a little early), never unindexed.
+        self.wrote(trees.objects.apply_batch(records))?;
+        self.wrote(trees.lru.apply_batch(index))
     }
 
     /// What the server last recorded of its activity.
@@ -380,10 +386,16 @@ impl Store {
     /// stored.
     fn remove_object(&self, kind: Kind, digest: &Digest) -> Result<Option<u64>, StoreError> {
         let trees = self.trees()?;
-        let Some(raw) = self.wrote(trees.objects.remove(keys::object(kind, digest)))? else {
+        let key = keys::object(kind, digest);
+        // Under the records lock until the file is gone, so that a
+        // reconcile never adopts the file back between the two.
+        let mut state = self.records();
+        let Some(raw) = self.wrote(trees.objects.remove(&key))? else {
             return Ok(None);
         };
         let record = ObjectRecord::decode(&raw);
+        let (size, disk) = record.as_ref().map_or((0, 0), |r| (r.size, r.disk));
+        self.account(&mut state, &key, Change::object(kind, -1, size, disk));
         let hot_key = match kind {
             Kind::Blob => HotKey::Blob(digest.clone()),
             Kind::Manifest => HotKey::Manifest(digest.clone()),
@@ -399,11 +411,7 @@ impl Store {
                 "cannot remove {} {digest}",
                 kind.name()
             )))?;
-        let (size, disk) = record.map_or((0, 0), |r| (r.size, r.disk));
-        self.account(
-            &keys::object(kind, digest),
-            Change::object(kind, -1, size, disk),
-        );
+        drop(state);
         let other = match kind {
             Kind::Blob => Kind::Manifest,
             Kind::Manifest => Kind::Blob,

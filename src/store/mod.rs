@@ -421,21 +421,26 @@ impl Store {
         };
         let trees = self.trees()?;
         let key = keys::object(kind, digest);
+        let mut state = self.records();
         let previous = self.wrote(trees.objects.insert(&key, record.encode()))?;
         self.wrote(trees.lru.insert(keys::lru(now, kind, digest), &[]))?;
-        match previous.as_deref().and_then(ObjectRecord::decode) {
-            None => self.added(kind, digest, &record)?,
-            Some(old) => {
-                // Stored again (a replaced file): account for the difference.
-                let _ = trees.lru.remove(keys::lru(old.used_at_ms, kind, digest));
-                let change = resume::Change {
-                    disk: i64::try_from(disk).unwrap_or(i64::MAX)
-                        - i64::try_from(old.disk).unwrap_or(i64::MAX),
-                    ..Default::default()
-                };
-                self.account(&key, change);
-            }
-        }
+        let Some(old) = previous.as_deref().and_then(ObjectRecord::decode) else {
+            self.account(
+                &mut state,
+                &key,
+                resume::Change::object(kind, 1, record.size, record.disk),
+            );
+            drop(state);
+            return self.added(digest, &record);
+        };
+        // Stored again (a replaced file): account for the difference.
+        let _ = trees.lru.remove(keys::lru(old.used_at_ms, kind, digest));
+        let change = resume::Change {
+            disk: i64::try_from(disk).unwrap_or(i64::MAX)
+                - i64::try_from(old.disk).unwrap_or(i64::MAX),
+            ..Default::default()
+        };
+        self.account(&mut state, &key, change);
         Ok(())
     }
 

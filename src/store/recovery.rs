@@ -8,6 +8,7 @@
 //! small blob must hash to its digest) while `reconcile` walks the records
 //! and the files to mend what the crash left and count again.
 
+use std::ops::Bound;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -81,7 +82,7 @@ impl Store {
             let progress = progress.unwrap_or_default();
             // The running totals start from what the walk has counted.
             self.inner.totals.restore(&progress.totals);
-            *self.reconciling() = Some(progress);
+            *self.records() = Some(progress);
         }
         self.inner.meta.flush()?;
         self.measure_overhead();
@@ -141,7 +142,7 @@ impl Store {
     /// goes on from there.
     pub fn reconcile(&self) -> Result<Reconciled, StoreError> {
         let progress = {
-            let mut state = self.reconciling();
+            let mut state = self.records();
             let progress = state.get_or_insert_with(Progress::default);
             if progress.records_after.is_some() || progress.records_done {
                 progress.report.resumed += 1;
@@ -158,7 +159,7 @@ impl Store {
         }
         self.count_repositories()?;
         let tags = self.trees()?.tags.len() as u64;
-        let mut state = self.reconciling();
+        let mut state = self.records();
         let Some(mut progress) = state.take() else {
             return Ok(Reconciled::default());
         };
@@ -172,7 +173,7 @@ impl Store {
 
     fn stopped_report(&self) -> Reconciled {
         let mut report = self
-            .reconciling()
+            .records()
             .as_ref()
             .map(|p| p.report.clone())
             .unwrap_or_default();
@@ -187,69 +188,83 @@ impl Store {
         let trees = self.trees()?;
         let pace = Pace::new(Some(self.inner.reconcile_rate));
         let mut seen = 0u64;
-        let range = match &after {
-            Some(after) => trees.objects.range::<&[u8], _>((
-                std::ops::Bound::Excluded(after.as_slice()),
-                std::ops::Bound::Unbounded,
-            )),
-            None => trees.objects.iter(),
-        };
+        let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let range = trees.objects.range::<&[u8], _>((from, Bound::Unbounded));
+        let mut passed = after.clone();
         for entry in range {
             let (key, raw) = entry?;
             self.visit();
             seen += 1;
             pace.wait(seen);
-            let change = self.check_record(&key, &raw)?;
-            // The record is counted and the walk moves past it in one step,
+            self.check_record(&key, &raw)?;
+            // The walk moves past the record and counts it in one step,
             // unless a stop came first: then it is checked again next time.
-            let mut state = self.reconciling();
+            let mut state = self.records();
             let Some(progress) = state.as_mut().filter(|_| !self.stopping()) else {
                 return Ok(false);
             };
-            if let Some((kind, record)) = change {
-                progress.count(kind, &record);
-            }
+            self.count_span(progress, passed.as_deref(), Bound::Included(&key[..]))?;
             progress.records_after = Some(key.to_vec());
+            passed = Some(key.to_vec());
         }
-        let mut state = self.reconciling();
+        let mut state = self.records();
         let Some(progress) = state.as_mut().filter(|_| !self.stopping()) else {
             return Ok(false);
         };
+        self.count_span(progress, passed.as_deref(), Bound::Unbounded)?;
         progress.records_done = true;
         Ok(true)
     }
 
-    /// One record: mended, and what it counts for when it stays.
-    fn check_record(
+    /// Counts the records the tree holds, under the records lock, from
+    /// just past where the walk last moved to `to`: the record just
+    /// checked unless it was removed meanwhile, and any stored behind the
+    /// walk's back since (which `account` left to the walk).
+    fn count_span(
         &self,
-        key: &[u8],
-        raw: &[u8],
-    ) -> Result<Option<(Kind, ObjectRecord)>, StoreError> {
+        progress: &mut Progress,
+        passed: Option<&[u8]>,
+        to: Bound<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let from = passed.map_or(Bound::Unbounded, Bound::Excluded);
+        for entry in self.trees()?.objects.range::<&[u8], _>((from, to)) {
+            let (key, raw) = entry?;
+            let parsed = keys::parse_object(&key).zip(ObjectRecord::decode(&raw));
+            if let Some(((kind, _), record)) = parsed {
+                progress.count(kind, &record);
+            }
+        }
+        Ok(())
+    }
+
+    /// One record: removed when it is unreadable or its file is missing or
+    /// of another size, indexed by its access time when it was not.
+    fn check_record(&self, key: &[u8], raw: &[u8]) -> Result<(), StoreError> {
         let trees = self.trees()?;
         let parsed = keys::parse_object(key).zip(ObjectRecord::decode(raw));
         let Some(((kind, digest), record)) = parsed else {
             self.wrote(trees.objects.remove(key))?;
             self.note(|r| r.records_dropped += 1);
-            return Ok(None);
+            return Ok(());
         };
         let intact = std::fs::metadata(self.inner.files.path_of(kind, &digest))
             .is_ok_and(|m| m.len() == record.size);
         if !intact {
             self.forget(kind, &digest)?;
             self.note(|r| r.records_dropped += 1);
-            return Ok(None);
+            return Ok(());
         }
         let index = keys::lru(record.used_at_ms, kind, &digest);
         if !trees.lru.contains_key(&index)? {
             self.wrote(trees.lru.insert(index, &[]))?;
             self.note(|r| r.reindexed += 1);
         }
-        Ok(Some((kind, record)))
+        Ok(())
     }
 
     /// Adds to the reconcile's report.
     fn note(&self, f: impl FnOnce(&mut Reconciled)) {
-        if let Some(progress) = self.reconciling().as_mut() {
+        if let Some(progress) = self.records().as_mut() {
             f(&mut progress.report);
         }
     }
@@ -268,10 +283,7 @@ impl Store {
             .map_err(io_err("cannot walk the content files"))?;
         for shard in shards {
             let name = Progress::shard_name(kind, &shard.name);
-            let done = self
-                .reconciling()
-                .as_ref()
-                .is_none_or(|p| p.shard_done(&name));
+            let done = self.records().as_ref().is_none_or(|p| p.shard_done(&name));
             if done {
                 continue;
             }
@@ -299,7 +311,7 @@ impl Store {
             if !outcome? {
                 return Ok(false);
             }
-            let mut state = self.reconciling();
+            let mut state = self.records();
             let Some(progress) = state.as_mut().filter(|_| !self.stopping()) else {
                 return Ok(false);
             };
@@ -319,7 +331,7 @@ impl Store {
         let trees = self.trees()?;
         let Some(digest) = digest else {
             self.note(|r| r.files_removed += 1);
-            std::fs::remove_file(path).map_err(io_err("cannot remove a stray file"))?;
+            remove_if_there(path).map_err(io_err("cannot remove a stray file"))?;
             return Ok(true);
         };
         if trees.objects.contains_key(keys::object(kind, &digest))? {
@@ -327,14 +339,20 @@ impl Store {
         }
         let Some(record) = self.adoptable(kind, &digest, path)? else {
             self.note(|r| r.files_removed += 1);
-            std::fs::remove_file(path).map_err(io_err("cannot remove a content file"))?;
+            // Not there any more when removed with its record meanwhile.
+            remove_if_there(path).map_err(io_err("cannot remove a content file"))?;
             return Ok(true);
         };
         // The record and its count in one step, unless a stop came first.
-        let mut state = self.reconciling();
+        let mut state = self.records();
         let Some(progress) = state.as_mut().filter(|_| !self.stopping()) else {
             return Ok(false);
         };
+        if trees.objects.contains_key(keys::object(kind, &digest))? || !path.exists() {
+            // Stored by a fill since the check above (and counted by it), or
+            // removed with its record.
+            return Ok(true);
+        }
         self.wrote(
             trees
                 .objects
@@ -367,16 +385,19 @@ impl Store {
         let media_type = match kind {
             Kind::Blob => String::new(),
             Kind::Manifest => {
-                let bytes = std::fs::read(path).map_err(io_err("cannot read a manifest file"))?;
+                // Gone since it was hashed: removed with its record.
+                let Ok(bytes) = std::fs::read(path) else {
+                    return Ok(None);
+                };
                 match validate::check(None, &bytes) {
                     Ok(media_type) => media_type,
                     Err(_) => return Ok(None),
                 }
             }
         };
-        let disk = std::fs::metadata(path)
-            .map(|m| super::files::disk_bytes(&m))
-            .map_err(io_err("cannot stat a content file"))?;
+        let Ok(disk) = std::fs::metadata(path).map(|m| super::files::disk_bytes(&m)) else {
+            return Ok(None);
+        };
         let now = now_ms();
         Ok(Some(ObjectRecord {
             size,
@@ -416,5 +437,13 @@ impl Store {
             batch.insert(key, &c.encode()[..]);
         }
         self.wrote(trees.census.apply_batch(batch))
+    }
+}
+
+/// Removes a file, which may have gone already.
+fn remove_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }

@@ -11,9 +11,13 @@
 //! The counts so far stay true while berth serves: content stored or
 //! removed in the part already walked changes them (`Store::account`),
 //! content in the part not yet walked is counted when the walk gets there.
-//! Every change the walk itself makes, and its accounting, happen under one
-//! lock with a check that no stop has been asked for, so that what is
-//! written down at a stop is exactly what was done.
+//! One lock (`Store::records`) orders the two: every change to an object
+//! record is made and accounted under it, and the walk moves past a record
+//! under it, counting what the tree holds at that moment. A record stored
+//! or removed while the walk was checking its neighbour is thus counted
+//! exactly once, by one side or the other. Every change the walk makes
+//! also checks, under the lock, that no stop has been asked for, so that
+//! what is written down at a stop is exactly what was done.
 
 use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
@@ -104,7 +108,9 @@ impl Change {
 pub(super) type State = std::sync::Mutex<Option<Progress>>;
 
 impl Store {
-    pub(super) fn reconciling(&self) -> MutexGuard<'_, Option<Progress>> {
+    /// The lock every change to an object record is made under, holding
+    /// the reconcile under way, if any.
+    pub(super) fn records(&self) -> MutexGuard<'_, Option<Progress>> {
         self.inner
             .reconciling
             .lock()
@@ -113,9 +119,9 @@ impl Store {
 
     /// Applies a change to the stored content's totals: to the running
     /// totals, and to a reconcile's counts so far when its walk has passed
-    /// the object.
-    pub(super) fn account(&self, key: &[u8], change: Change) {
-        let mut state = self.reconciling();
+    /// the object. `state` is the guard of `records`, held since the
+    /// change to the record was made.
+    pub(super) fn account(&self, state: &mut Option<Progress>, key: &[u8], change: Change) {
         if let Some(progress) = state.as_mut() {
             if progress.covers(key) {
                 change.apply(&mut progress.totals);
@@ -147,7 +153,7 @@ impl Store {
     /// how far it got. Returns whether there was one.
     pub(super) fn save_progress(&self) -> Result<bool, StoreError> {
         self.inner.stopping.store(true, Ordering::Relaxed);
-        let state = self.reconciling();
+        let state = self.records();
         let Some(progress) = state.as_ref() else {
             return Ok(false);
         };

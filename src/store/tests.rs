@@ -449,3 +449,60 @@ fn shutdown_ends_an_eviction_round_where_it_is() {
     );
     assert_eq!(store.report().expect("report").blobs, 20);
 }
+
+#[test]
+fn content_stored_and_removed_throughout_a_reconcile_is_counted_exactly_once() {
+    // Fills and removals land on both sides of the walk, and next to it:
+    // a record stored just behind the walk while it checks its neighbour
+    // must be counted by one side or the other, never both or neither.
+    const BLOBS: usize = 4000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let quick = CacheConfig {
+        inline_max: 64,
+        ..cache()
+    };
+    let unpaced = StorageConfig {
+        max_size: Some(1 << 40),
+        reconcile_rate: u64::MAX / 2,
+        ..StorageConfig::default()
+    };
+    {
+        let (store, _) = Store::open_with(dir.path(), &quick, &unpaced).expect("open");
+        store.reconcile().expect("reconcile");
+        for i in 0..BLOBS {
+            commit(&store, format!("blob {i}").as_bytes());
+        }
+        // Dropped without close(): the next start reconciles.
+    }
+    let (store, opened) = Store::open_with(dir.path(), &quick, &unpaced).expect("open");
+    assert!(!opened.clean);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (store, done) = (store.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let d = commit(&store, format!("churn {n}").as_bytes());
+                if n.is_multiple_of(3) {
+                    store.forget(Kind::Blob, &d).expect("forget");
+                }
+                if n.is_multiple_of(5) {
+                    let old = Algorithm::Sha256.digest(format!("blob {n}").as_bytes());
+                    store.forget(Kind::Blob, &old).expect("forget");
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    store.reconcile().expect("reconcile");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let churned = churn.join().expect("churn");
+    assert!(churned > 100, "the churn ran beside the walk: {churned}");
+    let held = store.trees().expect("trees").objects.len() as u64;
+    let counted = store.report().expect("report").blobs;
+    assert_eq!(
+        counted, held,
+        "the counts are the records held after {churned} changes during the walk"
+    );
+}
