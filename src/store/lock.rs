@@ -17,12 +17,22 @@ use super::StoreError;
 /// How long start-up waits for another holder of the database to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// Bytes of memory sled's page cache takes for each byte of its
+/// `cache_capacity`, which counts pages by their size on disk. Measured on
+/// a store of 1.1M objects under the same load of 150,000 warm requests:
+/// a `cache_capacity` of 64 MiB instead of 16 MiB cost 171 MiB more
+/// resident memory, 3.6 bytes for each. `cache.meta_cache` is the memory
+/// the operator budgets, so sled is given this fraction of it.
+const SLED_MEMORY_PER_CAPACITY_BYTE: u64 = 4;
+
 /// Opens the sled database, waiting briefly for its lock. A lock still held
 /// after that is another berth on the same data directory, which is refused
 /// with a message that says so.
 pub(super) fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
     let started = std::time::Instant::now();
-    let config = sled::Config::new().path(path).cache_capacity(cache_bytes);
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes / SLED_MEMORY_PER_CAPACITY_BYTE);
     loop {
         match config.open() {
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
