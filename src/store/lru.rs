@@ -49,6 +49,9 @@ pub(super) struct Lru {
     wake: tokio::sync::Notify,
     /// The disk filled up: evict even below the high watermark.
     forced: AtomicBool,
+    /// A content file could not be written for want of space: the store
+    /// says it cannot write until the disk has room again.
+    full: AtomicBool,
     /// Bytes the data directory takes besides content files (the metadata
     /// database, the directories, the report), as last measured.
     overhead: AtomicU64,
@@ -119,6 +122,7 @@ impl Lru {
             low_watermark: config.low_watermark,
             wake: tokio::sync::Notify::new(),
             forced: AtomicBool::new(false),
+            full: AtomicBool::new(false),
             overhead: AtomicU64::new(0),
             counted: AtomicBool::new(false),
             hits: AtomicU64::new(0),
@@ -233,12 +237,26 @@ impl Store {
     }
 
     /// The disk filled up under a fill, below the configured bound: count
-    /// it and ask for an eviction round that frees space anyway.
+    /// it, say so (`writable`) at once rather than when sled next fails to
+    /// write, and ask for an eviction round that frees space anyway.
     pub fn disk_full(&self) {
         let lc = self.lru();
         lc.disk_full.fetch_add(1, Ordering::Relaxed);
+        lc.full.store(true, Ordering::Relaxed);
         lc.forced.store(true, Ordering::Relaxed);
         lc.wake.notify_one();
+    }
+
+    /// Whether a content file last failed for want of space.
+    pub(super) fn content_full(&self) -> bool {
+        self.lru().full.load(Ordering::Relaxed)
+    }
+
+    /// The disk has room again for content files.
+    pub(super) fn content_has_room(&self) {
+        if self.lru().full.swap(false, Ordering::Relaxed) {
+            tracing::info!("the disk has room again: caching");
+        }
     }
 
     /// Resolves when the cache has grown past its high watermark, an

@@ -654,13 +654,15 @@ impl Store {
         self.inner.meta.flush()
     }
 
-    /// Whether the metadata tier is taking writes.
+    /// Whether the store is caching: the metadata tier takes writes and
+    /// the last content file did not fail for want of space.
     pub fn writable(&self) -> bool {
-        self.inner.meta.writable()
+        self.inner.meta.writable() && !self.content_full()
     }
 
-    /// After the database failed to write (the disk filled up), opens it
-    /// again once there is room, so that berth caches again by itself.
+    /// After the disk filled up (a content file or the database failed to
+    /// write), once there is room again: caches again, opening the
+    /// database anew if it failed, so that berth recovers by itself.
     /// Blocking.
     pub fn reopen_if_failed(&self) {
         if self.writable() {
@@ -670,9 +672,13 @@ impl Store {
         if free < REOPEN_FREE_SPACE {
             return;
         }
-        if let Err(e) = self.inner.meta.reopen() {
-            tracing::warn!(error = %e, "the metadata database could not be reopened yet");
+        if !self.inner.meta.writable() {
+            if let Err(e) = self.inner.meta.reopen() {
+                tracing::warn!(error = %e, "the metadata database could not be reopened yet");
+                return;
+            }
         }
+        self.content_has_room();
     }
 }
 
