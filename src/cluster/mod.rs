@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 pub use self::budget::Budget;
 pub use self::lease::{Claim, Lease, LeaseValue};
-pub use self::metrics::ClusterFamilies;
+pub use self::metrics::{ClusterFamilies, OutcomeLabels};
 pub use self::tags::SharedTag;
 use crate::backoff::Backoff;
 use crate::config::ClusterConfig;

@@ -177,6 +177,11 @@ impl SharedTier {
         self.inner.health.state()
     }
 
+    /// The bucket and the key prefix berth's objects live under.
+    pub fn location(&self) -> (&str, &str) {
+        (&self.inner.config.bucket, &self.inner.config.prefix)
+    }
+
     /// The bucket's budget (`max_size`), when one is set.
     pub fn max_size(&self) -> Option<u64> {
         self.inner.config.max_size

@@ -23,6 +23,7 @@ mod page;
 pub mod report;
 pub mod serve;
 mod summary;
+pub mod tiers;
 mod top;
 
 use std::sync::atomic::{AtomicU64, Ordering};

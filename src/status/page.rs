@@ -44,6 +44,12 @@ pub fn render(report: &Report) -> String {
                     }
                     section #top-pulls { h2 { "Top repositories by pulls" } (ranking(&report.top_repositories.by_pulls, false)) }
                     section #top-bytes { h2 { "Top repositories by bytes" } (ranking(&report.top_repositories.by_bytes, true)) }
+                    @if report.shared.is_some() || report.cluster.is_some() {
+                        section.wide #tiers {
+                            h2 { "Shared tiers" }
+                            (super::tiers::render(report.shared.as_ref(), report.cluster.as_ref()))
+                        }
+                    }
                     section.wide #errors { h2 { "Recent errors" } (errors(report, now)) }
                     section.wide #config { h2 { "Configuration" } (config(&report.config)) }
                 }

@@ -35,6 +35,10 @@ pub struct Report {
     pub recent_errors: Vec<ErrorEntry>,
     pub history: HistoryReport,
     pub config: super::summary::ConfigSummary,
+    /// The object store the replicas share, when configured.
+    pub shared: Option<super::tiers::SharedReport>,
+    /// The cluster's coordination through Redis, when configured.
+    pub cluster: Option<super::tiers::ClusterReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -207,6 +211,7 @@ impl Report {
         let fills_running = fills.len();
         fills.sort_by_key(|f| std::cmp::Reverse(f.age));
         fills.truncate(FILLS_LISTED);
+        let (shared, cluster) = super::tiers::gather(app);
         Report {
             schema: SCHEMA,
             version: env!("CARGO_PKG_VERSION"),
@@ -224,6 +229,8 @@ impl Report {
                 points,
             },
             config: super::summary::ConfigSummary::of(app),
+            shared,
+            cluster,
         }
     }
 }

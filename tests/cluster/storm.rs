@@ -8,6 +8,7 @@
 
 use crate::common::content::random_bytes;
 use crate::common::hostile::{Behaviour, Hostile, SendOutcome};
+use crate::common::http::{client, Reply};
 use crate::support::{outcomes, storm, Cluster, Options, REPLICAS};
 
 const MIB: usize = 1024 * 1024;
@@ -102,4 +103,29 @@ async fn thirty_two_clients_on_three_replicas_share_one_upstream_fetch_streamed_
         )
         .await;
     assert!(won[leader] >= 1.0, "the leader won no fill lease: {won:?}");
+
+    // The status page says the same: both shared tiers in use, who joined
+    // whom, and this replica's peer address.
+    for r in 0..REPLICAS {
+        let reply = Reply::of(client().get(format!("{}/status.json", cluster.url(r)))).await;
+        let status: serde_json::Value =
+            serde_json::from_slice(&reply.body).expect("/status.json is JSON");
+        assert_eq!(status["shared"]["state"], "ok", "replica {r}: {status:#}");
+        assert_eq!(status["cluster"]["redis"], "ok", "replica {r}: {status:#}");
+        assert_eq!(status["cluster"]["peer_address"], cluster.peer(r));
+        let joined = status["cluster"]["peer_joins"].as_u64();
+        let served = status["cluster"]["peer_served"].as_u64();
+        if r == leader {
+            assert_eq!(joined, Some(0), "the leader's status: {status:#}");
+            assert!(served >= Some(1), "the leader's status: {status:#}");
+        } else {
+            assert!(joined >= Some(1), "replica {r}'s status: {status:#}");
+        }
+        let page = Reply::of(client().get(format!("{}/", cluster.url(r)))).await;
+        let html = String::from_utf8_lossy(&page.body);
+        assert!(
+            html.contains("id=\"cluster-redis\"") && html.contains("id=\"shared-tier\""),
+            "replica {r}'s status page shows neither tier"
+        );
+    }
 }
