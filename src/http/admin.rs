@@ -65,6 +65,9 @@ fn metrics(app: &App) -> String {
     families
         .store_writable
         .set(i64::from(app.store().writable()));
+    families
+        .store_records_visited
+        .set(clamp(app.store().records_visited()));
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         families
             .runtime_tasks
