@@ -6,6 +6,8 @@
 //! or a secret: the bucket, the prefix and this replica's peer address.
 
 use maud::{html, Markup};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Serialize;
 
 use crate::cluster::{Cluster, OutcomeLabels};
@@ -52,16 +54,19 @@ impl SharedReport {
     }
 }
 
+type Outcomes = Family<OutcomeLabels, Counter>;
+
+/// A counter of `family` by its outcome; 0 for an outcome not seen yet
+/// (read without creating the series, so the page changes no metric).
+fn count(family: &Outcomes, outcome: &'static str) -> u64 {
+    family
+        .get(&OutcomeLabels { outcome })
+        .map_or(0, |counter| counter.get())
+}
+
 impl ClusterReport {
     pub fn of(cluster: &Cluster) -> ClusterReport {
         let f = cluster.families();
-        let count = |family: &prometheus_client::metrics::family::Family<
-            OutcomeLabels,
-            prometheus_client::metrics::counter::Counter,
-        >,
-                     outcome: &'static str| {
-            family.get_or_create(&OutcomeLabels { outcome }).get()
-        };
         ClusterReport {
             redis: cluster.state(),
             peer_address: cluster.me().to_owned(),
