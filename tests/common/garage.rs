@@ -40,6 +40,8 @@ pub const REGION: &str = "garage";
 pub const BUCKET: &str = "berth";
 /// The name of the key allowed on [`BUCKET`].
 const KEY_NAME: &str = "berth-key";
+/// How long the cluster may take to be whole again after a node restarts.
+const RECONNECT_DEADLINE: Duration = Duration::from_secs(120);
 /// Nodes in a [`GarageCluster`], and its replication factor.
 pub const CLUSTER_NODES: usize = 3;
 /// How long the harness's own S3 client waits for one request: a hang
@@ -471,8 +473,11 @@ impl GarageCluster {
     pub fn restart_node(&mut self, i: usize) {
         self.nodes[i].restart();
         if self.nodes.iter().all(Node::is_running) {
+            // The others dial a peer that was down again on a back-off
+            // that grew while it was down: on a loaded machine that has
+            // taken longer than a start's READY_DEADLINE (30 s).
             for node in &self.nodes {
-                node.wait_health(Health::Full);
+                node.wait_health_within(Health::Full, RECONNECT_DEADLINE);
             }
         } else {
             self.nodes[i].wait_health(Health::Degraded);

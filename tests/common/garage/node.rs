@@ -143,7 +143,12 @@ impl Node {
     /// Waits until `/health` says `want` (or better, for `Degraded`);
     /// panics with the log after [`READY_DEADLINE`].
     pub(super) fn wait_health(&self, want: Health) {
-        let deadline = Instant::now() + READY_DEADLINE;
+        self.wait_health_within(want, READY_DEADLINE);
+    }
+
+    /// [`Node::wait_health`] with a deadline of its own.
+    pub(super) fn wait_health_within(&self, want: Health, within: Duration) {
+        let deadline = Instant::now() + within;
         let mut seen = None;
         while Instant::now() < deadline {
             seen = self.health();
@@ -153,7 +158,7 @@ impl Node {
             }
         }
         panic!(
-            "Garage node {} did not become {want:?} within {READY_DEADLINE:?} (last: {seen:?}); \
+            "Garage node {} did not become {want:?} within {within:?} (last: {seen:?}); \
              its log:\n{}",
             self.dir.display(),
             self.log()
