@@ -2,7 +2,8 @@
 //! `registry-mirrors`, the way the README tells an operator to set it up.
 //!
 //! Each test starts a private `dockerd` (`common::docker`: its own
-//! directories, socket and `/etc/docker`, nothing of the machine's Docker)
+//! directories, socket, configuration and CAs, nothing of the machine's
+//! Docker)
 //! whose `daemon.json` names a berth the test runs in-process, in front of
 //! a real upstream (Debian's docker-registry) registered as berth's default
 //! upstream, `docker.io`. Docker sends a mirror Docker Hub pulls only,
@@ -295,7 +296,7 @@ async fn docker_falls_back_to_docker_hub_when_the_mirror_fails() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_pulls_through_an_https_mirror_whose_ca_is_in_certs_d() {
+async fn docker_pulls_through_an_https_mirror_whose_ca_it_trusts() {
     let app = runnable::runnable(Kind::Docker, "library/app", "1.0", APP_SAYS);
     let registry = upstream_with(&[&app]).await;
     let pki = TestPki::generate();
@@ -312,7 +313,7 @@ async fn docker_pulls_through_an_https_mirror_whose_ca_is_in_certs_d() {
         &registry.url(),
     )
     .await;
-    let docker = Dockerd::start(&deploy_daemon_json("daemon-https.json", &berth)).await;
+    let mut docker = Dockerd::start(&deploy_daemon_json("daemon-https.json", &berth)).await;
 
     // Without the CA, Docker refuses berth's certificate and turns to
     // Docker Hub: the certificate is checked.
@@ -327,9 +328,9 @@ async fn docker_pulls_through_an_https_mirror_whose_ca_is_in_certs_d() {
         common::docker::tail(&docker.log(), 30)
     );
 
-    // The CA where Docker looks for a registry's: certs.d/<host:port>.
+    // With the CA trusted, the same pull goes through berth over TLS.
     docker.forget_hub();
-    docker.trust_ca(&berth.host(), &pki.ca_cert());
+    docker.trust_ca(&pki.ca_cert()).await;
     docker.docker_ok(&["pull", "app:1.0"]).await;
     assert_repo_digest(&docker, "app:1.0", "app", &app.root.digest).await;
     assert_runs(&docker, "app:1.0", APP_SAYS).await;

@@ -1,17 +1,19 @@
 //! A private Docker Engine for the tests that use Docker as berth's client:
-//! Debian's `dockerd`, started as root by the test, that touches nothing of
-//! the machine's own Docker (its daemon, `/var/run/docker.sock`,
-//! `/etc/docker`).
+//! Debian's `dockerd`, started as root by the test, that shares nothing with
+//! the machine's own Docker: not its daemon, its socket, its configuration
+//! directory or its data.
 //!
-//! - Its data root, exec root, socket, pidfile, `daemon.json`, log, and the
-//!   CLI's configuration (`DOCKER_CONFIG`) are in one temporary directory
-//!   with a short name under /tmp (a unix socket path has a length limit).
-//! - It runs in a mount namespace of its own where that directory's `etc/`
-//!   is bind-mounted over `/etc/docker`, seen by this dockerd only (the
-//!   machine's directory is never written): Docker 20.10 reads a
-//!   registry's CA only from `/etc/docker/certs.d/<host:port>/ca.crt`, so a
-//!   test puts the CA where the README says. Its identity key goes to its
-//!   own directory (`deprecated-key-path` in its daemon.json).
+//! - Its data root, exec root, socket, pidfile, `daemon.json` (given with
+//!   `--config-file`), identity key (`deprecated-key-path` in that file),
+//!   log, and the CLI's configuration (`DOCKER_CONFIG`) are in one temporary
+//!   directory with a short name under /tmp (a unix socket path has a
+//!   length limit). The CLI reaches it only through `DOCKER_HOST`.
+//! - A CA a test trusts ([`Dockerd::trust_ca`]) goes into a bundle in that
+//!   directory, which dockerd reads as its system roots (`SSL_CERT_FILE`,
+//!   which Go honours) when it starts: the daemon is restarted to take it,
+//!   as Go reads its roots once. (An operator puts the CA in Docker's
+//!   `certs.d`, as the README says; that directory is the machine's, so the
+//!   tests do not.)
 //! - Its way out is loopback only. `HTTP(S)_PROXY` name a [`HubSink`] on
 //!   loopback, so Docker's fallback to Docker Hub when a mirror fails is
 //!   recorded and answered there, and nothing leaves the machine; Go never
@@ -25,7 +27,7 @@
 //!   signal).
 //!
 //! Needs Debian's `docker.io` (dockerd, the docker CLI, containerd, runc),
-//! `util-linux` (unshare, mount), `iproute2` for a bridge, and root.
+//! `util-linux` (setpriv), `iproute2` for a bridge, and root.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -58,6 +60,8 @@ pub struct Dockerd {
     dir: TempDir,
     child: Option<Child>,
     sink: HubSink,
+    /// The bridge its containers are on, if any (kept for a restart).
+    bridge: Option<String>,
 }
 
 impl Dockerd {
@@ -78,19 +82,23 @@ impl Dockerd {
             .prefix("dk-")
             .tempdir_in("/tmp")
             .expect("temp dir for dockerd");
-        for sub in ["etc", "cli"] {
-            fs::create_dir(dir.path().join(sub)).expect("create the daemon's directories");
-        }
+        fs::create_dir(dir.path().join("cli")).expect("create the CLI's directory");
         let mut dockerd = Dockerd {
             dir,
             child: None,
             sink: HubSink::start(),
+            bridge: bridge.map(|b| b.name.clone()),
         };
         dockerd.write_config(daemon_json);
-        dockerd.spawn(bridge);
-        dockerd.wait_ready().await;
-        dockerd.assert_private().await;
+        dockerd.run().await;
         dockerd
+    }
+
+    /// Starts dockerd and waits until it answers, as its own daemon.
+    async fn run(&mut self) {
+        self.spawn();
+        self.wait_ready().await;
+        self.assert_private().await;
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -98,7 +106,7 @@ impl Dockerd {
     }
 
     fn write_config(&self, daemon_json: &Value) {
-        // Its identity key in its own directory, not /etc/docker.
+        // Its identity key in its own directory, not the machine's.
         let mut config = daemon_json.clone();
         if let Some(map) = config.as_object_mut() {
             let key = self.path("key.json").display().to_string();
@@ -108,7 +116,7 @@ impl Dockerd {
         fs::write(self.path("daemon.json"), text).expect("write daemon.json");
     }
 
-    fn spawn(&mut self, bridge: Option<&Bridge>) {
+    fn spawn(&mut self) {
         let at = |name: &str| self.path(name).display().to_string();
         let mut args = vec![
             "--config-file".to_owned(),
@@ -120,29 +128,30 @@ impl Dockerd {
             "--pidfile".to_owned(),
             at("docker.pid"),
             "-H".to_owned(),
-            format!("unix://{}", at("docker.sock")),
+            format!("unix://{}", at("engine.sock")),
             "--storage-driver".to_owned(),
             "vfs".to_owned(),
             "--iptables=false".to_owned(),
             "--ip-forward=false".to_owned(),
             "--ip-masq=false".to_owned(),
         ];
-        match bridge {
-            Some(bridge) => args.extend(["--bridge".to_owned(), bridge.name.clone()]),
+        match &self.bridge {
+            Some(name) => args.extend(["--bridge".to_owned(), name.clone()]),
             None => args.push("--bridge=none".to_owned()),
         }
-        let log = fs::File::create(self.path("dockerd.log")).expect("dockerd log");
+        // Appended to, so that a restart keeps what the first run logged.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("dockerd.log"))
+            .expect("dockerd log");
         let proxy = format!("http://{}", self.sink.addr);
-        // setpriv execs unshare, which execs sh, which execs dockerd: the
-        // child's PID is dockerd's, the one its pidfile holds. The parent
-        // death signal survives those execs, so a test process that dies
-        // without dropping this (a nextest timeout, say) still stops it.
+        // setpriv execs dockerd: the child's PID is dockerd's, the one its
+        // pidfile holds. The parent death signal survives the exec, so a
+        // test process that dies without dropping this (a nextest timeout,
+        // say) still stops it.
         let mut cmd = Command::new("setpriv");
-        cmd.args(["--pdeathsig", "TERM", "--", "unshare"])
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg(r#"mount --bind "$1" /etc/docker && shift && exec dockerd "$@""#)
-            .arg("sh")
-            .arg(self.path("etc"))
+        cmd.args(["--pdeathsig", "TERM", "--", "dockerd"])
             .args(&args)
             .env_clear()
             .env(
@@ -155,9 +164,12 @@ impl Dockerd {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log);
+        if self.trusted().exists() {
+            cmd.env("SSL_CERT_FILE", self.trusted());
+        }
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
-                "cannot run setpriv/unshare/dockerd ({e}): install Debian's docker.io and \
+                "cannot run setpriv/dockerd ({e}): install Debian's docker.io and \
                  util-linux (apt-get install docker.io util-linux); the Docker tests need \
                  them and root"
             )
@@ -180,7 +192,7 @@ impl Dockerd {
                     self.log()
                 );
             }
-            if ping(&self.path("docker.sock")) {
+            if ping(&self.path("engine.sock")) {
                 return;
             }
             assert!(
@@ -204,7 +216,7 @@ impl Dockerd {
             "the docker CLI reached a daemon other than the test's own"
         );
         assert!(
-            self.path("key.json").exists() && !self.etc_docker().join("key.json").exists(),
+            self.path("key.json").exists(),
             "dockerd kept its identity key somewhere other than its own directory"
         );
     }
@@ -214,18 +226,24 @@ impl Dockerd {
         fs::read_to_string(self.path("dockerd.log")).unwrap_or_default()
     }
 
-    /// The configuration directory dockerd sees as `/etc/docker`.
-    pub fn etc_docker(&self) -> PathBuf {
-        self.path("etc")
+    /// The CA bundle dockerd takes as its system roots.
+    fn trusted(&self) -> PathBuf {
+        self.path("trusted-cas.pem")
     }
 
-    /// Trust `ca_pem` for the registry (or mirror) at `host` (`host:port`,
-    /// `[::1]:port`): `/etc/docker/certs.d/<host>/ca.crt`, as Docker reads
-    /// it at every connection.
-    pub fn trust_ca(&self, host: &str, ca_pem: &Path) {
-        let dir = self.etc_docker().join("certs.d").join(host);
-        fs::create_dir_all(&dir).expect("create certs.d/<host>");
-        fs::copy(ca_pem, dir.join("ca.crt")).expect("copy the CA to certs.d");
+    /// Trust `ca_pem` for registries and mirrors: added to this daemon's
+    /// own CA bundle, and dockerd restarted to read it (Go reads its roots
+    /// once). What it has pulled stays, in its data root.
+    pub async fn trust_ca(&mut self, ca_pem: &Path) {
+        let pem = fs::read(ca_pem).expect("read the CA");
+        let mut bundle = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.trusted())
+            .expect("open the daemon's CA bundle");
+        bundle.write_all(&pem).expect("add the CA to the bundle");
+        self.stop();
+        self.run().await;
     }
 
     /// The docker CLI's configuration directory (`DOCKER_CONFIG`), where
@@ -259,7 +277,7 @@ impl Dockerd {
         let mut cmd = tokio::process::Command::new(program);
         cmd.env(
             "DOCKER_HOST",
-            format!("unix://{}", self.path("docker.sock").display()),
+            format!("unix://{}", self.path("engine.sock").display()),
         )
         .env("DOCKER_CONFIG", self.cli_config())
         .env("DOCKER_CLI_HINTS", "false")
