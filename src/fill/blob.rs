@@ -524,7 +524,9 @@ impl BlobFills {
             // Kept here only: the lease goes on naming this replica for a
             // while, so that a replica that just missed the fill asks it
             // (unless the blob could not be kept: then it is released).
-            if let (Some(lease), Ok(Some(_))) = (lease, self.inner.store.blob(digest)) {
+            // Its record says so; reading the blob would touch its access
+            // time and, for a small one, hash its file again.
+            if let (Some(lease), Ok(true)) = (lease, self.inner.store.has_blob(digest)) {
                 lease.linger();
             }
             return;
