@@ -153,24 +153,34 @@ async fn flood(berth: &Berth) {
         );
     }
 
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .timeout(HANG_GUARD)
-        .build()
-        .expect("an HTTP/2 client");
+    // hyper's client connection itself, so the test sees when berth ends
+    // the connection: the h2 client has left a request that was still
+    // queued waiting for good after its connection closed (2 runs in 40
+    // under load, with reqwest too). Once the connection is gone no
+    // answer can come, so the flood is over; a berth that keeps the
+    // connection open without answering still fails the bound.
+    let stream = TcpStream::connect(berth.addr()).await.expect("connect");
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an HTTP/2 connection");
+    let closed = tokio::spawn(connection);
     let big = "h".repeat(60 << 10);
     let url = format!("{}/v2/", berth.url());
     let answers = futures_util::stream::iter(0..256)
         .map(|i| {
-            let request = h2
-                .get(&url)
+            let mut sender = sender.clone();
+            let request = http::Request::get(url.as_str())
                 .header(format!("x-h2-flood-{i}"), big.as_str())
                 .header("x-h2-more", big.as_str())
-                .send();
-            async move { request.await.map(|r| r.status()) }
+                .body(http_body_util::Empty::<Bytes>::new())
+                .expect("a request");
+            async move { sender.send_request(request).await.map(|r| r.status()) }
         })
         .buffer_unordered(64)
+        .take_until(closed)
         .collect::<Vec<_>>();
     // Refused (431, a reset stream) or answered: never a hang.
     let answered = bounded("an HTTP/2 header flood", answers).await;
