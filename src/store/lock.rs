@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use fs4::fs_std::FileExt;
 
+use super::kv;
 use super::StoreError;
 
 /// How long start-up waits for another holder of the database to let go.
@@ -28,24 +29,22 @@ const SLED_MEMORY_PER_CAPACITY_BYTE: u64 = 4;
 /// Opens the sled database, waiting briefly for its lock. A lock still held
 /// after that is another berth on the same data directory, which is refused
 /// with a message that says so.
-pub(super) fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+pub(super) fn open_db(path: &Path, cache_bytes: u64) -> Result<kv::Db, StoreError> {
     let started = std::time::Instant::now();
-    let config = sled::Config::new()
-        .path(path)
-        .cache_capacity(cache_bytes / SLED_MEMORY_PER_CAPACITY_BYTE);
+    let capacity = cache_bytes / SLED_MEMORY_PER_CAPACITY_BYTE;
     loop {
-        match config.open() {
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                if started.elapsed() > LOCK_WAIT {
-                    return Err(StoreError::Io {
-                        what: format!(
-                            "{} is in use by another berth (one data directory serves one berth)",
-                            path.display()
-                        ),
-                        source: e,
-                    });
-                }
+        match kv::Db::open(path, capacity) {
+            Err(e) if kv::is_locked(&e) && started.elapsed() <= LOCK_WAIT => {
                 std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) if kv::is_locked(&e) => {
+                return Err(StoreError::Io {
+                    what: format!(
+                        "{} is in use by another berth (one data directory serves one berth)",
+                        path.display()
+                    ),
+                    source: std::io::Error::other(e),
+                });
             }
             other => return Ok(other?),
         }

@@ -25,7 +25,7 @@ use super::keys::{self, Kind};
 use super::meta::Meta;
 use super::records::{encode_json, now_ms, ObjectRecord, TagMapping};
 use super::resume::Change;
-use super::{Store, StoreError};
+use super::{kv, Store, StoreError};
 use crate::config::StorageConfig;
 use crate::digest::Digest;
 
@@ -294,7 +294,7 @@ impl Store {
     /// written back; a chunk at a time, so that fills wait little for it.
     fn flush_times(&self, times: &[((Kind, Digest), u64)]) -> Result<(), StoreError> {
         let trees = self.trees()?;
-        let (mut records, mut index) = (sled::Batch::default(), sled::Batch::default());
+        let (mut records, mut index) = (kv::Batch::default(), kv::Batch::default());
         let _state = self.records();
         for ((kind, digest), at) in times {
             let key = keys::object(*kind, digest);
@@ -310,7 +310,7 @@ impl Store {
                 continue;
             }
             index.remove(keys::lru(record.used_at_ms, *kind, digest));
-            index.insert(keys::lru(*at, *kind, digest), &[]);
+            index.insert(keys::lru(*at, *kind, digest), []);
             record.used_at_ms = *at;
             records.insert(key, record.encode());
         }

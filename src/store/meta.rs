@@ -15,39 +15,40 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use super::kv;
 use super::lock;
 use super::StoreError;
 
 /// The trees of one open database.
 pub struct Trees {
-    pub db: sled::Db,
+    pub db: kv::Db,
     /// `keys::object` → `ObjectRecord`.
-    pub objects: sled::Tree,
+    pub objects: kv::Tree,
     /// `keys::lru` → nothing: objects by last use.
-    pub lru: sled::Tree,
+    pub lru: kv::Tree,
     /// `keys::by_digest` → nothing: digest shown in a repository.
-    pub links: sled::Tree,
+    pub links: kv::Tree,
     /// `keys::scoped` → `TagMapping`.
-    pub tags: sled::Tree,
+    pub tags: kv::Tree,
     /// `keys::tag_ref` → nothing: the tags that point at a digest.
-    pub tag_refs: sled::Tree,
+    pub tag_refs: kv::Tree,
     /// `keys::by_digest` → `ReferrersRecord`.
-    pub referrers: sled::Tree,
+    pub referrers: kv::Tree,
     /// `keys::repo` → `census::Counts`, merged.
-    pub census: sled::Tree,
+    pub census: kv::Tree,
     /// `keys::scoped(upstream, repo, "")` → a whole tag list (`tag_lists`).
-    pub tag_lists: sled::Tree,
+    pub tag_lists: kv::Tree,
     /// Settings and state: schema version, max size, the clean-stop mark.
-    pub meta: sled::Tree,
+    pub meta: kv::Tree,
     /// Sync rules (`pins`): `digest \0 rule` and `rule \0 digest` → nothing,
     /// and each rule's `SyncRecord`.
-    pub pins: sled::Tree,
-    pub pins_by_rule: sled::Tree,
-    pub sync_rules: sled::Tree,
+    pub pins: kv::Tree,
+    pub pins_by_rule: kv::Tree,
+    pub sync_rules: kv::Tree,
 }
 
 impl Trees {
-    fn open(db: sled::Db) -> Result<Trees, sled::Error> {
+    fn open(db: kv::Db) -> kv::KvResult<Trees> {
         let census = db.open_tree("census")?;
         census.set_merge_operator(super::census::merge);
         Ok(Trees {
@@ -104,8 +105,8 @@ impl Meta {
 
     /// Passes a write's result on, noting an I/O failure: sled will fail
     /// every write from now on, until it is reopened.
-    pub fn wrote<T>(&self, result: Result<T, sled::Error>) -> Result<T, StoreError> {
-        if let Err(sled::Error::Io(e)) = &result {
+    pub fn wrote<T>(&self, result: kv::KvResult<T>) -> Result<T, StoreError> {
+        if let Some(e) = result.as_ref().err().and_then(kv::KvError::io) {
             if self.writable.swap(false, Ordering::Relaxed) {
                 tracing::error!(error = %e, "the metadata database cannot write; serving without caching until it can be reopened");
             }
@@ -151,6 +152,6 @@ impl Meta {
     /// Writes what sled holds in memory to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
         let trees = self.trees()?;
-        self.wrote(trees.db.flush().map(drop))
+        self.wrote(trees.db.flush())
     }
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::files::Files;
 use super::keys::{self, Kind};
+use super::kv;
 use super::meta::{Meta, Trees};
 use super::records::{now_ms, ObjectRecord, TagMapping};
 use super::{io_err, StoreError, SCHEMA_VERSION};
@@ -80,12 +81,7 @@ pub(super) fn to_current(meta: &Meta, files: &Files) -> Result<bool, StoreError>
         meta.flush()?;
     }
     for name in V1_TREES {
-        if trees
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| &n[..] == name.as_bytes())
-        {
+        if trees.db.has_tree(name) {
             meta.wrote(trees.db.drop_tree(name))?;
         }
     }
@@ -122,7 +118,7 @@ fn from_v1(meta: &Meta, trees: &Trees, files: &Files) -> Result<(), StoreError> 
         meta.wrote(
             trees
                 .lru
-                .insert(keys::lru(record.used_at_ms, kind, digest), &[]),
+                .insert(keys::lru(record.used_at_ms, kind, digest), []),
         )?;
         Ok::<(), StoreError>(())
     };
@@ -206,7 +202,7 @@ fn from_v1(meta: &Meta, trees: &Trees, files: &Files) -> Result<(), StoreError> 
             meta.wrote(
                 trees
                     .tag_refs
-                    .insert(keys::tag_ref(&digest, &upstream, &repo, &tag), &[]),
+                    .insert(keys::tag_ref(&digest, &upstream, &repo, &tag), []),
             )?;
         }
     }
@@ -214,7 +210,7 @@ fn from_v1(meta: &Meta, trees: &Trees, files: &Files) -> Result<(), StoreError> 
 }
 
 /// `upstream \0 repository \0 digest` keys to digest-first ones, values kept.
-fn rekey(meta: &Meta, from: &sled::Tree, to: &sled::Tree) -> Result<(), StoreError> {
+fn rekey(meta: &Meta, from: &kv::Tree, to: &kv::Tree) -> Result<(), StoreError> {
     for entry in from.iter() {
         let (key, value) = entry?;
         let Some((upstream, repo, digest)) = keys::split_scoped(&key) else {

@@ -22,6 +22,7 @@ pub mod files;
 pub mod hot;
 pub mod inventory;
 pub mod keys;
+mod kv;
 mod lock;
 pub mod lru;
 mod meta;
@@ -61,7 +62,7 @@ const REOPEN_FREE_SPACE: u64 = 16 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
-    Db(#[from] sled::Error),
+    Db(#[from] kv::KvError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -82,7 +83,9 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         match self {
             StoreError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
-            StoreError::Db(sled::Error::Io(e)) => e.kind() == std::io::ErrorKind::StorageFull,
+            StoreError::Db(e) => e
+                .io()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull),
             _ => false,
         }
     }
@@ -173,7 +176,7 @@ impl Store {
         self.inner.meta.trees()
     }
 
-    fn wrote<T>(&self, result: Result<T, sled::Error>) -> Result<T, StoreError> {
+    fn wrote<T>(&self, result: kv::KvResult<T>) -> Result<T, StoreError> {
         self.inner.meta.wrote(result)
     }
 
@@ -423,7 +426,7 @@ impl Store {
         let key = keys::object(kind, digest);
         let mut state = self.records();
         let previous = self.wrote(trees.objects.insert(&key, record.encode()))?;
-        self.wrote(trees.lru.insert(keys::lru(now, kind, digest), &[]))?;
+        self.wrote(trees.lru.insert(keys::lru(now, kind, digest), []))?;
         let Some(old) = previous.as_deref().and_then(ObjectRecord::decode) else {
             self.account(
                 &mut state,
@@ -474,7 +477,7 @@ impl Store {
         let previous = self.wrote(
             trees
                 .links
-                .insert(keys::by_digest(digest, upstream, repo), &[]),
+                .insert(keys::by_digest(digest, upstream, repo), []),
         )?;
         if previous.is_none() {
             let size = self.stored_size(digest)?.unwrap_or(0);
@@ -560,7 +563,7 @@ impl Store {
                 self.wrote(
                     trees
                         .tag_refs
-                        .insert(keys::tag_ref(&digest, upstream, repo, tag), &[]),
+                        .insert(keys::tag_ref(&digest, upstream, repo, tag), []),
                 )?;
             }
         }

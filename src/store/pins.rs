@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::records::encode_json;
-use super::{Kind, Store, StoreError};
+use super::{kv, Kind, Store, StoreError};
 use crate::digest::Digest;
 
 /// A sync rule's last run, as the scheduler records it.
@@ -70,11 +70,11 @@ impl Store {
     /// Makes `digests` exactly what `rule` pins.
     pub fn pin(&self, rule: &str, digests: &BTreeSet<Digest>) -> Result<(), StoreError> {
         let old = self.pinned_by(rule)?;
-        let (mut add, mut add_by_rule) = (sled::Batch::default(), sled::Batch::default());
+        let (mut add, mut add_by_rule) = (kv::Batch::default(), kv::Batch::default());
         for d in digests.difference(&old) {
             let d = d.to_string();
-            add.insert(pin_key(&d, rule), &[]);
-            add_by_rule.insert(pin_key(rule, &d), &[]);
+            add.insert(pin_key(&d, rule), []);
+            add_by_rule.insert(pin_key(rule, &d), []);
         }
         let trees = self.trees()?;
         self.wrote(trees.pins.apply_batch(add))?;
@@ -149,7 +149,7 @@ impl Store {
         rule: &str,
         digests: impl Iterator<Item = &'a Digest>,
     ) -> Result<(), StoreError> {
-        let (mut drop, mut drop_by_rule) = (sled::Batch::default(), sled::Batch::default());
+        let (mut drop, mut drop_by_rule) = (kv::Batch::default(), kv::Batch::default());
         for d in digests {
             let d = d.to_string();
             drop.remove(pin_key(&d, rule));

@@ -18,7 +18,7 @@ use super::check::Pace;
 use super::keys::{self, Kind};
 use super::records::{encode_json, now_ms, ObjectRecord, TagMapping};
 use super::resume::Progress;
-use super::{hash_file, io_err, Store, StoreError};
+use super::{hash_file, io_err, kv, Store, StoreError};
 use crate::digest::Digest;
 use crate::manifest::validate;
 
@@ -189,7 +189,7 @@ impl Store {
         let pace = Pace::new(Some(self.inner.reconcile_rate));
         let mut seen = 0u64;
         let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let range = trees.objects.range::<&[u8], _>((from, Bound::Unbounded));
+        let range = trees.objects.range(from, Bound::Unbounded);
         let mut passed = after.clone();
         for entry in range {
             let (key, raw) = entry?;
@@ -227,7 +227,7 @@ impl Store {
         to: Bound<&[u8]>,
     ) -> Result<(), StoreError> {
         let from = passed.map_or(Bound::Unbounded, Bound::Excluded);
-        for entry in self.trees()?.objects.range::<&[u8], _>((from, to)) {
+        for entry in self.trees()?.objects.range(from, to) {
             let (key, raw) = entry?;
             let parsed = keys::parse_object(&key).zip(ObjectRecord::decode(&raw));
             if let Some(((kind, _), record)) = parsed {
@@ -256,7 +256,7 @@ impl Store {
         }
         let index = keys::lru(record.used_at_ms, kind, &digest);
         if !trees.lru.contains_key(&index)? {
-            self.wrote(trees.lru.insert(index, &[]))?;
+            self.wrote(trees.lru.insert(index, []))?;
             self.note(|r| r.reindexed += 1);
         }
         Ok(())
@@ -361,7 +361,7 @@ impl Store {
         self.wrote(
             trees
                 .lru
-                .insert(keys::lru(record.used_at_ms, kind, &digest), &[]),
+                .insert(keys::lru(record.used_at_ms, kind, &digest), []),
         )?;
         progress.report.files_adopted += 1;
         progress.count(kind, &record);
@@ -432,7 +432,7 @@ impl Store {
             }
         }
         self.wrote(trees.census.clear())?;
-        let mut batch = sled::Batch::default();
+        let mut batch = kv::Batch::default();
         for (key, c) in counts {
             batch.insert(key, &c.encode()[..]);
         }

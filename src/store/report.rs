@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::census::Counts;
 use super::keys;
 use super::lru::Activity;
-use super::{Store, StoreError};
+use super::{kv, Store, StoreError};
 
 /// Content seen in one repository of one upstream (shared content counts in
 /// every repository that holds it, and once in the totals).
@@ -82,7 +82,7 @@ impl Store {
             *report.upstreams.entry(usage.upstream.clone()).or_default() += usage.bytes;
             report.repositories.push(usage);
         }
-        let used_at = |entry: Option<Result<(sled::IVec, sled::IVec), sled::Error>>| {
+        let used_at = |entry: Option<kv::KvResult<(kv::Value, kv::Value)>>| {
             entry
                 .and_then(Result::ok)
                 .and_then(|(key, _)| keys::parse_lru(&key))
