@@ -14,6 +14,7 @@ mod fetch;
 mod list;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
@@ -85,7 +86,7 @@ impl TagLists {
             }
         }
         self.looked_up(false);
-        match self.refresh(target, key).await {
+        match self.refresh(target, key, Some(config.tag_list_ttl)).await {
             Ok(record) => Ok(fresh(record)),
             Err(e) => match stored {
                 Some(record) if may_serve_stale(&e, &record, target) => {
@@ -105,7 +106,7 @@ impl TagLists {
     /// for sync rules, which must see a tag pushed a moment ago.
     pub async fn fresh(&self, target: &Target) -> Fetched {
         let key = (target.upstream.name().to_owned(), target.repo.clone());
-        self.refresh(target, key).await
+        self.refresh(target, key, None).await
     }
 
     fn stale(&self, list: Arc<TagListRecord>) -> Answer {
@@ -152,12 +153,20 @@ impl TagLists {
         Ok(fresh(Arc::new(TagListRecord::new(list))))
     }
 
-    /// Reads the list from the upstream (single flight) and stores it.
-    async fn refresh(&self, target: &Target, key: Key) -> Fetched {
+    /// Reads the list from the upstream (single flight) and stores it. With
+    /// `ttl`, a list stored within it is taken instead: a flight that ended
+    /// between the caller's look and its joining has just stored one.
+    async fn refresh(&self, target: &Target, key: Key, ttl: Option<Duration>) -> Fetched {
         let (this, t) = (self.clone(), target.clone());
         let result = self
             .flights
             .run(key.clone(), move || async move {
+                if let Some(ttl) = ttl {
+                    let stored = this.stored(&key).map_err(Arc::new)?;
+                    if let Some(record) = stored.filter(|r| r.age() < ttl) {
+                        return Ok(record);
+                    }
+                }
                 let list = fetch::whole_list(&t)
                     .await
                     .map_err(|e| Arc::new(FillError::Upstream(e)))?;
