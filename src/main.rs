@@ -277,8 +277,18 @@ where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The metadata engine reports every tree it opens at info: warnings
+    // only, unless BERTH_LOG names it.
+    let asked = std::env::var("BERTH_LOG").unwrap_or_default();
+    for engine in ["fjall", "lsm_tree"] {
+        if !asked.contains(engine) {
+            if let Ok(directive) = format!("{engine}=warn").parse() {
+                filter = filter.add_directive(directive);
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_timer(berth::logging::Timestamp)

@@ -107,7 +107,7 @@ fn sigterm_stops_a_serving_berth_with_exit_0_and_a_flushed_store() {
         "{}",
         rest.join("\n")
     );
-    assert!(data.join("db").exists());
+    assert!(data.join("meta").exists());
 }
 
 #[test]

@@ -1,19 +1,52 @@
 //! The key-value engine under the metadata tier, and the one module that
-//! names it (sled 0.34). The store asks little of an engine: named trees of
-//! ordered byte keys; point reads and writes that return what they
-//! replaced; whole-tree, prefix and reverse iteration; batches on one
-//! tree; a merge for the counters; a flush. Keeping that surface here means
-//! the engine can be replaced by changing this module and adding a
-//! migration, not every caller. sled's own start-up time and memory grow
-//! with its file (README, "A cache of a million objects"), which is why
-//! that may be needed.
+//! names it: fjall, a log-structured merge tree. The store asks little of
+//! an engine: named trees of ordered byte keys; point reads and writes
+//! that return what they replaced; whole-tree, prefix, range and reverse
+//! iteration; batches; a merge for the counters; a flush.
+//!
+//! fjall rather than sled 0.34 (berth's engine until 2026-12): sled keeps
+//! an entry in memory for every page of its file and rebuilds that table
+//! from its log at every start, so at a million objects it took seconds to
+//! open and 125–170 MiB that no setting bounds. fjall opens from its
+//! manifest and table indexes and replays at most `JOURNAL_BYTES` of
+//! journal after a crash; its memory is its block cache (set from
+//! `cache.meta_cache`) and write buffers (bounded below). A directory sled
+//! wrote is converted once (`store::legacy`).
+//!
+//! fjall's writes do not return what they replaced, and the store counts
+//! on that (a record replaced is a record not counted twice), so every
+//! write takes the lock of its key's stripe around the read and the write.
 
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::{Bound, Deref};
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+/// Journal kept before memtables are flushed to tables: what a start after
+/// a crash replays at most. fjall's smallest allowed.
+const JOURNAL_BYTES: u64 = 64 << 20;
+/// Each tree's memtable before it is written out as a table (fjall's
+/// default, 64 MiB a tree, would let a dozen trees hold most of a gigabyte).
+const MEMTABLE_BYTES: u64 = 2 << 20;
+/// What the memtables are reckoned to take of the budget: the busy trees'
+/// (records, access index, links, tags) full, and some being written out.
+const WRITE_BUFFER_BYTES: u64 = 16 << 20;
+/// The block cache's capacity counts blocks by their size on disk,
+/// compressed; in memory they took 2.2–2.6 times that, measured at a
+/// million objects (fjall 2.11). So the cache gets 2/5 of its budget.
+const CACHE_SHARE: (u64, u64) = (2, 5);
+/// The block cache however small the budget.
+const MIN_CACHE_BYTES: u64 = 4 << 20;
+/// The default tree's name (settings written before trees existed).
+pub const DEFAULT_TREE: &str = "default";
+/// Write locks, by key hash: enough that unrelated writes rarely meet.
+const STRIPES: usize = 64;
 
 /// A key or value read from the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Value(sled::IVec);
+pub struct Value(fjall::Slice);
 
 impl Deref for Value {
     type Target = [u8];
@@ -31,16 +64,29 @@ impl AsRef<[u8]> for Value {
 /// The engine failed: its files could not be read or written, or it found
 /// them damaged.
 #[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct KvError(#[from] sled::Error);
+#[error("{0}")]
+pub struct KvError(Box<fjall::Error>);
+
+impl From<fjall::Error> for KvError {
+    fn from(e: fjall::Error) -> KvError {
+        KvError(Box::new(e))
+    }
+}
 
 impl KvError {
     /// The I/O error underneath, when the engine's files were the problem.
     pub fn io(&self) -> Option<&std::io::Error> {
-        match &self.0 {
-            sled::Error::Io(e) => Some(e),
+        match &*self.0 {
+            fjall::Error::Io(e) => Some(e),
+            fjall::Error::Storage(fjall::LsmError::Io(e)) => Some(e),
             _ => None,
         }
+    }
+
+    /// Whether the engine stopped writing for good: after an I/O error it
+    /// refuses every write (poisoned) until it is opened again.
+    pub fn needs_reopen(&self) -> bool {
+        self.io().is_some() || matches!(*self.0, fjall::Error::Poisoned)
     }
 }
 
@@ -49,43 +95,89 @@ pub type KvResult<T> = Result<T, KvError>;
 /// Combines a stored value with a change to it; `None` removes the key.
 pub type MergeFn = fn(&[u8], Option<&[u8]>, &[u8]) -> Option<Vec<u8>>;
 
+/// The write locks shared by every tree of one database.
+struct Stripes {
+    locks: Vec<Mutex<()>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Stripes {
+    fn new() -> Stripes {
+        Stripes {
+            locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: Default::default(),
+        }
+    }
+
+    fn index(&self, tree: &str, key: &[u8]) -> usize {
+        let mut h = self.hasher.build_hasher();
+        tree.hash(&mut h);
+        key.hash(&mut h);
+        (h.finish() % STRIPES as u64) as usize
+    }
+
+    /// A lock guards no data, so one a panic left poisoned is still good.
+    fn lock(&self, i: usize) -> MutexGuard<'_, ()> {
+        self.locks[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// An open database: named trees, and a default one it derefs to.
 pub struct Db {
-    db: sled::Db,
+    db: Database,
+    stripes: Arc<Stripes>,
     default: Tree,
 }
 
 impl Db {
-    /// Opens (or creates) the database in the directory `path`, with a page
-    /// cache of `cache_capacity` bytes as the engine counts them.
-    pub fn open(path: &Path, cache_capacity: u64) -> KvResult<Db> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_capacity)
+    /// Opens (or creates) the database in the directory `path`, in about
+    /// `memory` bytes: its write buffers, and a block cache of the rest.
+    pub fn open(path: &Path, memory: u64) -> KvResult<Db> {
+        let cache = (memory.saturating_sub(WRITE_BUFFER_BYTES) * CACHE_SHARE.0 / CACHE_SHARE.1)
+            .max(MIN_CACHE_BYTES);
+        let db = Database::builder(path)
+            .cache_size(cache)
+            .max_journaling_size(JOURNAL_BYTES)
             .open()?;
-        let default = Tree((*db).clone());
-        Ok(Db { db, default })
+        let stripes = Arc::new(Stripes::new());
+        let default = Tree::open(&db, &stripes, DEFAULT_TREE)?;
+        Ok(Db {
+            db,
+            stripes,
+            default,
+        })
     }
 
     pub fn open_tree(&self, name: &str) -> KvResult<Tree> {
-        Ok(Tree(self.db.open_tree(name)?))
+        Tree::open(&self.db, &self.stripes, name)
+    }
+
+    /// Every tree's name.
+    #[cfg(test)]
+    pub fn tree_names(&self) -> Vec<String> {
+        self.db
+            .list_keyspace_names()
+            .iter()
+            .map(|n| n.as_ref().to_owned())
+            .collect()
     }
 
     pub fn has_tree(&self, name: &str) -> bool {
-        self.db
-            .tree_names()
-            .iter()
-            .any(|n| &n[..] == name.as_bytes())
+        self.db.keyspace_exists(name)
     }
 
     pub fn drop_tree(&self, name: &str) -> KvResult<bool> {
-        Ok(self.db.drop_tree(name)?)
+        if !self.has_tree(name) {
+            return Ok(false);
+        }
+        let tree = self.open_tree(name)?;
+        self.db.delete_keyspace(tree.ks)?;
+        Ok(true)
     }
 
     /// Writes everything written so far to disk.
     pub fn flush(&self) -> KvResult<()> {
-        self.db.flush()?;
-        Ok(())
+        Ok(self.db.persist(PersistMode::SyncAll)?)
     }
 }
 
@@ -98,29 +190,34 @@ impl Deref for Db {
 
 /// Whether an open failed because another process holds the database.
 pub fn is_locked(e: &KvError) -> bool {
-    e.io()
-        .is_some_and(|e| e.to_string().contains("could not acquire lock"))
+    matches!(*e.0, fjall::Error::Locked)
 }
 
 /// One tree of ordered keys.
 #[derive(Clone)]
-pub struct Tree(sled::Tree);
+pub struct Tree {
+    name: Arc<str>,
+    ks: Keyspace,
+    db: Database,
+    stripes: Arc<Stripes>,
+    merge: Option<MergeFn>,
+}
 
 type Entry = KvResult<(Value, Value)>;
 
 /// Entries of a tree in key order, read as they are reached.
-pub struct Iter(sled::Iter);
-
-fn entry(item: sled::Result<(sled::IVec, sled::IVec)>) -> Entry {
-    item.map(|(k, v)| (Value(k), Value(v)))
-        .map_err(KvError::from)
-}
+pub struct Iter(fjall::Iter);
 
 impl Iter {
     /// The keys alone.
     pub fn keys(self) -> impl DoubleEndedIterator<Item = KvResult<Value>> {
         self.map(|e| e.map(|(k, _)| k))
     }
+}
+
+fn entry(guard: fjall::Guard) -> Entry {
+    let (k, v) = guard.into_inner()?;
+    Ok((Value(k), Value(v)))
 }
 
 impl Iterator for Iter {
@@ -137,12 +234,34 @@ impl DoubleEndedIterator for Iter {
 }
 
 impl Tree {
+    fn open(db: &Database, stripes: &Arc<Stripes>, name: &str) -> KvResult<Tree> {
+        Ok(Tree {
+            name: name.into(),
+            ks: db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })?,
+            db: db.clone(),
+            stripes: stripes.clone(),
+            merge: None,
+        })
+    }
+
+    /// This tree with `merge` as what `Tree::merge` applies.
+    pub fn with_merge(mut self, merge: MergeFn) -> Tree {
+        self.merge = Some(merge);
+        self
+    }
+
+    fn stripe(&self, key: &[u8]) -> MutexGuard<'_, ()> {
+        self.stripes.lock(self.stripes.index(&self.name, key))
+    }
+
     pub fn get(&self, key: impl AsRef<[u8]>) -> KvResult<Option<Value>> {
-        Ok(self.0.get(key)?.map(Value))
+        Ok(self.ks.get(key)?.map(Value))
     }
 
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> KvResult<bool> {
-        Ok(self.0.contains_key(key)?)
+        Ok(self.ks.contains_key(key)?)
     }
 
     /// Sets `key`; what it held before.
@@ -151,67 +270,113 @@ impl Tree {
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> KvResult<Option<Value>> {
-        Ok(self.0.insert(key, value.as_ref())?.map(Value))
+        let key = key.as_ref();
+        let _lock = self.stripe(key);
+        let previous = self.get(key)?;
+        self.ks.insert(key, value.as_ref())?;
+        Ok(previous)
     }
 
     /// Removes `key`; what it held.
     pub fn remove(&self, key: impl AsRef<[u8]>) -> KvResult<Option<Value>> {
-        Ok(self.0.remove(key)?.map(Value))
+        let key = key.as_ref();
+        let _lock = self.stripe(key);
+        let previous = self.get(key)?;
+        if previous.is_some() {
+            self.ks.remove(key)?;
+        }
+        Ok(previous)
     }
 
-    /// Applies `change` to `key` with the tree's merge function.
+    /// Applies `change` to `key` with the tree's merge function (set with
+    /// `with_merge`; without one, `change` replaces the value).
     pub fn merge(
         &self,
         key: impl AsRef<[u8]>,
         change: impl AsRef<[u8]>,
     ) -> KvResult<Option<Value>> {
-        Ok(self.0.merge(key, change.as_ref())?.map(Value))
-    }
-
-    pub fn set_merge_operator(&self, merge: MergeFn) {
-        self.0.set_merge_operator(merge);
+        let (key, change) = (key.as_ref(), change.as_ref());
+        let _lock = self.stripe(key);
+        let old = self.get(key)?;
+        let new = match self.merge {
+            Some(merge) => merge(key, old.as_deref(), change),
+            None => Some(change.to_vec()),
+        };
+        match new {
+            Some(new) => {
+                let new = fjall::Slice::from(new);
+                self.ks.insert(key, new.clone())?;
+                Ok(Some(Value(new)))
+            }
+            None => {
+                self.ks.remove(key)?;
+                Ok(None)
+            }
+        }
     }
 
     /// Every entry in key order (and back, from the end).
     pub fn iter(&self) -> Iter {
-        Iter(self.0.iter())
+        Iter(self.ks.iter())
     }
 
     /// The entries whose keys start with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
-        Iter(self.0.scan_prefix(prefix))
+        Iter(self.ks.prefix(prefix))
     }
 
     /// The entries whose keys lie within `from` and `to`, in key order.
     pub fn range(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Iter {
-        Iter(self.0.range::<&[u8], _>((from, to)))
+        Iter(self.ks.range::<&[u8], _>((from, to)))
     }
 
     /// Entries counted one by one: not for a large tree on a hot path.
-    pub fn len(&self) -> usize {
-        self.0.len()
+    pub fn len(&self) -> KvResult<usize> {
+        Ok(self.ks.len()?)
     }
 
     pub fn clear(&self) -> KvResult<()> {
-        Ok(self.0.clear()?)
+        Ok(self.ks.clear()?)
     }
 
     /// Applies every write of `batch` at once.
     pub fn apply_batch(&self, batch: Batch) -> KvResult<()> {
-        Ok(self.0.apply_batch(batch.0)?)
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        let mut stripes: Vec<usize> = batch
+            .ops
+            .iter()
+            .map(|(k, _)| self.stripes.index(&self.name, k))
+            .collect();
+        // Taken in one order, so two batches never wait on each other.
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _locks: Vec<_> = stripes.into_iter().map(|i| self.stripes.lock(i)).collect();
+        let mut write = self.db.batch();
+        for (key, value) in batch.ops {
+            match value {
+                Some(value) => write.insert(&self.ks, key, value),
+                None => write.remove(&self.ks, key),
+            }
+        }
+        Ok(write.commit()?)
     }
 }
 
 /// Writes to one tree, applied together.
 #[derive(Default)]
-pub struct Batch(sled::Batch);
+pub struct Batch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
 
 impl Batch {
     pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.0.insert(key.as_ref(), value.as_ref());
+        self.ops
+            .push((key.as_ref().to_vec(), Some(value.as_ref().to_vec())));
     }
 
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
-        self.0.remove(key.as_ref());
+        self.ops.push((key.as_ref().to_vec(), None));
     }
 }

@@ -18,22 +18,13 @@ use super::StoreError;
 /// How long start-up waits for another holder of the database to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// Bytes of memory sled's page cache takes for each byte of its
-/// `cache_capacity`, which counts pages by their size on disk. Measured on
-/// a store of 1.1M objects under the same load of 150,000 warm requests:
-/// a `cache_capacity` of 64 MiB instead of 16 MiB cost 171 MiB more
-/// resident memory, 3.6 bytes for each. `cache.meta_cache` is the memory
-/// the operator budgets, so sled is given this fraction of it.
-const SLED_MEMORY_PER_CAPACITY_BYTE: u64 = 4;
-
-/// Opens the sled database, waiting briefly for its lock. A lock still held
+/// Opens the metadata database, waiting briefly for its lock. A lock still held
 /// after that is another berth on the same data directory, which is refused
 /// with a message that says so.
 pub(super) fn open_db(path: &Path, cache_bytes: u64) -> Result<kv::Db, StoreError> {
     let started = std::time::Instant::now();
-    let capacity = cache_bytes / SLED_MEMORY_PER_CAPACITY_BYTE;
     loop {
-        match kv::Db::open(path, capacity) {
+        match kv::Db::open(path, cache_bytes) {
             Err(e) if kv::is_locked(&e) && started.elapsed() <= LOCK_WAIT => {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -54,11 +45,27 @@ pub(super) fn open_db(path: &Path, cache_bytes: u64) -> Result<kv::Db, StoreErro
 /// Fails at once with `StoreError::InUse` when a berth holds the data
 /// directory `dir`; a directory without a database is free.
 pub fn ensure_free(dir: &Path) -> Result<(), StoreError> {
-    // sled locks the file `db` inside its directory `db/`.
-    let path = dir.join("db").join("db");
-    let file = match std::fs::File::open(&path) {
+    // fjall locks the file `lock` inside its directory; a berth from
+    // before it, sled's `db/db`.
+    for path in [
+        dir.join(super::meta::DIR).join("lock"),
+        dir.join(super::legacy::SLED_DIR).join("db"),
+    ] {
+        if locked(&path)? {
+            return Err(StoreError::InUse {
+                dir: dir.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether another process holds the lock on `path` (a missing file is
+/// free).
+fn locked(path: &Path) -> Result<bool, StoreError> {
+    let file = match std::fs::File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => {
             return Err(StoreError::Io {
                 what: format!("cannot open {}", path.display()),
@@ -70,13 +77,8 @@ pub fn ensure_free(dir: &Path) -> Result<(), StoreError> {
         what: format!("cannot lock {}", path.display()),
         source: e,
     })?;
-    if !free {
-        return Err(StoreError::InUse {
-            dir: dir.to_owned(),
-        });
-    }
     // Closing the file releases the probe's lock.
-    Ok(())
+    Ok(!free)
 }
 
 #[cfg(test)]

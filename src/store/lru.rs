@@ -190,7 +190,7 @@ impl Store {
     /// most a few hundred) and the report. Cheap, whatever the store holds.
     pub fn measure_overhead(&self) {
         let dir = &self.inner.dir;
-        let bytes = super::recovery::du(&dir.join("db"))
+        let bytes = super::recovery::du(&dir.join(super::meta::DIR))
             + self.inner.files.directory_bytes()
             + std::fs::metadata(dir.join(super::report::REPORT_FILE))
                 .map(|m| super::files::disk_bytes(&m))

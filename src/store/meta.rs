@@ -1,4 +1,4 @@
-//! The metadata tier: sled, holding one small record per stored object, the
+//! The metadata tier: a key-value database (`kv`), holding one small record per stored object, the
 //! access index, repository links, tag mappings and referrers lists, and
 //! the maintained counters `berth du` reads. Content itself lives in files.
 //!
@@ -49,8 +49,7 @@ pub struct Trees {
 
 impl Trees {
     fn open(db: kv::Db) -> kv::KvResult<Trees> {
-        let census = db.open_tree("census")?;
-        census.set_merge_operator(super::census::merge);
+        let census = db.open_tree("census")?.with_merge(super::census::merge);
         Ok(Trees {
             objects: db.open_tree("objects")?,
             lru: db.open_tree("lru")?,
@@ -79,6 +78,9 @@ pub struct Meta {
     reopening: std::sync::Mutex<()>,
 }
 
+/// The database's directory inside the data directory.
+pub const DIR: &str = "meta";
+
 /// How long a reopen waits for operations still holding the old database.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -106,7 +108,7 @@ impl Meta {
     /// Passes a write's result on, noting an I/O failure: sled will fail
     /// every write from now on, until it is reopened.
     pub fn wrote<T>(&self, result: kv::KvResult<T>) -> Result<T, StoreError> {
-        if let Some(e) = result.as_ref().err().and_then(kv::KvError::io) {
+        if let Some(e) = result.as_ref().err().filter(|e| e.needs_reopen()) {
             if self.writable.swap(false, Ordering::Relaxed) {
                 tracing::error!(error = %e, "the metadata database cannot write; serving without caching until it can be reopened");
             }

@@ -23,6 +23,7 @@ pub mod hot;
 pub mod inventory;
 pub mod keys;
 mod kv;
+mod legacy;
 mod lock;
 pub mod lru;
 mod meta;
@@ -146,12 +147,14 @@ impl Store {
         storage: &StorageConfig,
     ) -> Result<(Store, Opened), StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
-        let meta = Meta::open(&dir.join("db"), cache.meta_cache)?;
+        let meta_dir = dir.join(meta::DIR);
+        let converted = legacy::convert(dir, &meta_dir, cache.meta_cache)?;
+        let meta = Meta::open(&meta_dir, cache.meta_cache)?;
         let files = Files::open(dir).map_err(io_err(format!(
             "cannot create the content directories in {}",
             dir.display()
         )))?;
-        let migrated = migrate::to_current(&meta, &files)?;
+        let migrated = migrate::to_current(&meta, &files)? || converted.is_some();
         let store = Store {
             inner: Arc::new(Inner {
                 lru: Lru::open(&meta, dir, storage)?,

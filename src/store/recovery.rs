@@ -49,16 +49,19 @@ pub struct Reconciled {
     pub stopped: bool,
 }
 
-/// Bytes a directory tree takes on disk, as `du` counts them.
+/// Bytes a directory tree takes on disk, as `du` counts them: blocks in
+/// use, so the database's journal, made at its full length and written
+/// into, counts what it holds.
 pub fn du(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     entries
         .flatten()
         .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => super::files::disk_bytes(&m) + du(&e.path()),
-            Ok(m) => super::files::disk_bytes(&m),
+            Ok(m) if m.is_dir() => m.blocks() * 512 + du(&e.path()),
+            Ok(m) => m.blocks() * 512,
             Err(_) => 0,
         })
         .sum()
@@ -158,7 +161,7 @@ impl Store {
             }
         }
         self.count_repositories()?;
-        let tags = self.trees()?.tags.len() as u64;
+        let tags = self.trees()?.tags.len()? as u64;
         let mut state = self.records();
         let Some(mut progress) = state.take() else {
             return Ok(Reconciled::default());

@@ -243,7 +243,7 @@ fn a_format_1_directory_is_converted() {
     let blob = b"a format one inline blob".to_vec();
     let blob_digest = Algorithm::Sha256.digest(&blob);
     {
-        let db = kv::Db::open(&dir.path().join("db"), 1 << 20).expect("the database");
+        let db = sled::open(dir.path().join("db")).expect("sled");
         db.insert(b"schema_version", b"1").expect("schema");
         let mut value = m.media_type.as_bytes().to_vec();
         value.push(b'\n');
@@ -272,7 +272,7 @@ fn a_format_1_directory_is_converted() {
         .join(&0u8);
         db.open_tree("links")
             .expect("tree")
-            .insert(link, [])
+            .insert(link, &[])
             .expect("l");
         db.open_tree("tags")
             .expect("tree")
@@ -306,11 +306,90 @@ fn a_format_1_directory_is_converted() {
     );
 }
 
+/// A directory a berth with sled wrote (the current format): the store's
+/// own records, copied key for key into a sled database where that berth
+/// kept it, as it would have written them.
+fn as_sled_directory(dir: &Path) {
+    let meta_dir = dir.join(meta::DIR);
+    {
+        let db = kv::Db::open(&meta_dir, 1 << 20).expect("the database");
+        let sled = sled::open(dir.join(legacy::SLED_DIR)).expect("sled");
+        for name in db.tree_names() {
+            let target = match name.as_str() {
+                kv::DEFAULT_TREE => (*sled).clone(),
+                other => sled.open_tree(other).expect("a sled tree"),
+            };
+            for entry in db.open_tree(&name).expect("tree").iter() {
+                let (k, v) = entry.expect("entry");
+                target.insert(&*k, &*v).expect("copy");
+            }
+        }
+        sled.flush().expect("flush");
+    }
+    std::fs::remove_dir_all(meta_dir).expect("remove");
+}
+
+#[test]
+fn a_directory_sled_kept_is_converted_with_everything_in_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = manifest(3);
+    let blob = b"a blob held in a sled store's days".repeat(10);
+    let mapping = TagMapping {
+        digest: m.digest.to_string(),
+        fetched_at_ms: 1,
+        etag: None,
+        endpoint: None,
+    };
+    {
+        let (store, _) = open(dir.path());
+        store.put_manifest(m.clone()).expect("manifest");
+        commit(&store, &blob);
+        store
+            .put_tag("docker.io", "library/a", "v1", mapping.clone())
+            .expect("tag");
+        store
+            .add_link("docker.io", "library/a", &m.digest)
+            .expect("link");
+        store.close().expect("a clean stop");
+    }
+    let before = {
+        let (store, _) = open(dir.path());
+        let report = store.report().expect("report");
+        store.close().expect("a clean stop");
+        report
+    };
+    as_sled_directory(dir.path());
+
+    let (store, opened) = open(dir.path());
+    assert!(opened.migrated, "a conversion is reported");
+    assert!(
+        !dir.path().join(legacy::SLED_DIR).exists(),
+        "sled's files are removed"
+    );
+    let served = store.manifest(&m.digest).expect("read").expect("kept");
+    assert_eq!(served.bytes, m.bytes);
+    let blob_digest = Algorithm::Sha256.digest(&blob);
+    assert!(
+        store.has_blob(&blob_digest).expect("read"),
+        "the blob is kept"
+    );
+    assert_eq!(
+        store.tag("docker.io", "library/a", "v1").expect("read"),
+        Some(mapping)
+    );
+    assert!(store
+        .has_link("docker.io", "library/a", &m.digest)
+        .expect("link"));
+    let after = store.report().expect("report");
+    let counts = |r: &report::CacheReport| (r.blobs, r.manifests, r.tags, r.content_bytes);
+    assert_eq!(counts(&after), counts(&before));
+}
+
 #[test]
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let db = kv::Db::open(&dir.path().join("db"), 1 << 20).expect("the database");
+        let db = sled::open(dir.path().join("db")).expect("sled");
         db.insert(b"schema_version", b"99").expect("insert");
         db.flush().expect("flush");
     }
@@ -498,7 +577,7 @@ fn content_stored_and_removed_throughout_a_reconcile_is_counted_exactly_once() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let churned = churn.join().expect("churn");
     assert!(churned > 100, "the churn ran beside the walk: {churned}");
-    let held = store.trees().expect("trees").objects.len() as u64;
+    let held = store.trees().expect("trees").objects.len().expect("count") as u64;
     let counted = store.report().expect("report").blobs;
     assert_eq!(
         counted, held,

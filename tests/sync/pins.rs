@@ -27,10 +27,11 @@ async fn pinned_content_survives_an_eviction_round_that_would_remove_it_first() 
     let pusher = Pusher::to(&registry);
     pusher.push_all(std::slice::from_ref(&pinned)).await;
     pusher.push_all(&others).await;
-    // Room for three of the four images: eviction starts above 0.9 MiB
-    // and goes down to 0.8 MiB.
+    // The pinned image and the metadata database's files take about 760
+    // KiB, each other image about 300 KiB: the third pull passes the high
+    // watermark (1.61 MiB) and one image goes, down to 1.43 MiB.
     let config = format!(
-        "[storage]\nmax_size = \"1MiB\"\n\n[[sync]]\nname = \"app\"\nrepository = \"{REPO}\"\nsemver = \">=1\"\ninterval = \"1h\"\n"
+        "[storage]\nmax_size = \"1792KiB\"\n\n[[sync]]\nname = \"app\"\nrepository = \"{REPO}\"\nsemver = \">=1\"\ninterval = \"1h\"\n"
     );
     let berth = Berth::start(&config, &registry.url()).await;
     wait_for_runs(&berth, "app", "ok", 1.0).await;
