@@ -1,7 +1,7 @@
 //! berth: a pull-through caching registry for OCI and Docker images.
 //!
 //! A client pulls through berth's registry API (`http`); berth answers from
-//! its cache (`store`: moka in memory, sled for metadata, manifests and small
+//! its cache (`store`: moka in memory, fjall for metadata, manifests and small
 //! blobs, content-addressed files for large blobs) and fetches what it lacks
 //! from the upstream registry (`upstream`) through single-flight fills
 //! (`fill`) that stream to every waiting client while they write, hash and

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// jemalloc rather than glibc's malloc: glibc keeps what berth frees in
-/// per-thread arenas (sled's page cache and the hot tier churn many small
+/// per-thread arenas (the metadata engine's caches and the hot tier churn many small
 /// allocations across the runtime's threads), so an idle berth held twice
 /// the memory it used; jemalloc's background threads hand freed pages back
 /// to the system within seconds.
@@ -277,11 +277,13 @@ where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
     use std::io::IsTerminal;
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let asked = std::env::var("BERTH_LOG").unwrap_or_default();
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&asked)
+        .ok()
+        .filter(|_| !asked.is_empty())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     // The metadata engine reports every tree it opens at info: warnings
     // only, unless BERTH_LOG names it.
-    let asked = std::env::var("BERTH_LOG").unwrap_or_default();
     for engine in ["fjall", "lsm_tree"] {
         if !asked.contains(engine) {
             if let Ok(directive) = format!("{engine}=warn").parse() {
@@ -331,7 +333,7 @@ fn serve(config: berth::Config) -> ExitCode {
         let app = berth::App::new(config)?;
         let result = berth::serve(app.clone(), listener, shutdown).await;
         // The store is closed (flushed, marked clean) by now; tearing down
-        // its in-memory structures, sled's page table among them, would
+        // its in-memory structures, the metadata engine's among them, would
         // cost time that grows with what the cache holds. The process is
         // about to exit, which frees it all at once.
         std::mem::forget(app);

@@ -16,7 +16,7 @@
 //! never a wrong byte. Redis failing is never a failure of berth: every
 //! command has a deadline, a failure takes Redis out of use for a back-off
 //! period (`crate::backoff`), logged once, and meanwhile each replica works
-//! alone (its local single flight, its sled copy of tags and links).
+//! alone (its local single flight, its local copy of tags and links).
 
 mod budget;
 mod lease;

@@ -11,7 +11,7 @@
 //! (`<prefix>:referrers:<upstream>/<repo>@<digest>`) is the last one a
 //! replica read from the upstream, with when: another replica takes it
 //! while it is younger than the upstream's `referrers_ttl`. All expire
-//! after a week unless written again, and every replica keeps its sled
+//! after a week unless written again, and every replica keeps its local
 //! copy, so it serves stale without Redis.
 
 use std::time::Duration;

@@ -35,7 +35,7 @@ pub use self::upstream::{RepoPatterns, UpstreamConfig, BUILTIN_UPSTREAMS};
 pub struct Config {
     /// Address the registry API listens on.
     pub listen: SocketAddr,
-    /// Where the store (sled database and blob files) lives.
+    /// Where the store (metadata database and content files) lives.
     pub data_dir: PathBuf,
     /// How long a shutdown waits for running transfers before giving up.
     #[serde(serialize_with = "effective::duration")]

@@ -5,7 +5,7 @@
 //! the cluster's (`cluster::tags`). Fresh, it is taken as is: the manifest
 //! comes from the local store, the shared tier or the replica that
 //! published the mapping (verified against its digest either way), and the
-//! mapping is kept in sled with the time it was learnt. Stale, the replica
+//! mapping is kept in the metadata database with the time it was learnt. Stale, the replica
 //! asks for the tag's revalidation lease: won, it asks the upstream as a
 //! lone berth would and publishes what it learnt before releasing the
 //! lease; held, it waits for the holder (at most a lease period) and reads

@@ -1,4 +1,4 @@
-//! `GET`/`HEAD /v2/<name>/blobs/<digest>`: cached blobs from memory, sled or
+//! `GET`/`HEAD /v2/<name>/blobs/<digest>`: cached blobs from memory, the store's files or
 //! their file (with `Range`), missing ones by joining or starting a fill and
 //! streaming it as it arrives; a `Range` on a missing blob that no fill has
 //! reached yet is passed through to the upstream (`lazy`).

@@ -52,7 +52,7 @@ impl Counts {
     }
 }
 
-/// sled's merge operator for the census tree: adds a change to the counts;
+/// The merge function of the census tree: adds a change to the counts;
 /// a repository left with nothing is removed.
 pub fn merge(_key: &[u8], old: Option<&[u8]>, change: &[u8]) -> Option<Vec<u8>> {
     let counts = old.map(Counts::decode).unwrap_or_default();

@@ -1,6 +1,6 @@
 //! The hot tier: manifests, tag resolutions, referrers lists and small
 //! blobs in memory,
-//! bounded in bytes, in front of sled. It is a read-through copy only; sled
+//! bounded in bytes, in front of the metadata database. It is a read-through copy only; the database
 //! stays the truth, so losing the hot tier loses nothing.
 
 use std::sync::Arc;
@@ -18,7 +18,7 @@ pub enum HotKey {
     Tag(Vec<u8>),
     Referrers(Vec<u8>),
     /// A repository link (`keys::by_digest`) known to exist: read on every
-    /// request by digest, so kept here rather than asked of sled each time.
+    /// request by digest, so kept here rather than asked of the database each time.
     Link(Vec<u8>),
 }
 

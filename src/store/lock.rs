@@ -1,4 +1,4 @@
-//! One berth per data directory. sled holds an exclusive lock (`flock`) on
+//! One berth per data directory. the metadata engine holds an exclusive lock (`flock`) on
 //! its database file for as long as it is open; a second opener is refused.
 //!
 //! The server waits a little for the lock, because a berth that just
@@ -97,7 +97,7 @@ mod tests {
             Err(StoreError::InUse { .. })
         ));
         drop(store);
-        // sled's background flusher lets go of the database a moment later.
+        // The engine's background threads let go of the database a moment later.
         let started = std::time::Instant::now();
         while ensure_free(dir.path()).is_err() {
             assert!(started.elapsed() < LOCK_WAIT, "still in use once closed");

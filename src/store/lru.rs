@@ -237,7 +237,7 @@ impl Store {
     }
 
     /// The disk filled up under a fill, below the configured bound: count
-    /// it, say so (`writable`) at once rather than when sled next fails to
+    /// it, say so (`writable`) at once rather than when the database next fails to
     /// write, and ask for an eviction round that frees space anyway.
     pub fn disk_full(&self) {
         let lc = self.lru();

@@ -2,7 +2,7 @@
 //! access index, repository links, tag mappings and referrers lists, and
 //! the maintained counters `berth du` reads. Content itself lives in files.
 //!
-//! sled stops writing for good after one I/O error (a full disk, say): it
+//! The engine stops writing for good after one I/O error (a full disk, say): it
 //! remembers the error and fails every later write, until it is opened
 //! again. So the handle here can be reopened: a write that fails on I/O
 //! marks the tier read-only, reads go on, and once space returns the
@@ -105,7 +105,7 @@ impl Meta {
             .ok_or(StoreError::Reopening)
     }
 
-    /// Passes a write's result on, noting an I/O failure: sled will fail
+    /// Passes a write's result on, noting an I/O failure: the engine will fail
     /// every write from now on, until it is reopened.
     pub fn wrote<T>(&self, result: kv::KvResult<T>) -> Result<T, StoreError> {
         if let Some(e) = result.as_ref().err().filter(|e| e.needs_reopen()) {
@@ -121,7 +121,7 @@ impl Meta {
         self.writable.load(Ordering::Relaxed)
     }
 
-    /// Closes the database and opens it again, clearing the failure sled
+    /// Closes the database and opens it again, clearing the failure the engine
     /// keeps after an I/O error. Blocking.
     pub fn reopen(&self) -> Result<(), StoreError> {
         let _one = self.reopening.lock().unwrap_or_else(|e| e.into_inner());
@@ -151,7 +151,7 @@ impl Meta {
         }
     }
 
-    /// Writes what sled holds in memory to disk.
+    /// Writes what the engine holds in memory to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
         let trees = self.trees()?;
         self.wrote(trees.db.flush())

@@ -2,7 +2,7 @@
 //!
 //! - `hot` (moka): manifests, tag resolutions, referrers lists and small
 //!   blobs in memory, bounded in bytes;
-//! - `meta` (sled): one small record per stored object, the access index,
+//! - `meta` (fjall, through `kv`): one small record per stored object, the access index,
 //!   repository links, tag mappings, referrers lists and the census;
 //! - `files`: the content itself, blobs and manifests, by digest: the near
 //!   cache, bounded on disk (`lru`).
@@ -57,7 +57,7 @@ use crate::digest::{Digest, Hasher};
 /// The on-disk format version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 2;
 /// Free space the disk needs before a database that failed to write is
-/// opened again (room for sled to write a few segments).
+/// opened again (room for the engine to write its journal and tables).
 const REOPEN_FREE_SPACE: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -453,7 +453,7 @@ impl Store {
     /// Whether the upstream showed `digest` in `repo`. Every request by
     /// digest asks, so a link found is remembered in the hot tier (and
     /// forgotten there when its content is evicted); one not found is
-    /// asked of sled again next time.
+    /// asked of the database again next time.
     pub fn has_link(
         &self,
         upstream: &str,
@@ -646,7 +646,7 @@ impl Store {
         Ok(tags)
     }
 
-    /// Writes everything sled holds in memory to disk.
+    /// Writes everything the metadata database holds in memory to disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.flush_blocking())

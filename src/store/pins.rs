@@ -2,7 +2,7 @@
 //! selects, pinned against eviction, and each rule's last run (for
 //! `berth du`, and so that a restarted berth keeps a rule's schedule).
 //!
-//! Pins live in sled only, never in a map in memory: two trees keyed both
+//! Pins live in the metadata database only, never in a map in memory: two trees keyed both
 //! ways (`digest \0 rule` to answer `is_pinned` with one seek, `rule \0
 //! digest` to replace a rule's set). A rule's new set is written before its
 //! stale pins are removed, so an interruption leaves too much pinned (until
