@@ -21,6 +21,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::{Bound, Deref};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -43,6 +44,9 @@ const MIN_CACHE_BYTES: u64 = 4 << 20;
 pub const DEFAULT_TREE: &str = "default";
 /// Write locks, by key hash: enough that unrelated writes rarely meet.
 const STRIPES: usize = 64;
+/// How long a clean stop waits for the memtables to be written out before
+/// it leaves them to the journal (the next open then replays them).
+const SETTLE_WAIT: Duration = Duration::from_millis(750);
 
 /// A key or value read from the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,6 +182,39 @@ impl Db {
     /// Writes everything written so far to disk.
     pub fn flush(&self) -> KvResult<()> {
         Ok(self.db.persist(PersistMode::SyncAll)?)
+    }
+
+    /// For a clean stop: every tree's memtable handed to fjall's flush
+    /// workers, waited for up to `SETTLE_WAIT`, then the journal synced.
+    /// An open replays every write its journal holds that no table does;
+    /// without this, a busy berth's next start inserted up to two
+    /// journals' worth again (1.1–1.7 s after 270,000 requests on a 1M
+    /// store). Whether the wait ends in time or not, nothing is lost: what
+    /// is still in a memtable is in the journal, synced below.
+    ///
+    /// fjall offers this only through `rotate_memtable` and
+    /// `sealed_memtable_count`, which it keeps out of its documented API.
+    /// Its own `rotate_memtable_and_wait` waits with no bound, and once
+    /// never returned at berth's stop; this waits with one.
+    pub fn settle(&self) -> KvResult<bool> {
+        let mut trees = Vec::new();
+        for name in self.db.list_keyspace_names() {
+            let tree = self.open_tree(name.as_ref())?;
+            tree.ks.rotate_memtable()?;
+            trees.push(tree);
+        }
+        let deadline = Instant::now() + SETTLE_WAIT;
+        let settled = loop {
+            if trees.iter().all(|t| t.ks.sealed_memtable_count() == 0) {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        self.flush()?;
+        Ok(settled)
     }
 }
 
@@ -378,5 +415,37 @@ impl Batch {
 
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
         self.ops.push((key.as_ref().to_vec(), None));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clean stop leaves every write in a table: nothing for the next
+    /// open to replay from the journal.
+    #[test]
+    fn settle_writes_every_memtable_out() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = Db::open(dir.path(), 32 << 20).expect("open");
+        let other = db.open_tree("other").expect("tree");
+        for i in 0..1000u32 {
+            db.insert(i.to_be_bytes(), b"value").expect("insert");
+            other.insert(i.to_be_bytes(), b"other").expect("insert");
+        }
+        assert_eq!(db.ks.table_count(), 0, "nothing is written out before");
+        assert!(db.settle().expect("settle"), "settled within its wait");
+        for tree in [&*db, &other] {
+            assert!(tree.ks.table_count() >= 1, "{} has a table", tree.name);
+            assert_eq!(tree.ks.sealed_memtable_count(), 0);
+        }
+        drop(other);
+        drop(db);
+        let db = Db::open(dir.path(), 32 << 20).expect("reopen");
+        assert_eq!(db.len().expect("len"), 1000);
+        assert_eq!(
+            db.open_tree("other").expect("tree").len().expect("len"),
+            1000
+        );
     }
 }

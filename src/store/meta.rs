@@ -151,6 +151,19 @@ impl Meta {
         }
     }
 
+    /// For a clean stop: everything on disk, with as little journal as the
+    /// engine manages in a bounded wait for the next open to replay.
+    pub fn settle(&self) -> Result<(), StoreError> {
+        let trees = self.trees()?;
+        if !self.wrote(trees.db.settle())? {
+            tracing::warn!(
+                "the metadata database's write buffers were not all written out in time; \
+                 the next start replays them from its journal"
+            );
+        }
+        Ok(())
+    }
+
     /// Writes what the engine holds in memory to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
         let trees = self.trees()?;

@@ -118,7 +118,7 @@ impl Store {
             let snapshot = self.inner.totals.snapshot();
             self.wrote(trees.meta.insert(CLEAN_KEY, encode_json(&snapshot)))?;
         }
-        self.inner.meta.flush()?;
+        self.inner.meta.settle()?;
         self.write_report()
     }
 
