@@ -197,24 +197,37 @@ impl Db {
     /// Its own `rotate_memtable_and_wait` waits with no bound, and once
     /// never returned at berth's stop; this waits with one.
     pub fn settle(&self) -> KvResult<bool> {
+        let rotated = self.rotate_all();
+        let settled = rotated
+            .as_ref()
+            .is_ok_and(|trees| Self::wait_written(trees, Instant::now() + SETTLE_WAIT));
+        // The journal is synced whatever became of the memtables.
+        self.flush()?;
+        rotated.map(|_| settled)
+    }
+
+    /// Every tree's memtable sealed and queued for writing out.
+    fn rotate_all(&self) -> KvResult<Vec<Tree>> {
         let mut trees = Vec::new();
         for name in self.db.list_keyspace_names() {
             let tree = self.open_tree(name.as_ref())?;
             tree.ks.rotate_memtable()?;
             trees.push(tree);
         }
-        let deadline = Instant::now() + SETTLE_WAIT;
-        let settled = loop {
+        Ok(trees)
+    }
+
+    /// Whether every sealed memtable of `trees` was written out by `deadline`.
+    fn wait_written(trees: &[Tree], deadline: Instant) -> bool {
+        loop {
             if trees.iter().all(|t| t.ks.sealed_memtable_count() == 0) {
-                break true;
+                return true;
             }
             if Instant::now() >= deadline {
-                break false;
+                return false;
             }
             std::thread::sleep(Duration::from_millis(5));
-        };
-        self.flush()?;
-        Ok(settled)
+        }
     }
 }
 
