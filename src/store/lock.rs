@@ -1,5 +1,5 @@
-//! One berth per data directory. the metadata engine holds an exclusive lock (`flock`) on
-//! its database file for as long as it is open; a second opener is refused.
+//! One berth per data directory. The metadata engine holds an exclusive
+//! lock (`flock`) on its lock file for as long as it is open; a second opener is refused.
 //!
 //! The server waits a little for the lock, because a berth that just
 //! stopped in the same process lets go of it a moment after `run` returns.

@@ -59,11 +59,8 @@ pub fn du(dir: &Path) -> u64 {
     };
     entries
         .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => m.blocks() * 512 + du(&e.path()),
-            Ok(m) => m.blocks() * 512,
-            Err(_) => 0,
-        })
+        .filter_map(|e| Some((e.metadata().ok()?, e.path())))
+        .map(|(m, path)| m.blocks() * 512 + if m.is_dir() { du(&path) } else { 0 })
         .sum()
 }
 
