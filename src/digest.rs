@@ -85,15 +85,42 @@ impl Digest {
     /// algorithm, then the raw hash (33 or 65 bytes, against 71 or 135 as
     /// text), so that a million keys cost half the space.
     pub fn to_key(&self) -> Vec<u8> {
-        let tag = match self.algorithm {
+        let mut key = Vec::with_capacity(self.key_len());
+        self.push_key(&mut key);
+        key
+    }
+
+    /// The length of `to_key`'s form.
+    pub fn key_len(&self) -> usize {
+        1 + self.hex.len() / 2
+    }
+
+    /// Appends `to_key`'s form to `out`, decoded in place: every store
+    /// lookup builds a key, so without a buffer of its own.
+    pub fn push_key(&self, out: &mut Vec<u8>) {
+        out.push(match self.algorithm {
             Algorithm::Sha256 => b'2',
             Algorithm::Sha512 => b'5',
-        };
-        let mut key = Vec::with_capacity(1 + self.hex.len() / 2);
-        key.push(tag);
-        // The hex part was validated at construction.
-        key.extend(hex::decode(&self.hex).unwrap_or_default());
-        key
+        });
+        let start = out.len();
+        out.resize(start + self.hex.len() / 2, 0);
+        // The hex part was validated at construction, so this cannot fail.
+        if hex::decode_to_slice(&self.hex, &mut out[start..]).is_err() {
+            out.truncate(start);
+        }
+    }
+
+    /// The length of `<algorithm>:<hex>`.
+    pub fn text_len(&self) -> usize {
+        self.algorithm.name().len() + 1 + self.hex.len()
+    }
+
+    /// Appends `<algorithm>:<hex>` to `out` without the formatting
+    /// machinery: the headers of every response carry it.
+    pub fn push_to(&self, out: &mut String) {
+        out.push_str(self.algorithm.name());
+        out.push(':');
+        out.push_str(&self.hex);
     }
 
     /// Reads a key written by `to_key` from the front of `bytes`; returns
@@ -156,7 +183,9 @@ impl FromStr for Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algorithm.name(), self.hex)
+        f.write_str(self.algorithm.name())?;
+        f.write_str(":")?;
+        f.write_str(&self.hex)
     }
 }
 

@@ -296,7 +296,11 @@ where
         .with_timer(berth::logging::Timestamp)
         .with_writer(writer);
     match format {
-        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Human if std::io::stderr().is_terminal() => builder.with_ansi(true).init(),
+        LogFormat::Human => builder
+            .with_ansi(false)
+            .fmt_fields(berth::logging::plain_fields())
+            .init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

@@ -28,10 +28,11 @@ pub async fn get(
     reference: &Reference,
     headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
-    if let Reference::Digest(digest) = reference {
-        // Learn about referrers while the manifest is being found.
-        app.referrers().known(target, digest);
-    }
+    // Learn about referrers while the manifest is being found.
+    let early = match reference {
+        Reference::Digest(digest) => Some(app.referrers().known(target, digest)),
+        Reference::Tag(_) => None,
+    };
     let mut manifest = resolve(app, target, reference).await?;
     if matches!(reference, Reference::Tag(_))
         && !conditional::accepts(headers, &manifest.media_type)
@@ -43,7 +44,13 @@ pub async fn get(
         return Ok(not_modified(&manifest.digest));
     }
     let mut resp = response(&manifest, head);
-    let referrers = match app.referrers().known(target, &manifest.digest) {
+    // By digest, what was known before is the answer, unless it was
+    // nothing: a lookup started then may have ended since.
+    let known = match early {
+        Some(known) if known != Known::Unknown => known,
+        _ => app.referrers().known(target, &manifest.digest),
+    };
+    let referrers = match known {
         Known::Absent => Some("absent"),
         Known::Present => Some("present"),
         Known::Unknown => None,

@@ -39,8 +39,9 @@ impl Kind {
 
 /// `kind, digest`: a stored object's record.
 pub fn object(kind: Kind, digest: &Digest) -> Vec<u8> {
-    let mut key = vec![kind.tag()];
-    key.extend(digest.to_key());
+    let mut key = Vec::with_capacity(1 + digest.key_len());
+    key.push(kind.tag());
+    digest.push_key(&mut key);
     key
 }
 
@@ -53,8 +54,10 @@ pub fn parse_object(key: &[u8]) -> Option<(Kind, Digest)> {
 /// `last used (big-endian ms), kind, digest`: the access index, in the
 /// order eviction wants it.
 pub fn lru(used_at_ms: u64, kind: Kind, digest: &Digest) -> Vec<u8> {
-    let mut key = used_at_ms.to_be_bytes().to_vec();
-    key.extend(object(kind, digest));
+    let mut key = Vec::with_capacity(9 + digest.key_len());
+    key.extend_from_slice(&used_at_ms.to_be_bytes());
+    key.push(kind.tag());
+    digest.push_key(&mut key);
     key
 }
 
@@ -88,8 +91,11 @@ pub fn split_scoped(key: &[u8]) -> Option<(String, String, String)> {
 
 /// `digest, upstream \0 repository`: links and referrers lists.
 pub fn by_digest(digest: &Digest, upstream: &str, repo_name: &str) -> Vec<u8> {
-    let mut key = digest.to_key();
-    key.extend(repo(upstream, repo_name));
+    let mut key = Vec::with_capacity(digest.key_len() + upstream.len() + 1 + repo_name.len());
+    digest.push_key(&mut key);
+    key.extend_from_slice(upstream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(repo_name.as_bytes());
     key
 }
 
