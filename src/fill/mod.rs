@@ -9,6 +9,7 @@
 //! handed to every waiter at once (`manifest`).
 
 pub mod blob;
+mod chunks;
 pub mod manifest;
 pub mod passthrough;
 pub mod reader;

@@ -23,11 +23,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::chunks;
 use super::passthrough::{Direct, Handover, Resume};
 use super::FillError;
 
 /// How much a reader reads from disk at a time.
-const READ_CHUNK: u64 = 512 * 1024;
+const READ_CHUNK: u64 = chunks::CHUNK as u64;
 
 /// How many of a fill's latest bytes stay in memory for readers at the live
 /// edge; a reader further behind reads the file.
@@ -299,8 +300,9 @@ impl BlobReader {
         let bytes = match read_cached(&file, pos, len) {
             Some(bytes) => bytes,
             None => tokio::task::spawn_blocking(move || {
-                let mut buf = chunk_buffer(len);
-                file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+                let mut buf = chunks::take(len);
+                file.read_exact_at(&mut buf, pos)
+                    .map(|()| chunks::freeze(buf))
             })
             .await
             .map_err(io::Error::other)??,
@@ -320,21 +322,6 @@ impl BlobReader {
     }
 }
 
-/// A buffer of `len` zeros to read a chunk into, zeroed by writing, not
-/// asked of the allocator zeroed (`vec![0; len]`): jemalloc zeroes a
-/// block that large by handing its pages back to the kernel, so every
-/// chunk then faulted 128 fresh pages in, each cleared by the kernel. That
-/// was half of berth's CPU time sending a warm blob (0.82–0.94 s per GiB,
-/// 1.1 GiB/s for one client, against 2.5–3.0 with glibc's malloc).
-fn chunk_buffer(len: usize) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(len);
-    // Kept out of the optimizer's sight, which may fold an allocation and
-    // its zeroing back into one zeroed allocation.
-    std::hint::black_box(&mut buf);
-    buf.resize(len, 0);
-    buf
-}
-
 /// Reads what of `len` bytes at `pos` the page cache holds, without
 /// blocking (`preadv2` with `RWF_NOWAIT`): `None` when none of it is in
 /// memory, or the filesystem cannot tell. Cached blobs are almost always in
@@ -344,7 +331,7 @@ fn chunk_buffer(len: usize) -> Vec<u8> {
 /// transfer, by `perf`).
 fn read_cached(file: &File, pos: u64, len: usize) -> Option<Bytes> {
     use rustix::io::{preadv2, ReadWriteFlags};
-    let mut buf = chunk_buffer(len);
+    let mut buf = chunks::take(len);
     let read = preadv2(
         file,
         &mut [io::IoSliceMut::new(&mut buf)],
@@ -354,7 +341,7 @@ fn read_cached(file: &File, pos: u64, len: usize) -> Option<Bytes> {
     match read {
         Ok(n) if n > 0 => {
             buf.truncate(n);
-            Some(Bytes::from(buf))
+            Some(chunks::freeze(buf))
         }
         _ => None,
     }
