@@ -123,6 +123,14 @@ impl Digest {
         out.push_str(&self.hex);
     }
 
+    /// `<algorithm>:<hex>` in a string of its exact size, as `to_string`
+    /// gives it but without the formatting machinery.
+    pub fn to_text(&self) -> String {
+        let mut text = String::with_capacity(self.text_len());
+        self.push_to(&mut text);
+        text
+    }
+
     /// Reads a key written by `to_key` from the front of `bytes`; returns
     /// the digest and what follows it.
     pub fn from_key(bytes: &[u8]) -> Option<(Digest, &[u8])> {

@@ -183,16 +183,9 @@ fn content_headers(
         headers.reserve(12);
     }
     builder
-        .header("docker-content-digest", digest_text(digest))
+        .header("docker-content-digest", digest.to_text())
         .header(header::ETAG, conditional::entity_tag(digest))
         .header(header::ACCEPT_RANGES, "bytes")
-}
-
-/// `<algorithm>:<hex>` in a string of its exact size.
-fn digest_text(digest: &Digest) -> String {
-    let mut text = String::with_capacity(digest.text_len());
-    digest.push_to(&mut text);
-    text
 }
 
 /// `304 Not Modified` for a client that already holds `digest`.

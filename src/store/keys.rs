@@ -40,9 +40,13 @@ impl Kind {
 /// `kind, digest`: a stored object's record.
 pub fn object(kind: Kind, digest: &Digest) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + digest.key_len());
-    key.push(kind.tag());
-    digest.push_key(&mut key);
+    push_object(&mut key, kind, digest);
     key
+}
+
+fn push_object(key: &mut Vec<u8>, kind: Kind, digest: &Digest) {
+    key.push(kind.tag());
+    digest.push_key(key);
 }
 
 pub fn parse_object(key: &[u8]) -> Option<(Kind, Digest)> {
@@ -56,8 +60,7 @@ pub fn parse_object(key: &[u8]) -> Option<(Kind, Digest)> {
 pub fn lru(used_at_ms: u64, kind: Kind, digest: &Digest) -> Vec<u8> {
     let mut key = Vec::with_capacity(9 + digest.key_len());
     key.extend_from_slice(&used_at_ms.to_be_bytes());
-    key.push(kind.tag());
-    digest.push_key(&mut key);
+    push_object(&mut key, kind, digest);
     key
 }
 
@@ -69,7 +72,15 @@ pub fn parse_lru(key: &[u8]) -> Option<(u64, Kind, Digest)> {
 
 /// `upstream \0 repository`.
 pub fn repo(upstream: &str, repo: &str) -> Vec<u8> {
-    [upstream.as_bytes(), repo.as_bytes()].join(&0u8)
+    let mut key = Vec::with_capacity(upstream.len() + 1 + repo.len());
+    push_repo(&mut key, upstream, repo);
+    key
+}
+
+fn push_repo(key: &mut Vec<u8>, upstream: &str, repo: &str) {
+    key.extend_from_slice(upstream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(repo.as_bytes());
 }
 
 /// `upstream \0 repository \0 last`: tag mappings, found by repository.
@@ -93,9 +104,7 @@ pub fn split_scoped(key: &[u8]) -> Option<(String, String, String)> {
 pub fn by_digest(digest: &Digest, upstream: &str, repo_name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(digest.key_len() + upstream.len() + 1 + repo_name.len());
     digest.push_key(&mut key);
-    key.extend_from_slice(upstream.as_bytes());
-    key.push(0);
-    key.extend_from_slice(repo_name.as_bytes());
+    push_repo(&mut key, upstream, repo_name);
     key
 }
 
