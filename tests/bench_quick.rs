@@ -80,6 +80,9 @@ fn the_quick_benchmark_runs_and_every_answer_is_right() {
         "cold1_cpu",
         "cold_n",
         "cold_n_slow",
+        // The throttled link's own rate, and the warm control for its TTFBs.
+        "slow_link_rate",
+        "slow_ttfb_vs_warm",
         "warm_blob_1",
         "warm_blob_n",
         "manifest_tag_rps",
