@@ -28,7 +28,8 @@ import time
 
 READ = 64 << 10
 # What the link may deliver at once after the relay was late or idle: 20 ms
-# at the full profile's 50 MiB/s, a few of Linux's socket buffers.
+# at the full profile's 50 MiB/s, and less than the kernel's socket buffers
+# between the relay and a mirror hold.
 BURST = 1 << 20
 
 
