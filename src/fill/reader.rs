@@ -297,10 +297,10 @@ impl BlobReader {
             .clone()
             .ok_or_else(|| io::Error::other("the blob has no file to read"))?;
         let pos = self.pos;
-        let bytes = match read_cached(&file, pos, len) {
-            Some(bytes) => bytes,
-            None => tokio::task::spawn_blocking(move || {
-                let mut buf = chunks::take(len);
+        let bytes = match read_cached(&file, pos, chunks::take(len)) {
+            Ok(bytes) => bytes,
+            // Not in memory: the same buffer, read into on a blocking thread.
+            Err(mut buf) => tokio::task::spawn_blocking(move || {
                 file.read_exact_at(&mut buf, pos)
                     .map(|()| chunks::freeze(buf))
             })
@@ -322,16 +322,15 @@ impl BlobReader {
     }
 }
 
-/// Reads what of `len` bytes at `pos` the page cache holds, without
-/// blocking (`preadv2` with `RWF_NOWAIT`): `None` when none of it is in
-/// memory, or the filesystem cannot tell. Cached blobs are almost always in
+/// Reads what of `buf`'s length at `pos` the page cache holds, without
+/// blocking (`preadv2` with `RWF_NOWAIT`); gives `buf` back when none of it
+/// is in memory, or the filesystem cannot tell. Cached blobs are almost always in
 /// memory, and a read on the worker thread avoids handing every chunk to a
 /// blocking thread and back, which cost more than the copy itself (two
 /// context switches per chunk: a third of the CPU time of a warm blob
 /// transfer, by `perf`).
-fn read_cached(file: &File, pos: u64, len: usize) -> Option<Bytes> {
+fn read_cached(file: &File, pos: u64, mut buf: Vec<u8>) -> Result<Bytes, Vec<u8>> {
     use rustix::io::{preadv2, ReadWriteFlags};
-    let mut buf = chunks::take(len);
     let read = preadv2(
         file,
         &mut [io::IoSliceMut::new(&mut buf)],
@@ -341,9 +340,9 @@ fn read_cached(file: &File, pos: u64, len: usize) -> Option<Bytes> {
     match read {
         Ok(n) if n > 0 => {
             buf.truncate(n);
-            Some(chunks::freeze(buf))
+            Ok(chunks::freeze(buf))
         }
-        _ => None,
+        _ => Err(buf),
     }
 }
 
